@@ -1,0 +1,101 @@
+"""Every setting of alertstream, in one place.
+
+Each field is read from the environment as ``ALERTSTREAM_<NAME>`` (nested
+blocks as ``ALERTSTREAM_<BLOCK>__<FIELD>``, e.g. ``ALERTSTREAM_SINK_BATCH__MAX_EVENTS``).
+The description of each field is the documentation: `alertstream config` prints
+the table that the README carries.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BatchConfig(BaseModel):
+    """How records are grouped before a write (Vector's `batch` block), shared by every stage and sink."""
+
+    max_events: int = Field(2000, ge=1, description="Flush a batch once it holds this many records.")
+    timeout_s: float = Field(0.5, gt=0, description="Flush a batch at the latest this long after its first record.")
+
+
+class RetryConfig(BaseModel):
+    """How a failed write is retried (Vector's `request` block), shared by every sink."""
+
+    initial_backoff_s: float = Field(0.5, gt=0, description="First wait after a failed write.")
+    max_backoff_s: float = Field(30.0, gt=0, description="Longest wait between two attempts (the wait doubles, with full jitter).")
+    attempt_timeout_s: float = Field(60.0, gt=0, description="One write attempt is abandoned (and retried) after this long.")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ALERTSTREAM_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    # --- where the servers are; unset means "start them locally with `alertstream stack up`"
+    kafka_bootstrap: str | None = Field(None, description="Kafka bootstrap servers, host:port[,host:port]. Unset: the local Tansu broker.")
+    database_url: SecretStr | None = Field(None, description="PostgreSQL URL (postgresql://user:pass@host:port/db). Unset: the local embedded PostgreSQL.")
+    search_url: str | None = Field(None, description="Elasticsearch/OpenSearch base URL. Unset: the local osmem store.")
+    search_username: str | None = Field(None, description="Basic-auth user for the search store, if it needs one.")
+    search_password: SecretStr | None = Field(None, description="Basic-auth password for the search store.")
+    search_api_key: SecretStr | None = Field(None, description="Elasticsearch API key (sent as `Authorization: ApiKey ...`), instead of user/password.")
+    search_enabled: bool = Field(True, description="Write alerts to the search store as well as Postgres.")
+    search_index: str = Field("alertstream-alerts", description="Index (or write alias) that alert documents are written to.")
+
+    # --- topics
+    topic_alerts: str = Field("alerts", description="Input topic: provider payloads, header `provider` and `tenant`.")
+    topic_normalized: str = Field("alerts.normalized", description="Internal topic: canonical alerts packed per partition, partitioned by (tenant, fingerprint).")
+    topic_dlq: str = Field("alerts.dlq", description="Dead-letter topic: original bytes plus headers naming the reason.")
+    topic_partitions: int = Field(4, ge=1, description="Partitions of every alertstream topic (the ceiling on parallel workers).")
+    topic_replication: int = Field(1, ge=1, description="Replication factor of the topics alertstream creates.")
+
+    # --- the worker
+    app_id: str = Field("alertstream", description="Faust app id: the consumer group and the prefix of changelog topics.")
+    data_dir: Path = Field(Path(".alertstream"), description="Local state: RocksDB tables, the local stack's data and PID files.")
+    worker_web_port: int = Field(6066, ge=1, le=65535, description="Port of the worker's web server (/metrics).")
+    worker_web_bind: str = Field("127.0.0.1", description="Address the worker's web server binds to.")
+    broker_session_timeout_s: float = Field(30.0, gt=0, description="Kafka consumer session timeout; a dead worker's partitions move after this long.")
+    stream_batch: BatchConfig = Field(default_factory=lambda: BatchConfig(max_events=1000, timeout_s=0.2), description="Records taken from a topic per agent iteration.")
+    sink_batch: BatchConfig = Field(default_factory=BatchConfig, description="Alerts written to Postgres and the search store per flush.")
+    sink_retry: RetryConfig = Field(default_factory=RetryConfig, description="Retry policy of every sink.")
+    default_tenant: str = Field("default", description="Tenant of a record that carries no `tenant` header.")
+    max_payload_bytes: int = Field(1_048_576, ge=1024, description="A record larger than this goes to the DLQ with reason `too_large`.")
+    db_pool_size: int = Field(4, ge=1, description="Connections in the worker's Postgres pool.")
+    log_level: str = Field("INFO", description="Python log level of the worker and the CLI.")
+
+    def require_database_url(self) -> str:
+        if self.database_url is None:
+            raise RuntimeError("ALERTSTREAM_DATABASE_URL is not set: run `eval \"$(alertstream stack up)\"` or point it at Postgres")
+        return self.database_url.get_secret_value()
+
+    def require_kafka(self) -> str:
+        if not self.kafka_bootstrap:
+            raise RuntimeError("ALERTSTREAM_KAFKA_BOOTSTRAP is not set: run `eval \"$(alertstream stack up)\"` or point it at Kafka")
+        return self.kafka_bootstrap
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def settings_table() -> str:
+    """The Markdown table of every setting, generated from the fields above."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+
+    def add(prefix: str, model: type[BaseModel], defaults: BaseModel | None) -> None:
+        for name, field in model.model_fields.items():
+            env = f"{prefix}{name.upper()}"
+            default = getattr(defaults, name) if defaults is not None else field.get_default(call_default_factory=True)
+            if isinstance(default, BaseModel):
+                add(env + "__", type(default), default)
+                continue
+            shown = "(unset)" if default is None else f"`{default}`"
+            rows.append(f"| `{env}` | {shown} | {field.description or ''} |")
+
+    add("ALERTSTREAM_", Settings, None)
+    return "\n".join(rows)
+
