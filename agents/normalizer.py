@@ -1,0 +1,138 @@
+"""Stage 1: provider payloads → canonical alerts, repartitioned by identity.
+
+Stateless. Each input record is decoded once, normalized, fingerprinted and
+given a row id derived from its position. Alerts are then packed, many to a
+record, onto the internal topic's partition that owns their (tenant,
+fingerprint): one identity, one partition, one dedup state, whatever key the
+producer chose. A record that cannot be processed goes to the DLQ instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import msgspec
+
+from schemas.alert import NormalizedAlert, NormalizedBatch
+from schemas.fingerprint import content_hash, fingerprint_of
+from schemas.normalizers import DEFAULT_PROVIDER, InvalidPayload, NormalizeContext, normalize
+
+log = logging.getLogger(__name__)
+
+_UID_NAMESPACE = uuid.UUID("6f0c8a2e-3b1d-4c5e-9f7a-a1e2b3c4d5e6")
+_encode_batch = msgspec.msgpack.Encoder().encode
+MAX_ALERTS_PER_RECORD = 0xFFFF  # positions pack the index into 16 bits (see sinks.base.Sighting)
+
+
+@dataclass(slots=True)
+class RawRecord:
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes]
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    record: RawRecord
+    reason: str
+    detail: str
+
+
+@dataclass(slots=True)
+class StageOneResult:
+    by_partition: dict[int, list[NormalizedAlert]] = field(default_factory=lambda: defaultdict(list))
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    alerts: int = 0
+
+
+def partition_for(tenant: str, fingerprint: str, partitions: int) -> int:
+    return zlib.crc32(f"{tenant}\x00{fingerprint}".encode()) % partitions
+
+
+def iso_utc(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _header(record: RawRecord, name: str) -> str | None:
+    value = record.headers.get(name)
+    if value is None:
+        return None
+    try:
+        return value.decode() or None
+    except UnicodeDecodeError:
+        raise InvalidPayload("invalid_header", f"header {name!r} is not UTF-8") from None
+
+
+def normalize_record(record: RawRecord, *, default_tenant: str, max_payload_bytes: int) -> list[NormalizedAlert]:
+    """One input record → its canonical alerts; raises InvalidPayload for the DLQ."""
+    if not record.value:
+        raise InvalidPayload("empty", "record has no value")
+    if len(record.value) > max_payload_bytes:
+        raise InvalidPayload("too_large", f"{len(record.value)} bytes > limit {max_payload_bytes}")
+    provider = _header(record, "provider") or DEFAULT_PROVIDER
+    tenant = _header(record, "tenant") or default_tenant
+    ctx = NormalizeContext(tenant=tenant, received_at=iso_utc(record.timestamp_ms), provider_id=_header(record, "provider_id"))
+    alerts = normalize(provider, record.value, ctx)
+    if len(alerts) > MAX_ALERTS_PER_RECORD:
+        raise InvalidPayload("too_many_alerts", f"{len(alerts)} alerts in one record > {MAX_ALERTS_PER_RECORD}")
+    out = []
+    for index, alert in enumerate(alerts):
+        alert.fingerprint = fingerprint_of(alert)
+        uid = uuid.uuid5(_UID_NAMESPACE, f"{record.topic}/{record.partition}/{record.offset}/{index}")
+        out.append(NormalizedAlert(str(uid), record.timestamp_ms, content_hash(alert), alert))
+    return out
+
+
+def process_records(records: list[RawRecord], *, partitions: int, default_tenant: str, max_payload_bytes: int) -> StageOneResult:
+    result = StageOneResult()
+    for record in records:
+        try:
+            alerts = normalize_record(record, default_tenant=default_tenant, max_payload_bytes=max_payload_bytes)
+        except InvalidPayload as exc:
+            result.dead_letters.append(DeadLetter(record, exc.reason, exc.detail))
+            continue
+        except Exception as exc:  # a bug must not stall the partition: park the record, keep going
+            log.exception("normalizer crashed on %s/%d@%d", record.topic, record.partition, record.offset)
+            result.dead_letters.append(DeadLetter(record, "internal_error", f"{type(exc).__name__}: {exc}"))
+            continue
+        result.alerts += len(alerts)
+        for item in alerts:
+            result.by_partition[partition_for(item.alert.tenant, item.alert.fingerprint, partitions)].append(item)
+    return result
+
+
+def pack(alerts: list[NormalizedAlert], max_bytes: int) -> list[bytes]:
+    """Encode alerts into as few records as fit under `max_bytes` each."""
+    if len(alerts) > MAX_ALERTS_PER_RECORD:
+        half = len(alerts) // 2
+        return pack(alerts[:half], max_bytes) + pack(alerts[half:], max_bytes)
+    encoded = _encode_batch(NormalizedBatch(alerts))
+    if len(encoded) <= max_bytes or len(alerts) == 1:
+        return [encoded]
+    half = len(alerts) // 2
+    return pack(alerts[:half], max_bytes) + pack(alerts[half:], max_bytes)
+
+
+def dead_letter_headers(letter: DeadLetter, now_ms: int) -> dict[str, bytes]:
+    """The original headers plus what an operator needs to understand and replay the record."""
+    record = letter.record
+    headers = dict(record.headers)
+    headers.update({
+        "dlq_reason": letter.reason.encode(),
+        "dlq_detail": letter.detail[:2000].encode(),
+        "dlq_topic": record.topic.encode(),
+        "dlq_partition": str(record.partition).encode(),
+        "dlq_offset": str(record.offset).encode(),
+        "dlq_first_failure_ms": str(now_ms).encode(),
+        "dlq_attempts": b"1",
+    })
+    return headers

@@ -1,0 +1,173 @@
+"""Postgres sink: one transaction per batch, COPY into staging, then set-based SQL.
+
+- `alert`: COPY into a temp staging table, then INSERT ... ON CONFLICT DO
+  NOTHING. Row ids come from source positions, so a replayed batch adds nothing.
+- `last_alert`: sightings coalesced to one staging row per (tenant, fingerprint)
+  and applied in key order (rows locked in key order first), so workers with
+  overlapping fingerprints cannot deadlock. A sighting at or before the row's
+  recorded source position is a replay and is not counted again.
+- Isolation: READ COMMITTED. Every statement either inserts with a unique key
+  or updates rows it has locked, so the stronger levels would only add
+  serialization failures to retry.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from datetime import datetime, timezone
+
+import asyncpg
+import msgspec
+
+from schemas.alert import NormalizedAlert
+from sinks.base import Sighting, WriteBatch
+
+_ALERT_COLUMNS = (
+    "id", "received_at", "tenant", "fingerprint", "provider_type", "provider_id",
+    "name", "status", "severity", "content_hash", "event",
+)
+_LAST_STAGE_COLUMNS = (
+    "tenant", "fingerprint", "alert_id", "name", "status", "severity", "provider_type",
+    "content_hash", "stored_position", "first_received", "last_received",
+    "src_partition", "max_position", "positions",
+)
+
+_CREATE_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS alert_stage (LIKE alert) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS last_alert_stage (
+    tenant text, fingerprint text, alert_id uuid, name text, status text, severity text,
+    provider_type text, content_hash text, stored_position bigint,
+    first_received timestamptz, last_received timestamptz,
+    src_partition integer, max_position bigint, positions bigint[]
+) ON COMMIT DELETE ROWS;
+"""
+
+_INSERT_ALERTS = f"""
+INSERT INTO alert ({", ".join(_ALERT_COLUMNS)})
+SELECT {", ".join(_ALERT_COLUMNS)} FROM alert_stage
+ON CONFLICT DO NOTHING
+"""
+
+# New identities get a row that has "seen nothing yet"; the UPDATE below then
+# applies the batch to old and new rows alike.
+_INSERT_NEW_LAST = """
+INSERT INTO last_alert (tenant, fingerprint, alert_id, name, status, severity, provider_type, content_hash,
+                        first_received, last_received, received_count, src_partition, src_position)
+SELECT tenant, fingerprint, alert_id, name, status, severity, provider_type, content_hash,
+       first_received, first_received, 0, src_partition, -1
+FROM last_alert_stage WHERE alert_id IS NOT NULL
+ORDER BY tenant, fingerprint
+ON CONFLICT (tenant, fingerprint) DO NOTHING
+"""
+
+_LOCK_LAST = """
+SELECT 1 FROM last_alert la JOIN last_alert_stage s USING (tenant, fingerprint)
+ORDER BY la.tenant, la.fingerprint FOR UPDATE OF la
+"""
+
+_APPLY_LAST = """
+UPDATE last_alert AS la SET
+    alert_id       = CASE WHEN u.take_stored THEN u.alert_id      ELSE la.alert_id      END,
+    name           = CASE WHEN u.take_stored THEN u.name          ELSE la.name          END,
+    status         = CASE WHEN u.take_stored THEN u.status        ELSE la.status        END,
+    severity       = CASE WHEN u.take_stored THEN u.severity      ELSE la.severity      END,
+    provider_type  = CASE WHEN u.take_stored THEN u.provider_type ELSE la.provider_type END,
+    content_hash   = CASE WHEN u.take_stored THEN u.content_hash  ELSE la.content_hash  END,
+    first_received = LEAST(la.first_received, u.first_received),
+    last_received  = GREATEST(la.last_received, u.last_received),
+    received_count = la.received_count + u.new_sightings,
+    src_partition  = u.src_partition,
+    src_position   = CASE WHEN u.same_partition THEN GREATEST(la.src_position, u.max_position) ELSE u.max_position END
+FROM (
+    SELECT s.*, (cur.src_partition = s.src_partition) AS same_partition,
+           (s.alert_id IS NOT NULL AND (cur.src_partition <> s.src_partition OR s.stored_position > cur.src_position)) AS take_stored,
+           (SELECT count(*) FROM unnest(s.positions) p
+             WHERE cur.src_partition <> s.src_partition OR p > cur.src_position) AS new_sightings
+    FROM last_alert_stage s JOIN last_alert cur USING (tenant, fingerprint)
+) AS u
+WHERE la.tenant = u.tenant AND la.fingerprint = u.fingerprint AND u.new_sightings > 0
+"""
+
+
+def _ts(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
+_encode_json = msgspec.json.Encoder().encode
+
+
+def alert_rows(stored: list[NormalizedAlert]) -> list[tuple]:
+    return [
+        (
+            uuid.UUID(item.uid), _ts(item.received_at_ms), a.tenant, a.fingerprint, a.provider_type,
+            a.provider_id, a.name, a.status, a.severity, item.content_hash, _encode_json(a).decode(),
+        )
+        for item in stored
+        for a in (item.alert,)
+    ]
+
+
+def last_alert_rows(sightings: list[Sighting]) -> list[tuple]:
+    """One row per identity, in key order: the newest stored alert and every sighting's position."""
+    by_key: dict[tuple[str, str], list[Sighting]] = defaultdict(list)
+    for s in sightings:
+        by_key[(s.tenant, s.fingerprint)].append(s)
+    rows = []
+    for (tenant, fingerprint), group in sorted(by_key.items()):
+        group.sort(key=lambda s: (s.partition, s.position))
+        partition = group[-1].partition
+        group = [s for s in group if s.partition == partition]  # positions compare only within one partition
+        newest_stored = next((s for s in reversed(group) if s.stored is not None), None)
+        a = newest_stored.stored.alert if newest_stored else None
+        rows.append((
+            tenant, fingerprint,
+            uuid.UUID(newest_stored.stored.uid) if newest_stored else None,
+            a.name if a else None, a.status if a else None, a.severity if a else None,
+            a.provider_type if a else None,
+            newest_stored.stored.content_hash if newest_stored else None,
+            newest_stored.position if newest_stored else None,
+            _ts(min(s.received_at_ms for s in group)), _ts(max(s.received_at_ms for s in group)),
+            partition, group[-1].position, [s.position for s in group],
+        ))
+    return rows
+
+
+class PostgresSink:
+    name = "postgres"
+
+    def __init__(self, dsn: str, pool_size: int = 4) -> None:
+        self._dsn = dsn
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+
+    async def start(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self._dsn, min_size=1, max_size=self._pool_size, init=self._init_connection
+        )
+
+    @staticmethod
+    async def _init_connection(conn: asyncpg.Connection) -> None:
+        await conn.execute(_CREATE_STAGING)
+
+    async def write(self, batch: WriteBatch) -> int:
+        if not batch.sightings and not batch.stored:
+            return 0
+        assert self._pool is not None, "start() first"
+        async with self._pool.acquire() as conn, conn.transaction():
+            if batch.stored:
+                await conn.copy_records_to_table("alert_stage", records=alert_rows(batch.stored), columns=_ALERT_COLUMNS)
+                await conn.execute(_INSERT_ALERTS)
+            if batch.sightings:
+                await conn.copy_records_to_table(
+                    "last_alert_stage", records=last_alert_rows(batch.sightings), columns=_LAST_STAGE_COLUMNS
+                )
+                await conn.execute(_INSERT_NEW_LAST)
+                await conn.execute(_LOCK_LAST)
+                await conn.execute(_APPLY_LAST)
+        return len(batch.stored)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None

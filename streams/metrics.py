@@ -1,0 +1,35 @@
+"""Every Prometheus metric of the worker, named `alertstream_*`, in one place.
+
+Labels are bounded: tenant and provider come from configuration-sized sets,
+reasons and outcomes from fixed code lists.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+RECORDS_RECEIVED = Counter(
+    "alertstream_records_received_total", "Kafka records taken by a stage.", ["stage"]
+)
+ALERTS = Counter(
+    "alertstream_alerts_total",
+    "Alerts seen by the dedup stage, by outcome: new (first sighting), changed (partial duplicate, stored), duplicate (exact repeat, not stored).",
+    ["tenant", "provider", "outcome"],
+)
+DLQ_RECORDS = Counter(
+    "alertstream_dlq_records_total", "Records sent to the dead-letter topic, by reason.", ["reason"]
+)
+SINK_WRITTEN = Counter(
+    "alertstream_sink_rows_written_total", "Alerts durably written by a sink.", ["sink"]
+)
+SINK_ERRORS = Counter(
+    "alertstream_sink_errors_total", "Failed sink write attempts (retried), by error class.", ["sink", "error"]
+)
+SINK_FLUSH_SECONDS = Histogram(
+    "alertstream_sink_flush_seconds", "Time to write one batch to a sink, retries included.", ["sink"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+SINK_BATCH_SIZE = Histogram(
+    "alertstream_sink_batch_size", "Alerts per sink batch.", ["sink"],
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
+)

@@ -1,0 +1,45 @@
+"""The topics alertstream owns, created explicitly with the configured partition count.
+
+Brokers that auto-create topics do so with their own default partition count
+(often 1), which would cap parallelism silently; so the worker creates its
+topics before it starts consuming.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def topic_names(settings: Settings) -> list[str]:
+    return [settings.topic_alerts, settings.topic_normalized, settings.topic_dlq]
+
+
+def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
+    """Create missing topics; return the ones created. Warn about a partition-count mismatch."""
+    admin = AdminClient({"bootstrap.servers": settings.require_kafka()})
+    existing = admin.list_topics(timeout=timeout_s).topics
+    missing = [name for name in topic_names(settings) if name not in existing]
+    for name in topic_names(settings):
+        if name in existing and len(existing[name].partitions) != settings.topic_partitions:
+            log.warning("topic %s has %d partitions, settings say %d", name,
+                        len(existing[name].partitions), settings.topic_partitions)
+    if not missing:
+        return []
+    futures = admin.create_topics(
+        [NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=settings.topic_replication) for name in missing],
+        operation_timeout=timeout_s,
+    )
+    for name, future in futures.items():
+        try:
+            future.result()
+        except Exception as exc:  # lost a race with another worker creating it: fine
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+    log.info("created topics %s", ", ".join(missing))
+    return missing

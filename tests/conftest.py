@@ -1,0 +1,115 @@
+"""Shared fixtures: the real local stack, started once per test session on its own ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from streams.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Broker, Postgres and search store for the whole session; migrated."""
+    import asyncio
+
+    from sinks.migrate import migrate
+    from streams import localstack
+
+    state_dir = tmp_path_factory.mktemp("stack")
+    base = Settings(kafka_bootstrap=None, database_url=None, search_url=None, data_dir=state_dir)
+    env = localstack.up(base, state_dir=state_dir)
+    try:
+        asyncio.run(migrate(env["ALERTSTREAM_DATABASE_URL"]))
+        yield env
+    finally:
+        localstack.down(state_dir)
+
+
+@pytest.fixture(scope="session")
+def pipeline_settings(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings of the session's worker: the stack, a short session timeout (faster group joins)."""
+    return Settings(
+        kafka_bootstrap=stack_env["ALERTSTREAM_KAFKA_BOOTSTRAP"],
+        database_url=stack_env["ALERTSTREAM_DATABASE_URL"],
+        search_url=stack_env["ALERTSTREAM_SEARCH_URL"],
+        data_dir=tmp_path_factory.mktemp("worker"),
+        worker_web_port=free_port(),
+        broker_session_timeout_s=10,
+    )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALERTSTREAM_")}
+    env.update({
+        "ALERTSTREAM_KAFKA_BOOTSTRAP": settings.require_kafka(),
+        "ALERTSTREAM_DATABASE_URL": settings.require_database_url(),
+        "ALERTSTREAM_SEARCH_URL": settings.search_url or "",
+        "ALERTSTREAM_DATA_DIR": str(settings.data_dir),
+        "ALERTSTREAM_WORKER_WEB_PORT": str(settings.worker_web_port),
+        "ALERTSTREAM_BROKER_SESSION_TIMEOUT_S": str(settings.broker_session_timeout_s),
+    })
+    return env
+
+
+class WorkerProcess:
+    """A real `alertstream worker` process, as an operator would run it."""
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker"], cwd=REPO,
+            env=settings_env(settings), stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture(scope="session")
+def worker(pipeline_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    from streams.topics import ensure_topics
+
+    ensure_topics(pipeline_settings)
+    process = WorkerProcess(pipeline_settings, tmp_path_factory.mktemp("logs") / "worker.log")
+    yield process
+    process.stop()
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not met within {timeout}s")
+        time.sleep(interval)
