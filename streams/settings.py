@@ -1,7 +1,7 @@
 """Every setting of alertstream, in one place.
 
 Each field is read from the environment as ``ALERTSTREAM_<NAME>`` (nested
-blocks as ``ALERTSTREAM_<BLOCK>__<FIELD>``, e.g. ``ALERTSTREAM_SINK_BATCH__MAX_EVENTS``).
+blocks as ``ALERTSTREAM_<BLOCK>__<FIELD>``, e.g. ``ALERTSTREAM_STREAM_BATCH__MAX_EVENTS``).
 The description of each field is the documentation: `alertstream config` prints
 the table that the README carries.
 """
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -67,6 +68,17 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(4, ge=1, description="Connections in the worker's Postgres pool.")
     log_level: str = Field("INFO", description="Python log level of the worker and the CLI.")
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _merge_block_with_its_default(cls, value: Any, info: ValidationInfo) -> Any:
+        """A block set in part (`ALERTSTREAM_DEDUP_BATCH__TIMEOUT_S` alone) keeps this field's
+        other defaults (dedup max_events 8), not the block class's (BatchConfig's 2000)."""
+        if isinstance(value, dict) and info.field_name is not None:
+            default = cls.model_fields[info.field_name].get_default(call_default_factory=True)
+            if isinstance(default, BaseModel):
+                return {**default.model_dump(), **value}
+        return value
+
     def require_database_url(self) -> str:
         if self.database_url is None:
             raise RuntimeError("ALERTSTREAM_DATABASE_URL is not set: run `eval \"$(alertstream stack up)\"` or point it at Postgres")
@@ -87,15 +99,15 @@ def settings_table() -> str:
     """The Markdown table of every setting, generated from the fields above."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
 
-    def add(prefix: str, model: type[BaseModel], defaults: BaseModel | None) -> None:
+    def add(prefix: str, model: type[BaseModel], defaults: BaseModel | None, context: str = "") -> None:
         for name, field in model.model_fields.items():
             env = f"{prefix}{name.upper()}"
             default = getattr(defaults, name) if defaults is not None else field.get_default(call_default_factory=True)
-            if isinstance(default, BaseModel):
-                add(env + "__", type(default), default)
+            if isinstance(default, BaseModel):  # a nested block: its rows say what the block is for
+                add(env + "__", type(default), default, f"{field.description} ")
                 continue
             shown = "(unset)" if default is None else f"`{default}`"
-            rows.append(f"| `{env}` | {shown} | {field.description or ''} |")
+            rows.append(f"| `{env}` | {shown} | {context}{field.description or ''} |")
 
     add("ALERTSTREAM_", Settings, None)
     return "\n".join(rows)

@@ -1,0 +1,34 @@
+# alertstream: `make run` shows the pipeline on a local stack; `make test` runs every test.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: install run test test-unit bench bench-short stack-up stack-down clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)  ## create .venv and install alertstream with its test tools
+
+run: install  ## local stack + migrations + worker + demo stream, with a live summary; Ctrl-C stops all
+	$(BIN)/alertstream run
+
+test: install  ## the whole suite; integration tests start their own stack on their own ports
+	$(BIN)/pytest
+
+test-unit: install
+	$(BIN)/pytest tests/unit
+
+stack-up: install
+	@$(BIN)/alertstream stack up
+
+stack-down: install
+	@$(BIN)/alertstream stack down
+
+clean:
+	-$(BIN)/alertstream stack down
+	rm -rf .alertstream
