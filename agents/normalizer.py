@@ -10,6 +10,7 @@ producer chose. A record that cannot be processed goes to the DLQ instead.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 import zlib
 from collections import defaultdict
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 _UID_NAMESPACE = uuid.UUID("6f0c8a2e-3b1d-4c5e-9f7a-a1e2b3c4d5e6")
 _encode_batch = msgspec.msgpack.Encoder().encode
 MAX_ALERTS_PER_RECORD = 0xFFFF  # positions pack the index into 16 bits (see sinks.base.Sighting)
+# Postgres cannot store these; a sink write that fails on them would be retried forever, so they go to the DLQ.
+MAX_IDENTITY_BYTES = 2048  # tenant + fingerprint are btree keys: an index row holds at most ~2.7 KB
+_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")  # an escaped NUL (not an escaped backslash + "u0000")
 
 
 @dataclass(slots=True)
@@ -67,9 +71,12 @@ def _header(record: RawRecord, name: str) -> str | None:
     if value is None:
         return None
     try:
-        return value.decode() or None
+        text = value.decode()
     except UnicodeDecodeError:
         raise InvalidPayload("invalid_header", f"header {name!r} is not UTF-8") from None
+    if "\x00" in text:
+        raise InvalidPayload("invalid_header", f"header {name!r} contains a NUL character")
+    return text or None
 
 
 def normalize_record(record: RawRecord, *, default_tenant: str, max_payload_bytes: int) -> list[NormalizedAlert]:
@@ -78,6 +85,8 @@ def normalize_record(record: RawRecord, *, default_tenant: str, max_payload_byte
         raise InvalidPayload("empty", "record has no value")
     if len(record.value) > max_payload_bytes:
         raise InvalidPayload("too_large", f"{len(record.value)} bytes > limit {max_payload_bytes}")
+    if b"\\u0000" in record.value and _JSON_NUL.search(record.value):
+        raise InvalidPayload("invalid_field", "the payload contains a NUL character (\\u0000), which PostgreSQL cannot store")
     provider = _header(record, "provider") or DEFAULT_PROVIDER
     tenant = _header(record, "tenant") or default_tenant
     ctx = NormalizeContext(tenant=tenant, received_at=iso_utc(record.timestamp_ms), provider_id=_header(record, "provider_id"))
@@ -87,6 +96,9 @@ def normalize_record(record: RawRecord, *, default_tenant: str, max_payload_byte
     out = []
     for index, alert in enumerate(alerts):
         alert.fingerprint = fingerprint_of(alert)
+        identity_bytes = len(alert.tenant.encode()) + len(alert.fingerprint.encode())
+        if identity_bytes > MAX_IDENTITY_BYTES:
+            raise InvalidPayload("invalid_field", f"tenant + fingerprint are {identity_bytes} bytes > limit {MAX_IDENTITY_BYTES}")
         uid = uuid.uuid5(_UID_NAMESPACE, f"{record.topic}/{record.partition}/{record.offset}/{index}")
         out.append(NormalizedAlert(str(uid), record.timestamp_ms, content_hash(alert), alert))
     return out

@@ -40,11 +40,33 @@ def fingerprint_from_fields(document: dict[str, Any], paths: Iterable[str]) -> s
     return sha256_hex(canonical_json(values))
 
 
+# (wire name, attribute) of every field: the hash sees every field, defaults included.
+# msgspec's omit_defaults decides by identity for some values, so a default typed
+# in code and the same value parsed from JSON would serialize differently.
+_FIELDS = tuple((f.encode_name, f.name) for f in msgspec.structs.fields(Alert))
+
+
+def alert_document(alert: Alert) -> dict[str, Any]:
+    return {wire: getattr(alert, attr) for wire, attr in _FIELDS}
+
+
 def content_hash(alert: Alert, ignore_fields: Iterable[str] = DEFAULT_IGNORE_FIELDS) -> str:
-    document = msgspec.to_builtins(alert)
+    document = alert_document(alert)
     for path in ignore_fields:
+        if "." in path:  # nested: copy the parent before removing from it
+            top = path.split(".", 1)[0]
+            if isinstance(document.get(top), dict):
+                document[top] = _deep_copy(document[top])
         _drop(document, path)
     return sha256_hex(canonical_json(document))[:32]
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
 
 
 def _lookup(document: Any, path: str) -> Any:
@@ -65,4 +87,4 @@ def _drop(document: dict[str, Any], path: str) -> None:
         if node is None:
             return
     if isinstance(node, dict):
-        node.pop(leaf, None)
+        node.pop(leaf, None)  # an emptied map stays {}: equal to an alert that never had the key

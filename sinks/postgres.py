@@ -34,7 +34,7 @@ _LAST_STAGE_COLUMNS = (
 )
 
 _CREATE_STAGING = """
-CREATE TEMP TABLE IF NOT EXISTS alert_stage (LIKE alert) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS alert_stage (LIKE alert INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS last_alert_stage (
     tenant text, fingerprint text, alert_id uuid, name text, status text, severity text,
     provider_type text, content_hash text, stored_position bigint,
@@ -46,6 +46,7 @@ CREATE TEMP TABLE IF NOT EXISTS last_alert_stage (
 _INSERT_ALERTS = f"""
 INSERT INTO alert ({", ".join(_ALERT_COLUMNS)})
 SELECT {", ".join(_ALERT_COLUMNS)} FROM alert_stage
+ORDER BY id, received_at
 ON CONFLICT DO NOTHING
 """
 

@@ -44,6 +44,7 @@ def _one(item: dict[str, Any], ctx: NormalizeContext) -> Alert:
     if not isinstance(source, list) or not all(isinstance(s, str) for s in source):
         raise InvalidPayload("invalid_field", "`source` must be a list of strings")
     fields["last_received"] = fields.get("last_received") or ctx.received_at
+    fields["provider_id"] = fields.get("provider_id") or ctx.provider_id
     return Alert(
         **{k: v for k, v in fields.items() if v is not None},
         status=status,

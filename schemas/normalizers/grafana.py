@@ -100,7 +100,8 @@ def _one(item: dict[str, Any], i: int, group: dict[str, Any], group_status: str 
         provider_type=PROVIDER,
         provider_id=ctx.provider_id,
         id=alert_fp,
-        environment=labels.get("deployment_environment") or labels.get("environment") or labels.get("env") or "undefined",
+        environment=(labels.get("deployment_environment") or labels.get("environment") or labels.get("env")
+                     or "undefined"),
         service=labels.get("service"),
         source=[PROVIDER],
         message=annotations.get("summary"),

@@ -51,7 +51,8 @@ from schemas.normalizers.severity import is_known_severity_word, severity_from_w
 
 PROVIDER = "pagerduty"
 _INCIDENT_STATUS = {"triggered": "firing", "acknowledged": "acknowledged", "resolved": "resolved"}
-_EVENT_TYPE_STATUS = {"incident.triggered": "firing", "incident.reopened": "firing", "incident.unacknowledged": "firing",
+_EVENT_TYPE_STATUS = {"incident.triggered": "firing", "incident.reopened": "firing",
+                      "incident.unacknowledged": "firing",
                       "incident.acknowledged": "acknowledged", "incident.resolved": "resolved"}
 _URGENCY_SEVERITY = {"high": "high", "low": "low"}
 _ACTION_STATUS = {"trigger": "firing", "acknowledge": "acknowledged", "resolve": "resolved"}
@@ -83,7 +84,8 @@ def _v3(event: dict[str, Any], ctx: NormalizeContext) -> list[Alert]:
     incident_id = non_empty_str(data.get("id"), "event.data.id")
     if incident_id is None:
         raise InvalidPayload("missing_field", "`event.data.id` (the incident id) is required")
-    name = non_empty_str(data.get("title"), "event.data.title") or non_empty_str(data.get("summary"), "event.data.summary")
+    name = (non_empty_str(data.get("title"), "event.data.title")
+            or non_empty_str(data.get("summary"), "event.data.summary"))
     if name is None:
         raise InvalidPayload("missing_field", "`event.data.title` is required")
 
@@ -108,7 +110,8 @@ def _v3(event: dict[str, Any], ctx: NormalizeContext) -> list[Alert]:
     add_label(labels, "urgency", urgency)
     add_label(labels, "priority", priority_name)
     add_label(labels, "service_id", service.get("id"))
-    add_label(labels, "escalation_policy", optional_dict(data.get("escalation_policy"), "escalation_policy").get("summary"))
+    policy = optional_dict(data.get("escalation_policy"), "event.data.escalation_policy")
+    add_label(labels, "escalation_policy", policy.get("summary"))
     for team in optional_list(data.get("teams"), "event.data.teams"):
         if isinstance(team, dict):
             add_label(labels, "teams", team.get("summary"))

@@ -13,6 +13,7 @@ CREATE TABLE alert (
     severity       text        NOT NULL,
     content_hash   text        NOT NULL,
     event          jsonb       NOT NULL,   -- the canonical alert (Keep AlertDto field names)
+    stored_at      timestamptz NOT NULL DEFAULT now(),  -- commit time (transaction start): stored_at - received_at is the pipeline latency
     PRIMARY KEY (id, received_at)
 );
 -- history of one fingerprint, newest first

@@ -569,7 +569,9 @@ JSON = st.recursive(
     max_leaves=16,
 )
 PROVIDERS = sorted(PROVIDER_MODULES)
-PROPERTY = settings(max_examples=int(os.environ.get("NORMALIZER_EXAMPLES", "80")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# NORMALIZER_EXAMPLES=3000 for a longer hunt; the default keeps the unit run short
+PROPERTY = settings(max_examples=int(os.environ.get("NORMALIZER_EXAMPLES", "80")), deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
 
 
 def _normalize_or_reject(provider: str, value: Any) -> None:
