@@ -14,14 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import msgspec
-
-from schemas.alert import NormalizedBatch
+from agents.normalizer import unpack
 from sinks.base import Sighting, WriteBatch
 from tables.dedup_state import DedupState, Outcome, decide, state_key
-
-_decode_batch = msgspec.msgpack.Decoder(NormalizedBatch).decode
-
 
 @dataclass(slots=True)
 class PackedRecord:
@@ -43,7 +38,7 @@ def plan_batch(records: list[PackedRecord], read_state: Callable[[bytes, Any], D
     plan = StageTwoPlan()
     seen: dict[bytes, DedupState | None] = {}  # state as of earlier alerts in this batch
     for record in records:
-        for index, item in enumerate(_decode_batch(record.value).alerts):
+        for index, item in enumerate(unpack(record.value)):
             alert = item.alert
             key = state_key(alert.tenant, alert.fingerprint)
             previous = seen[key] if key in seen else read_state(key, record.event)

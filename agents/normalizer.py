@@ -9,13 +9,14 @@ producer chose. A record that cannot be processed goes to the DLQ instead.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
-import uuid
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 
 import msgspec
 
@@ -25,7 +26,6 @@ from schemas.normalizers import DEFAULT_PROVIDER, InvalidPayload, NormalizeConte
 
 log = logging.getLogger(__name__)
 
-_UID_NAMESPACE = uuid.UUID("6f0c8a2e-3b1d-4c5e-9f7a-a1e2b3c4d5e6")
 _encode_batch = msgspec.msgpack.Encoder().encode
 MAX_ALERTS_PER_RECORD = 0xFFFF  # positions pack the index into 16 bits (see sinks.base.Sighting)
 # Postgres cannot store these; a sink write that fails on them would be retried forever, so they go to the DLQ.
@@ -62,8 +62,24 @@ def partition_for(tenant: str, fingerprint: str, partitions: int) -> int:
     return zlib.crc32(f"{tenant}\x00{fingerprint}".encode()) % partitions
 
 
+@lru_cache(maxsize=1024)
+def _iso_second(second: int) -> str:
+    return datetime.fromtimestamp(second, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def iso_utc(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """ISO 8601 UTC with milliseconds; the second's prefix is cached (records of a batch share it)."""
+    second, millis = divmod(ms, 1000)
+    return f"{_iso_second(second)}.{millis:03d}Z"
+
+
+def row_uid(topic: str, partition: int, offset: int, index: int) -> str:
+    """A UUID-shaped id derived from the source position: a replay yields the same id.
+
+    blake2b rather than uuid5: the same determinism at a fifth of the cost.
+    """
+    h = hashlib.blake2b(f"{topic}/{partition}/{offset}/{index}".encode(), digest_size=16).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _header(record: RawRecord, name: str) -> str | None:
@@ -99,8 +115,8 @@ def normalize_record(record: RawRecord, *, default_tenant: str, max_payload_byte
         identity_bytes = len(alert.tenant.encode()) + len(alert.fingerprint.encode())
         if identity_bytes > MAX_IDENTITY_BYTES:
             raise InvalidPayload("invalid_field", f"tenant + fingerprint are {identity_bytes} bytes > limit {MAX_IDENTITY_BYTES}")
-        uid = uuid.uuid5(_UID_NAMESPACE, f"{record.topic}/{record.partition}/{record.offset}/{index}")
-        out.append(NormalizedAlert(str(uid), record.timestamp_ms, content_hash(alert), alert))
+        uid = row_uid(record.topic, record.partition, record.offset, index)
+        out.append(NormalizedAlert(uid, record.timestamp_ms, content_hash(alert), alert))
     return out
 
 
@@ -132,6 +148,13 @@ def pack(alerts: list[NormalizedAlert], max_bytes: int) -> list[bytes]:
         return [encoded]
     half = len(alerts) // 2
     return pack(alerts[:half], max_bytes) + pack(alerts[half:], max_bytes)
+
+
+_decode_batch = msgspec.msgpack.Decoder(NormalizedBatch).decode
+
+
+def unpack(blob: bytes) -> list[NormalizedAlert]:
+    return _decode_batch(blob).alerts
 
 
 def dead_letter_headers(letter: DeadLetter, now_ms: int) -> dict[str, bytes]:

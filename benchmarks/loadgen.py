@@ -492,6 +492,8 @@ def _from_args(args: argparse.Namespace) -> tuple[LoadProfile, Scenario, Produce
         name=args.scenario, rate_alerts=args.rate, rate_bytes=parse_volume(args.volume) if args.volume else None,
         duration_s=duration, max_records=args.max_records, spike_factor=args.spike_factor,
         spike_at_s=args.spike_at, spike_s=args.spike_duration, ramp_from=args.ramp_from)
+    if any("=" not in item for item in args.extra):
+        raise ValueError(f"-X takes KEY=VALUE, got {[i for i in args.extra if '=' not in i]}")
     extra = dict(item.split("=", 1) for item in args.extra)
     options = ProducerOptions(linger_ms=args.linger_ms, batch_num_messages=args.batch_messages,
                               batch_bytes=int(parse_size(args.batch_bytes)), compression=args.compression,

@@ -17,7 +17,7 @@ STATUSES = ("firing", "resolved", "acknowledged", "suppressed", "pending")
 SEVERITIES = ("critical", "high", "warning", "info", "low")
 
 
-class Alert(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
+class Alert(msgspec.Struct, rename="camel", kw_only=True):
     """One alert after normalization (Keep's AlertDto, plus tenant and version)."""
 
     name: str

@@ -40,33 +40,27 @@ def fingerprint_from_fields(document: dict[str, Any], paths: Iterable[str]) -> s
     return sha256_hex(canonical_json(values))
 
 
-# (wire name, attribute) of every field: the hash sees every field, defaults included.
-# msgspec's omit_defaults decides by identity for some values, so a default typed
-# in code and the same value parsed from JSON would serialize differently.
-_FIELDS = tuple((f.encode_name, f.name) for f in msgspec.structs.fields(Alert))
-
-
-def alert_document(alert: Alert) -> dict[str, Any]:
-    return {wire: getattr(alert, attr) for wire, attr in _FIELDS}
+_hash_encoder = msgspec.json.Encoder(order="sorted")  # sorted keys at every depth
 
 
 def content_hash(alert: Alert, ignore_fields: Iterable[str] = DEFAULT_IGNORE_FIELDS) -> str:
-    document = alert_document(alert)
-    for path in ignore_fields:
-        if "." in path:  # nested: copy the parent before removing from it
-            top = path.split(".", 1)[0]
-            if isinstance(document.get(top), dict):
-                document[top] = _deep_copy(document[top])
-        _drop(document, path)
-    return sha256_hex(canonical_json(document))[:32]
+    """sha256 over the sorted-key JSON of the alert minus `ignore_fields` (dotted paths).
 
-
-def _deep_copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _deep_copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_deep_copy(v) for v in value]
-    return value
+    An ignored top-level field is hashed as null (every alert has every field), an
+    ignored nested key is removed. The default rule (ignore lastReceived) takes a
+    fast path that encodes the struct directly, without an intermediate dict.
+    """
+    ignore = tuple(ignore_fields)
+    if ignore == DEFAULT_IGNORE_FIELDS:
+        return sha256_hex(_hash_encoder.encode(msgspec.structs.replace(alert, last_received=None)))[:32]
+    document = msgspec.to_builtins(alert)
+    for path in ignore:
+        if "." not in path:
+            if path in document:
+                document[path] = None
+        else:
+            _drop(document, path)
+    return sha256_hex(_hash_encoder.encode(document))[:32]
 
 
 def _lookup(document: Any, path: str) -> Any:

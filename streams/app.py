@@ -1,8 +1,8 @@
-"""The Faust app: topics, the dedup table and the two agents, wired together.
+"""The Faust app: topics, the dedup table and the three stages, wired together.
 
-    alerts ──normalize──► alerts.normalized ──deduplicate──► Postgres + search store
-      │                    (by tenant+fingerprint)   │
-      └──────────── alerts.dlq ◄─────────────────────┘ (undecodable records)
+    alerts ──normalize──► alerts.normalized ──deduplicate──► Postgres (alert, last_alert)
+      │                  (by tenant+fingerprint)     └──► alerts.stored ──index──► search store
+      └──► alerts.dlq (records that cannot be processed)
 
 `describe()` prints this topology from the live objects.
 """
@@ -12,15 +12,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import defaultdict
 
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from agents.deduplicator import PackedRecord, plan_batch
-from agents.normalizer import RawRecord, dead_letter_headers, pack, process_records
-from sinks.base import Sink, write_with_retry
+from agents.deduplicator import PackedRecord, StageTwoPlan, plan_batch
+from agents.normalizer import StageOneResult, dead_letter_headers, pack, process_records, unpack
+from schemas.alert import NormalizedAlert
+from sinks.base import WriteBatch, write_with_retry
 from sinks.postgres import PostgresSink
 from sinks.search import SearchSink, make_client
+from streams.batch_consumer import BatchConsumer
 from streams.metrics import ALERTS, DLQ_RECORDS, RECORDS_RECEIVED
 from streams.settings import Settings
 from tables.dedup_state import DedupStore, make_table
@@ -28,17 +31,16 @@ from tables.dedup_state import DedupStore, make_table
 log = logging.getLogger(__name__)
 
 
-def build_sinks(settings: Settings) -> list[Sink]:
-    sinks: list[Sink] = [PostgresSink(settings.require_database_url(), pool_size=settings.db_pool_size)]
-    if settings.search_enabled and settings.search_url:
-        client = make_client(
-            settings.search_url,
-            username=settings.search_username,
-            password=settings.search_password.get_secret_value() if settings.search_password else None,
-            api_key=settings.search_api_key.get_secret_value() if settings.search_api_key else None,
-        )
-        sinks.append(SearchSink(client, settings.search_index))
-    return sinks
+def build_search_sink(settings: Settings) -> SearchSink:
+    if not settings.search_url:
+        raise RuntimeError("ALERTSTREAM_SEARCH_URL is not set (or set ALERTSTREAM_SEARCH_ENABLED=false)")
+    client = make_client(
+        settings.search_url,
+        username=settings.search_username,
+        password=settings.search_password.get_secret_value() if settings.search_password else None,
+        api_key=settings.search_api_key.get_secret_value() if settings.search_api_key else None,
+    )
+    return SearchSink(client, settings.search_index)
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -61,55 +63,95 @@ def create_app(settings: Settings) -> faust.App:
         producer_max_request_size=max(settings.max_payload_bytes, settings.packed_record_max_bytes) + 64 * 1024,
         autodiscover=False,
     )
-    raw_topic = app.topic(settings.topic_alerts, partitions=settings.topic_partitions)
     normalized_topic = app.topic(settings.topic_normalized, partitions=settings.topic_partitions)
     dlq_topic = app.topic(settings.topic_dlq, partitions=settings.topic_partitions)
+    stored_topic = app.topic(settings.topic_stored, partitions=settings.topic_partitions)
     store = DedupStore(make_table(app, settings.topic_partitions))
 
-    @app.agent(raw_topic, name="normalize")
-    async def normalize(stream):  # noqa: ANN001 - Faust passes its stream
-        async for events in stream.take_events(settings.stream_batch.max_events, settings.stream_batch.timeout_s):
-            RECORDS_RECEIVED.labels("normalize").inc(len(events))
-            result = process_records(
-                [_raw_record(e) for e in events],
-                partitions=settings.topic_partitions,
-                default_tenant=settings.default_tenant,
-                max_payload_bytes=settings.max_payload_bytes,
-            )
-            pending = []
-            for partition, alerts in result.by_partition.items():
-                for blob in pack(alerts, settings.packed_record_max_bytes):
-                    pending.append(await normalized_topic.send(value=blob, partition=partition, force=True))
-            now_ms = int(time.time() * 1000)
-            for letter in result.dead_letters:
-                DLQ_RECORDS.labels(letter.reason).inc()
-                log.warning("DLQ %s/%d@%d: %s (%s)", letter.record.topic, letter.record.partition,
-                            letter.record.offset, letter.reason, letter.detail[:200])
-                pending.append(await dlq_topic.send(
-                    key=letter.record.key, value=letter.record.value or b"",
-                    headers=dead_letter_headers(letter, now_ms), force=True,
+    async def emit(result: StageOneResult) -> None:
+        """Send packed alerts and dead letters; return once the broker has acked all of them."""
+        pending = []
+        for partition, alerts in result.by_partition.items():
+            for blob in pack(alerts, settings.packed_record_max_bytes):
+                pending.append(await normalized_topic.send(value=blob, partition=partition, force=True))
+        now_ms = int(time.time() * 1000)
+        for letter in result.dead_letters:
+            DLQ_RECORDS.labels(letter.reason).inc()
+            log.warning("DLQ %s/%d@%d: %s (%s)", letter.record.topic, letter.record.partition,
+                        letter.record.offset, letter.reason, letter.detail[:200])
+            pending.append(await dlq_topic.send(
+                key=letter.record.key, value=letter.record.value or b"",
+                headers=dead_letter_headers(letter, now_ms), force=True,
+            ))
+        await asyncio.gather(*pending)
+
+    @app.task
+    async def normalize() -> None:
+        """Stage 1 as a batch consumer: stateless, so it needs none of Faust's per-record
+        machinery, which caps an agent at ~5k records/s on this hardware (docs/decisions.md)."""
+        consumer = BatchConsumer(settings, group_id=f"{settings.app_id}-normalize", topic=settings.topic_alerts)
+        await consumer.start()
+        try:
+            async for records in consumer.batches(settings.stream_batch):
+                RECORDS_RECEIVED.labels("normalize").inc(len(records))
+                await emit(process_records(
+                    records,
+                    partitions=settings.topic_partitions,
+                    default_tenant=settings.default_tenant,
+                    max_payload_bytes=settings.max_payload_bytes,
                 ))
-            # wait for the broker's ack before the input events are acked
-            await asyncio.gather(*pending)
+                await consumer.commit(records)  # only after the broker acked the output
+        finally:
+            await consumer.stop()
 
     @app.agent(normalized_topic, name="deduplicate")
     async def deduplicate(stream):  # noqa: ANN001
-        sinks = build_sinks(settings)
-        for sink in sinks:
-            await sink.start()
+        postgres = PostgresSink(settings.require_database_url(), pool_size=settings.db_pool_size)
+        await postgres.start()
         try:
             async for events in stream.take_events(settings.dedup_batch.max_events, settings.dedup_batch.timeout_s):
                 RECORDS_RECEIVED.labels("deduplicate").inc(len(events))
                 records = [PackedRecord(e.message.partition, e.message.offset, e.value, e) for e in events]
                 plan = plan_batch(records, store.get)
-                await asyncio.gather(*(write_with_retry(s, plan.batch, settings.sink_retry) for s in sinks))
+                # durable first (Postgres, and the stored alerts handed to the indexer), then state
+                await asyncio.gather(write_with_retry(postgres, plan.batch, settings.sink_retry), hand_to_indexer(plan))
                 for key, (state, event) in plan.state_writes.items():
                     store.put(key, state, event)
                 for (tenant, provider, outcome), count in plan.outcomes.items():
                     ALERTS.labels(tenant, provider, outcome.value).inc(count)
         finally:
-            for sink in sinks:
-                await sink.close()
+            await postgres.close()
+
+    async def hand_to_indexer(plan: StageTwoPlan) -> None:
+        if not settings.search_enabled:
+            return
+        by_partition: dict[int, list[NormalizedAlert]] = defaultdict(list)
+        for sighting in plan.batch.sightings:
+            if sighting.stored is not None:
+                by_partition[sighting.partition].append(sighting.stored)
+        pending = [await stored_topic.send(value=blob, partition=partition, force=True)
+                   for partition, alerts in by_partition.items()
+                   for blob in pack(alerts, settings.packed_record_max_bytes)]
+        await asyncio.gather(*pending)
+
+    if settings.search_enabled:
+        @app.task
+        async def index() -> None:
+            """The search sink as its own consumer of stored alerts: a slow or down search
+            store shows as this consumer's lag, and never holds back Postgres."""
+            search = build_search_sink(settings)
+            await search.start()
+            consumer = BatchConsumer(settings, group_id=f"{settings.app_id}-index", topic=settings.topic_stored)
+            await consumer.start()
+            try:
+                async for records in consumer.batches(settings.stream_batch):
+                    RECORDS_RECEIVED.labels("index").inc(len(records))
+                    batch = WriteBatch(stored=[a for r in records for a in unpack(r.value)])
+                    await write_with_retry(search, batch, settings.sink_retry)
+                    await consumer.commit(records)
+            finally:
+                await consumer.stop()
+                await search.close()
 
     @app.page("/metrics")
     async def metrics(web, request):  # noqa: ANN001
@@ -118,25 +160,12 @@ def create_app(settings: Settings) -> faust.App:
     return app
 
 
-def _raw_record(event) -> RawRecord:  # noqa: ANN001
-    message = event.message
-    headers = message.headers or []
-    return RawRecord(
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        timestamp_ms=int(message.timestamp * 1000),
-        key=message.key,
-        value=message.value,
-        headers={k: v for k, v in (headers.items() if isinstance(headers, dict) else headers) if v is not None},
-    )
-
-
 def describe(settings: Settings) -> str:
     return (
         f"{settings.topic_alerts} ({settings.topic_partitions} partitions)\n"
         f"  └─ normalize: decode, normalize, fingerprint ─► {settings.topic_normalized} (by tenant+fingerprint)\n"
-        f"       └─ deduplicate: table dedup-state ─► postgres alert/last_alert"
-        f"{', search ' + settings.search_index if settings.search_enabled else ''}\n"
+        f"       └─ deduplicate: table dedup-state ─► postgres alert/last_alert\n"
+        + (f"            └─ stored alerts ─► {settings.topic_stored} ─► index: search {settings.search_index}\n"
+           if settings.search_enabled else "") +
         f"  invalid records ─► {settings.topic_dlq} (headers dlq_reason, dlq_detail, dlq_topic/partition/offset)"
     )

@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     # --- topics
     topic_alerts: str = Field("alerts", description="Input topic: provider payloads, header `provider` and `tenant`.")
     topic_normalized: str = Field("alerts.normalized", description="Internal topic: canonical alerts packed per partition, partitioned by (tenant, fingerprint).")
+    topic_stored: str = Field("alerts.stored", description="Internal topic: stored (new or changed) alerts, packed, consumed by the search indexer.")
     topic_dlq: str = Field("alerts.dlq", description="Dead-letter topic: original bytes plus headers naming the reason.")
     topic_partitions: int = Field(4, ge=1, description="Partitions of every alertstream topic (the ceiling on parallel workers).")
     topic_replication: int = Field(1, ge=1, description="Replication factor of the topics alertstream creates.")

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 def topic_names(settings: Settings) -> list[str]:
-    return [settings.topic_alerts, settings.topic_normalized, settings.topic_dlq]
+    return [settings.topic_alerts, settings.topic_normalized, settings.topic_stored, settings.topic_dlq]
 
 
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:

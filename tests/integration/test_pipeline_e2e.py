@@ -151,6 +151,8 @@ def test_search_store_holds_one_document_per_alert_row(processed) -> None:  # no
         finally:
             await client.close()
 
+    # the indexer is its own consumer: wait until it has caught up, then compare exactly
+    wait_until(lambda: len(asyncio.run(documents())) >= len(ids), timeout=120, interval=2, what="search indexer caught up")
     assert asyncio.run(documents()) == ids
 
 

@@ -1,0 +1,72 @@
+"""A batch consumer for stateless stages: many records per call, offsets committed explicitly.
+
+The caller commits a batch only after its output is durable, so a crash or a
+rebalance replays at most the batches in flight (at-least-once).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
+
+from agents.normalizer import RawRecord
+from streams.settings import BatchConfig, Settings
+
+log = logging.getLogger(__name__)
+
+
+class BatchConsumer:
+    def __init__(self, settings: Settings, *, group_id: str, topic: str) -> None:
+        self._topic = topic
+        self._consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=settings.require_kafka(),
+            group_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=int(settings.broker_session_timeout_s * 1000),
+            heartbeat_interval_ms=int(min(3.0, settings.broker_session_timeout_s / 3) * 1000),
+            max_poll_records=settings.stream_batch.max_events,
+            fetch_max_bytes=64 * 1024 * 1024,
+            max_partition_fetch_bytes=max(settings.max_payload_bytes * 2, 8 * 1024 * 1024),
+        )
+
+    async def start(self) -> None:
+        await self._consumer.start()
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+
+    async def batches(self, batch: BatchConfig) -> AsyncIterator[list[RawRecord]]:
+        while True:
+            fetched = await self._consumer.getmany(timeout_ms=int(batch.timeout_s * 1000), max_records=batch.max_events)
+            records = [_raw(m) for messages in fetched.values() for m in messages]
+            if records:
+                yield records
+
+    async def commit(self, records: list[RawRecord]) -> None:
+        offsets: dict[TopicPartition, int] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as exc:
+            # the partitions moved to another worker, which replays from the last commit: harmless
+            log.warning("commit of %d partitions failed after a rebalance (%s); the batch will be replayed",
+                        len(offsets), type(exc).__name__)
+
+
+def _raw(message) -> RawRecord:  # noqa: ANN001 - aiokafka's ConsumerRecord
+    return RawRecord(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        timestamp_ms=message.timestamp,
+        key=message.key,
+        value=message.value,
+        headers={k: v for k, v in (message.headers or ()) if v is not None},
+    )
