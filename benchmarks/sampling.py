@@ -1,22 +1,39 @@
-"""What a benchmark watches while it runs: CPU and memory of each process, the workers' counters."""
+"""What a benchmark watches while it runs: CPU and memory of each process, the workers' counters, Kafka lag.
+
+Everything here is read from outside the processes it measures (psutil, the workers' `/metrics`, the
+broker's admin API), so measuring does not change what the worker does beyond answering a scrape a second.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+OUTCOMES = ("new", "changed", "duplicate")
+STORED_OUTCOMES = ("new", "changed")
+
+
+# ---------------------------------------------------------------------------------------------- processes
+
 
 @dataclass
 class ProcessGroup:
-    """A server or worker and its child processes (Postgres backends), measured together."""
+    """A server or worker and its child processes (Postgres backends), measured together.
+
+    Children are remembered once seen: a Postgres backend that exits between two samples still had
+    its CPU time counted at the previous sample, and its last reading is kept (not lost) in the total.
+    """
 
     name: str
     pid: int
+    _last_cpu: dict[int, float] = field(default_factory=dict, repr=False)
 
     def processes(self) -> list[psutil.Process]:
         try:
@@ -26,82 +43,239 @@ class ProcessGroup:
             return []
 
     def cpu_seconds(self) -> float:
-        total = 0.0
+        """User + system CPU seconds of the group so far (exited children keep their last reading)."""
         for p in self.processes():
             try:
                 t = p.cpu_times()
-                total += t.user + t.system
-            except psutil.NoSuchProcess:
+                self._last_cpu[p.pid] = t.user + t.system
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
-        return total
+        return sum(self._last_cpu.values())
 
     def rss_bytes(self) -> int:
         total = 0
         for p in self.processes():
             try:
                 total += p.memory_info().rss
-            except psutil.NoSuchProcess:
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
         return total
 
+    def alive(self) -> bool:
+        try:
+            return psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
 
-def scrape_counters(port: int) -> dict[str, float]:
-    """Sum of each `_total` counter of one worker, by metric name and outcome."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-        text = response.read().decode()
-    out: dict[str, float] = {}
+
+# ---------------------------------------------------------------------------------------------- worker metrics
+
+
+@dataclass
+class WorkerCounters:
+    """The counters of one worker that a benchmark needs, for one tenant."""
+
+    alerts: dict[str, float] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0.0))  # by outcome
+    records: dict[str, float] = field(default_factory=dict)  # records received, by stage
+    sink_rows: dict[str, float] = field(default_factory=dict)  # rows written, by sink (all tenants)
+    dlq: float = 0.0
+
+    @property
+    def processed(self) -> float:
+        return sum(self.alerts.values())
+
+    @property
+    def stored(self) -> float:
+        return sum(self.alerts.get(o, 0.0) for o in STORED_OUTCOMES)
+
+    def plus(self, other: WorkerCounters) -> WorkerCounters:
+        def add(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+            return {k: a.get(k, 0.0) + b.get(k, 0.0) for k in a.keys() | b.keys()}
+
+        return WorkerCounters(add(self.alerts, other.alerts), add(self.records, other.records),
+                              add(self.sink_rows, other.sink_rows), self.dlq + other.dlq)
+
+    def minus(self, other: WorkerCounters) -> WorkerCounters:
+        def sub(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+            return {k: a.get(k, 0.0) - b.get(k, 0.0) for k in a.keys() | b.keys()}
+
+        return WorkerCounters(sub(self.alerts, other.alerts), sub(self.records, other.records),
+                              sub(self.sink_rows, other.sink_rows), self.dlq - other.dlq)
+
+
+def parse_counters(text: str, tenant: str | None) -> WorkerCounters:
+    """The benchmark's counters from one `/metrics` text; alerts of `tenant` only (None: every tenant)."""
+    out = WorkerCounters()
     for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name.endswith("_total"):
-                key = sample.name + (f":{sample.labels['outcome']}" if "outcome" in sample.labels else "")
-                out[key] = out.get(key, 0.0) + sample.value
+        for s in family.samples:
+            if s.name == "alertstream_alerts_total":
+                if tenant is None or s.labels.get("tenant") == tenant:
+                    outcome = s.labels.get("outcome", "")
+                    out.alerts[outcome] = out.alerts.get(outcome, 0.0) + s.value
+            elif s.name == "alertstream_records_received_total":
+                stage = s.labels.get("stage", "")
+                out.records[stage] = out.records.get(stage, 0.0) + s.value
+            elif s.name == "alertstream_sink_rows_written_total":
+                sink = s.labels.get("sink", "")
+                out.sink_rows[sink] = out.sink_rows.get(sink, 0.0) + s.value
+            elif s.name == "alertstream_dlq_records_total":
+                out.dlq += s.value
     return out
 
 
-def sighted_alerts(counters: dict[str, float]) -> float:
-    return sum(v for k, v in counters.items() if k.startswith("alertstream_alerts_total:"))
+def scrape_text(port: int, timeout_s: float = 2.0) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as response:
+        return response.read().decode()
+
+
+def scrape_counters(port: int, tenant: str | None = None) -> WorkerCounters:
+    return parse_counters(scrape_text(port), tenant)
+
+
+class CounterReader:
+    """Sums the counters of several workers; a worker that does not answer keeps its last reading,
+    so a slow scrape shows as a flat line, not as a dip in a cumulative counter."""
+
+    def __init__(self, ports: list[int], tenant: str | None) -> None:
+        self.ports, self.tenant = ports, tenant
+        self.last: dict[int, WorkerCounters] = {}
+        self.lock = threading.Lock()
+
+    def read(self) -> WorkerCounters:
+        with self.lock:
+            for port in self.ports:
+                try:
+                    self.last[port] = scrape_counters(port, self.tenant)
+                except OSError:
+                    continue
+            total = WorkerCounters()
+            for counters in self.last.values():
+                total = total.plus(counters)
+            return total
+
+    def per_worker(self) -> dict[int, WorkerCounters]:
+        self.read()
+        return dict(self.last)
+
+
+# ---------------------------------------------------------------------------------------------- Kafka lag
+
+
+class KafkaLag:
+    """Consumer-group lag from the broker: end offset - committed offset, summed over partitions.
+
+    Tansu reports a partition's end offset as the first offset of its last record batch + 1
+    (docs: /work/shared/INFRA.md), so this lag is a lower bound: it misses up to one producer
+    batch per partition. The broker-independent backlog (alerts produced - alerts processed)
+    is the number to trust; this one is shown for comparison with what Kafka tooling would say.
+    """
+
+    def __init__(self, bootstrap: str, groups: dict[str, str]) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        self.admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+        self.groups = groups  # group id -> topic
+
+    def read(self, timeout_s: float = 5.0) -> dict[str, float | None]:
+        from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+        from confluent_kafka.admin import OffsetSpec
+
+        out: dict[str, float | None] = {}
+        try:
+            topics = self.admin.list_topics(timeout=timeout_s).topics
+        except Exception:  # noqa: BLE001 - a missed sample, not a failed benchmark
+            return dict.fromkeys(self.groups, None)
+        for group, topic in self.groups.items():
+            try:
+                meta = topics.get(topic)
+                if meta is None:
+                    out[group] = None
+                    continue
+                tps = [TopicPartition(topic, p) for p in meta.partitions]
+                ends = self.admin.list_offsets({tp: OffsetSpec.latest() for tp in tps}, request_timeout=timeout_s)
+                end = {tp.partition: f.result().offset for tp, f in ends.items()}
+                fut = self.admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, tps)],
+                                                             request_timeout=timeout_s)
+                committed = {tp.partition: tp.offset for tp in fut[group].result().topic_partitions}
+                out[group] = float(sum(max(0, end[p] - max(0, committed.get(p, 0))) for p in end))
+            except Exception:  # noqa: BLE001
+                out[group] = None
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- the sampler
 
 
 @dataclass
 class Sample:
-    t: float
+    t: float  # seconds since the load started (negative: before)
     produced_alerts: float
-    sighted_alerts: float
-    worker_rss_bytes: int
+    produced_bytes: float
+    processed: float  # alerts the dedup stage has seen (all outcomes), this run's tenant
+    stored: float  # new + changed
+    pg_rows: float  # rows written by the Postgres sink since the start of the window
+    indexed: float  # documents written by the search sink since the start of the window
+    kafka_lag: dict[str, float | None]
+    cpu_s: dict[str, float]
+    rss: dict[str, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"t": round(self.t, 3), "produced_alerts": self.produced_alerts, "produced_bytes": self.produced_bytes,
+                "processed": self.processed, "stored": self.stored, "pg_rows": self.pg_rows,
+                "indexed": self.indexed, "backlog": self.produced_alerts - self.processed,
+                "index_lag": self.stored - self.indexed, "kafka_lag": self.kafka_lag,
+                "cpu_s": {k: round(v, 3) for k, v in self.cpu_s.items()}, "rss": self.rss}
 
 
-@dataclass
 class Sampler:
-    """Samples once a second in a thread: counters of every worker, worker memory."""
+    """Samples every `interval_s` in a thread: counters, CPU and RSS of every process group, and (every
+    `lag_every` samples) Kafka consumer-group lag. `produced()` returns (alerts, bytes) produced so far."""
 
-    worker_ports: list[int]
-    workers: list[ProcessGroup]
-    produced: "callable"  # returns alerts produced so far
-    interval_s: float = 1.0
-    samples: list[Sample] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def sighted(self) -> float:
-        total = 0.0
-        for port in self.worker_ports:
-            try:
-                total += sighted_alerts(scrape_counters(port))
-            except OSError:
-                continue
-        return total
+    def __init__(self, counters: CounterReader, baseline: WorkerCounters, groups: list[ProcessGroup],
+                 produced: Callable[[], tuple[float, float]], t0: Callable[[], float],
+                 lag: KafkaLag | None = None, interval_s: float = 1.0, lag_every: int = 2) -> None:
+        self.counters, self.baseline, self.groups = counters, baseline, groups
+        self.produced, self.t0, self.lag = produced, t0, lag
+        self.interval_s, self.lag_every = interval_s, lag_every
+        self.samples: list[Sample] = []
+        self.peak_rss: dict[str, int] = {g.name: 0 for g in groups}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_lag: dict[str, float | None] = {}
+        self.errors: list[str] = []
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread = threading.Thread(target=self._run, name="bench-sampler", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread:
-            self._thread.join()
+            self._thread.join(timeout=30)
+
+    def latest(self) -> Sample | None:
+        return self.samples[-1] if self.samples else None
+
+    def take(self) -> Sample:
+        produced_alerts, produced_bytes = self.produced()
+        c = self.counters.read().minus(self.baseline)
+        if self.lag is not None and len(self.samples) % self.lag_every == 0:
+            self._last_lag = self.lag.read()
+        rss = {}
+        for g in self.groups:
+            rss[g.name] = g.rss_bytes()
+            self.peak_rss[g.name] = max(self.peak_rss[g.name], rss[g.name])
+        return Sample(time.monotonic() - self.t0(), produced_alerts, produced_bytes, c.processed, c.stored,
+                      c.sink_rows.get("postgres", 0.0), c.sink_rows.get("search", 0.0), dict(self._last_lag),
+                      {g.name: g.cpu_seconds() for g in self.groups}, rss)
 
     def _run(self) -> None:
+        next_at = time.monotonic()
         while not self._stop.is_set():
-            self.samples.append(Sample(time.monotonic(), self.produced(), self.sighted(),
-                                       sum(w.rss_bytes() for w in self.workers)))
-            self._stop.wait(self.interval_s)
+            try:
+                self.samples.append(self.take())
+            except Exception as exc:  # noqa: BLE001 - keep sampling; the report lists what failed
+                if len(self.errors) < 20:
+                    self.errors.append(f"{type(exc).__name__}: {exc}")
+            next_at += self.interval_s
+            self._stop.wait(max(0.0, next_at - time.monotonic()))

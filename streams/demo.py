@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -172,8 +173,14 @@ def run_local(settings: Settings, *, stay: bool) -> int:
     from streams import localstack
 
     console = Console(stderr=True)
-    env = localstack.up(settings)
+    # The demo gets its own stack and worker state, fresh each time: the local broker keeps
+    # its data in memory only, so state left from an earlier run would no longer match it.
+    demo_dir = Path(settings.data_dir).resolve() / "demo"
+    localstack.down(demo_dir / "stack")
+    shutil.rmtree(demo_dir, ignore_errors=True)
+    env = localstack.up(settings, state_dir=demo_dir / "stack")
     os.environ.update(env)
+    os.environ["ALERTSTREAM_DATA_DIR"] = str(demo_dir)
     settings = Settings()
     asyncio.run(migrate(settings.require_database_url()))
     log_path = Path(settings.data_dir) / "worker.log"
@@ -188,7 +195,7 @@ def run_local(settings: Settings, *, stay: bool) -> int:
         return 0
     finally:
         _stop(worker)
-        localstack.down()
+        localstack.down(demo_dir / "stack")
         console.print("stopped the worker and the local stack")
 
 
@@ -223,11 +230,18 @@ def _where_next(settings: Settings) -> str:
     return (
         "[green]demo processed.[/green] Where to look next:\n"
         f"  metrics:   curl http://127.0.0.1:{settings.worker_web_port}/metrics | grep alertstream_\n"
-        "  postgres:  psql \"$ALERTSTREAM_DATABASE_URL\" -c 'select tenant, fingerprint, status, received_count from last_alert'\n"
+        f"  postgres:  psql '{_masked(settings)}' -c 'select tenant, fingerprint, status, received_count from last_alert'\n"
+        f"             (password in {settings.data_dir}/stack/postgres/password)\n"
         f"  search:    curl '{settings.search_url}/{settings.search_index}/_search?size=3'\n"
         f"  DLQ:       topic {settings.topic_dlq} (header dlq_reason)\n"
         f"  worker log: {settings.data_dir}/worker.log"
     )
+
+
+def _masked(settings: Settings) -> str:
+    url = settings.require_database_url()
+    user_info, _, host = url.partition("@")
+    return f"{user_info.rsplit(':', 1)[0]}:***@{host}" if host else url
 
 
 def _stop(worker: subprocess.Popen) -> None:
