@@ -33,24 +33,27 @@ class ProcessGroup:
 
     name: str
     pid: int
+    include_children: bool = True
     _last_cpu: dict[int, float] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def processes(self) -> list[psutil.Process]:
         try:
             root = psutil.Process(self.pid)
-            return [root, *root.children(recursive=True)]
+            return [root, *root.children(recursive=True)] if self.include_children else [root]
         except psutil.NoSuchProcess:
             return []
 
     def cpu_seconds(self) -> float:
         """User + system CPU seconds of the group so far (exited children keep their last reading)."""
-        for p in self.processes():
-            try:
-                t = p.cpu_times()
-                self._last_cpu[p.pid] = t.user + t.system
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-        return sum(self._last_cpu.values())
+        with self._lock:
+            for p in self.processes():
+                try:
+                    t = p.cpu_times()
+                    self._last_cpu[p.pid] = t.user + t.system
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+            return sum(self._last_cpu.values())
 
     def rss_bytes(self) -> int:
         total = 0
