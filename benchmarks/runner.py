@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -40,9 +41,9 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,8 @@ class BenchOptions:
     baseline: Path = BASELINE
     update_baseline: bool = False
     progress: bool = True
+    compression: str = "lz4"  # of the load generator's producer, as loadgen's default
+    search: bool = True  # False: the workers run with ALERTSTREAM_SEARCH_ENABLED=false
     label: str = ""
     command: str = ""
 
@@ -125,21 +128,31 @@ class BenchOptions:
 
     def mode(self) -> str:
         if self.rate_max:
-            return "max"
-        if self.volume:
-            return f"volume {self.volume}"
-        return f"rate {self.rate:g} alerts/s" if self.rate else "unpaced"
+            mode = "max"
+        elif self.volume:
+            mode = f"volume {self.volume}"
+        else:
+            mode = f"rate {self.rate:g} alerts/s" if self.rate else "unpaced"
+        return mode if self.search else mode + ", no search"
 
 
+@dataclass
 class _ClosedLoop(Scenario):
     """The scenario of `--rate max`: unpaced while the backlog is under the cap, paused above it."""
 
-    backlog: Callable[[], float] = staticmethod(lambda: 0.0)  # type: ignore[assignment]
+    backlog: Callable[[], float] = lambda: 0.0
     cap: float = 20_000
+
+    @classmethod
+    def around(cls, scenario: Scenario, backlog: Callable[[], float], cap: float) -> _ClosedLoop:
+        return cls(**{f.name: getattr(scenario, f.name) for f in fields(Scenario)}, backlog=backlog, cap=cap)
 
     def rate_at(self, t: float) -> float | None:
         # A near-zero rate makes the generator wait in 2 ms slices, re-checking the backlog each time.
         return None if self.backlog() < self.cap else 1e-6
+
+    def describe(self) -> str:
+        return f"{self.name} max (closed loop, backlog <= {self.cap:,.0f} alerts) for {self.duration_s:g}s"
 
 
 # ---------------------------------------------------------------------------------------------- processes
@@ -275,6 +288,7 @@ class Bench:
         self.stack_state: Path | None = None
         self.env: dict[str, str] = {}
         self.problems: list[str] = []
+        self.phases: dict[str, float] = {}
 
     # ------------------------------------------------------------------ orchestration
 
@@ -283,15 +297,29 @@ class Bench:
             cleanup.callback(self._cleanup)
             self.display.log(f"run {self.run_id}: {self.opts.scenario} {self.opts.mode()} for {self.opts.duration_s:g}s, "
                              f"{self.opts.workers} worker(s), {self.opts.partitions} partitions; tenant {self.tenant}")
-            settings = self._start_stack()
-            ceilings = self._ceilings(settings)
-            self._start_workers(settings)
-            counters = CounterReader([w.port for w in self.workers], self.tenant)
-            self._warm_up(settings)
-            measured = self._measure(settings, counters)
-            latency = self._latency(settings)
-            profile = self._finish_profiles()
+            with self._phase("stack"):
+                settings = self._start_stack()
+            with self._phase("ceilings"):
+                ceilings = self._ceilings(settings)
+            with self._phase("warmup"):
+                self._start_workers(settings)
+                counters = CounterReader([w.port for w in self.workers], self.tenant)
+                self._warm_up(settings)
+            with self._phase("load_and_drain"):
+                measured = self._measure(settings, counters)
+            with self._phase("latency_query"):
+                latency = self._latency(settings, measured["timeline"].load_start_wall)
+            with self._phase("profiles"):
+                profile = self._finish_profiles()
             return self._result(settings, ceilings, measured, latency, profile)
+
+    @contextlib.contextmanager
+    def _phase(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.phases[name] = round(time.monotonic() - started, 2)
 
     def _cleanup(self) -> None:
         self.display.update(phase="stopping")
@@ -346,7 +374,9 @@ class Bench:
         self.env.update(names)
         self.env.update({"ALERTSTREAM_TOPIC_PARTITIONS": str(self.opts.partitions),
                          "ALERTSTREAM_BROKER_SESSION_TIMEOUT_S": str(SESSION_TIMEOUT_S)})
-        settings = Settings(**_settings_kwargs(self.env))
+        if not self.opts.search:
+            self.env["ALERTSTREAM_SEARCH_ENABLED"] = "false"
+        settings = _settings_from(self.env)
         asyncio.run(migrate(settings.require_database_url()))
         self.display.log(f"stack ready: kafka {settings.kafka_bootstrap}, search {settings.search_url or '-'}")
         return settings
@@ -398,19 +428,19 @@ class Bench:
         from confluent_kafka import Producer
 
         self.display.update(phase="warm-up: waiting for every worker to join every group")
-        producer = Producer(ProducerOptions().config(settings.require_kafka()))
+        producer = Producer(ProducerOptions(compression=self.opts.compression).config(settings.require_kafka()))
         factory = PayloadFactory(self.opts.profile_obj(self.warmup_tenant, seed=self.opts.seed + 1000))
         warm = CounterReader([w.port for w in self.workers], self.warmup_tenant)
         stages = ["normalize", "deduplicate"] + (["index"] if settings.search_enabled else [])
-        must_join = self.workers if self.opts.workers <= self.opts.partitions else self.workers[:1]
+        need = min(self.opts.workers, self.opts.partitions)  # workers beyond the partition count stay idle
         produced = 0
         deadline = time.monotonic() + self.opts.warmup_timeout_s
         joined_at = None
         while True:
             self._check_workers()
             per = warm.per_worker()
-            joined = len(per) == len(self.workers) and all(
-                per.get(w.port) and all(per[w.port].records.get(s, 0) > 0 for s in stages) for w in must_join)
+            joined_per_stage = {s: sum(1 for c in per.values() if c.records.get(s, 0) > 0) for s in stages}
+            joined = all(n >= need for n in joined_per_stage.values())
             total = WorkerCounters()
             for c in per.values():
                 total = total.plus(c)
@@ -427,10 +457,10 @@ class Bench:
                 break
             if time.monotonic() > deadline:
                 tails = "\n".join(f"--- {w.name}\n{w.log_tail(15)}" for w in self.workers)
-                raise BenchError(f"warm-up did not settle within {self.opts.warmup_timeout_s:g}s "
-                                 f"(joined={joined}, processed {total.processed:.0f}/{produced}):\n{tails}")
-            self.display.update(warmup=f"{total.processed:,.0f}/{produced:,} alerts, "
-                                       f"{sum(1 for c in per.values() if c.records.get('deduplicate'))}/{len(must_join)} joined")
+                raise BenchError(f"warm-up did not settle within {self.opts.warmup_timeout_s:g}s (workers per "
+                                 f"stage {joined_per_stage}, processed {total.processed:.0f}/{produced}):\n{tails}")
+            self.display.update(warmup=f"{total.processed:,.0f}/{produced:,} alerts; workers in each stage: "
+                                       + ", ".join(f"{s} {n}/{need}" for s, n in joined_per_stage.items()))
             time.sleep(0.5)
         self.display.log(f"warm-up done: {produced:,} alerts, every worker in every group")
 
@@ -450,20 +480,17 @@ class Bench:
         tl = Timeline()
         sampler = Sampler(counters, baseline, groups, produced=lambda: (float(stats.alerts), float(stats.bytes)),
                           t0=lambda: tl.load_start or time.monotonic(), lag=lag)
-        processed_now = _Poller(counters, baseline, 0.2 if opts.rate_max else 1.0)
+        processed_now = _Poller(counters, baseline, 0.5 if opts.rate_max else 1.0)
 
         scenario = opts.scenario_obj()
         if opts.rate_max:
-            scenario.__class__ = _ClosedLoop
-            scenario.backlog = lambda: stats.alerts - processed_now.processed  # type: ignore[attr-defined]
-            scenario.cap = opts.max_backlog  # type: ignore[attr-defined]
-        producer_options = ProducerOptions()
+            scenario = _ClosedLoop.around(scenario, lambda: stats.alerts - processed_now.processed, opts.max_backlog)
+        producer_options = ProducerOptions(compression=opts.compression)
         from confluent_kafka import Producer
 
         producer = Producer(producer_options.config(settings.require_kafka()))
         load = _Run(producer, settings.topic_alerts, PayloadFactory(opts.profile_obj(self.tenant)), scenario, stats)
-        stats.scenario = scenario.describe() if not opts.rate_max else f"{opts.scenario} max (closed loop, backlog cap " \
-                                                                      f"{opts.max_backlog:,} alerts) for {opts.duration_s:g}s"
+        stats.scenario = scenario.describe()
 
         cpu0 = {g.name: g.cpu_seconds() for g in groups}
         self._start_profiles()
@@ -508,9 +535,10 @@ class Bench:
             time.sleep(0.25)
         processed_now.stop()
         cpu1 = {g.name: g.cpu_seconds() for g in groups}
-        sampler.take_final = sampler.take()  # type: ignore[attr-defined]
-        time.sleep(min(1.0, sampler.interval_s))
         sampler.stop()
+        sampler.samples.append(sampler.take())
+        sampler.lag = None  # its admin client must not outlive the broker (librdkafka logs reconnects)
+        del lag
         if tl.drained is None:
             self.problems.append(f"not drained within {drain_timeout:g}s: processed {final.processed:,.0f} of "
                                  f"{stats.alerts:,} alerts")
@@ -520,8 +548,7 @@ class Bench:
         self.display.log(f"load done: {stats.alerts:,} alerts produced, {final.processed:,.0f} processed")
         return {"stats": stats, "timeline": tl, "at_load_end": at_load_end, "final": final, "cpu0": cpu0,
                 "cpu1": cpu1, "sampler": sampler, "groups": groups, "scenario": scenario,
-                "per_worker": {w.name: c.minus(WorkerCounters()) for w, c in
-                               zip(self.workers, [counters.last.get(w.port, WorkerCounters()) for w in self.workers])}}
+                "per_worker": {w.name: counters.last.get(w.port, WorkerCounters()).processed for w in self.workers}}
 
     def _show(self, s: Sample | None, stats: LoadStats, elapsed: float) -> None:
         produced_rate = stats.alerts / elapsed if elapsed > 0 else 0.0
@@ -574,8 +601,9 @@ class Bench:
 
     # ------------------------------------------------------------------ latency
 
-    def _latency(self, settings) -> dict[str, Any]:  # noqa: ANN001
-        return asyncio.run(_latency_query(settings.require_database_url(), self.tenant))
+    def _latency(self, settings, t0_wall: float) -> dict[str, Any]:  # noqa: ANN001
+        self.display.update(phase="latency query")
+        return asyncio.run(_latency_query(settings.require_database_url(), self.tenant, t0_wall))
 
     # ------------------------------------------------------------------ results
 
@@ -624,7 +652,8 @@ class Bench:
             "indexed_alerts": end.sink_rows.get("search", 0.0) if settings.search_enabled else None,
             "records_received": end.records,
             "dlq_records": end.dlq,
-            "per_worker_processed": {name: c.processed for name, c in m["per_worker"].items()},
+            "per_worker_processed": m["per_worker"],
+            "stages": _stage_summary(end, busy),
             **{f"latency_{k}": v for k, v in latency.items() if not isinstance(v, (list, dict))},
             "latency_histogram": latency.get("histogram"),
             "latency_timeseries": latency.get("timeseries"),
@@ -654,6 +683,9 @@ class Bench:
             "machine": _machine(),
             "profile": profile,
             "timeseries": samples,
+            "phases_s": self.phases,
+            "pids": {g.name: g.pid for g in m["groups"] if g.name != "loadgen"},
+            "logs": str(self.run_dir / "logs"),
             "sampler_errors": sampler.errors,
             "problems": self.problems,
         }
@@ -692,21 +724,21 @@ def _headers(rec: GeneratedRecord) -> list[tuple[str, bytes]]:
             ("produced_at_ms", str(time.time_ns() // 1_000_000).encode())]
 
 
-def _settings_kwargs(env: dict[str, str]) -> dict[str, Any]:
-    """Settings built from an env mapping (not os.environ): the workers' view."""
+def _settings_from(env: dict[str, str]):  # noqa: ANN202 - Settings
+    """The settings the workers will see: read from `env` (their environment) instead of ours."""
     from streams.settings import Settings
 
     saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("ALERTSTREAM_")}
     try:
         os.environ.update({k: v for k, v in env.items() if k.startswith("ALERTSTREAM_")})
-        return Settings().model_dump()
+        return Settings()
     finally:
         for k in [k for k in os.environ if k.startswith("ALERTSTREAM_")]:
             del os.environ[k]
         os.environ.update(saved)
 
 
-async def _latency_query(dsn: str, tenant: str) -> dict[str, Any]:
+async def _latency_query(dsn: str, tenant: str, t0_wall: float) -> dict[str, Any]:
     """Produce-to-commit latency of every stored alert of the run: stored_at (transaction start of
     the batch that wrote it) - received_at (the input record's Kafka timestamp = produce time)."""
     import asyncpg
@@ -716,19 +748,18 @@ async def _latency_query(dsn: str, tenant: str) -> dict[str, Any]:
         lat = "extract(epoch FROM stored_at - received_at)::float8"
         row = await conn.fetchrow(
             f"""SELECT count(*) AS n, avg({lat}) AS mean, max({lat}) AS max, min({lat}) AS min,
-                   percentile_cont(ARRAY[0.5, 0.95, 0.99, 0.999]) WITHIN GROUP (ORDER BY {lat}) AS pct,
-                   min(received_at) AS first_received
+                   percentile_cont(ARRAY[0.5, 0.95, 0.99, 0.999]) WITHIN GROUP (ORDER BY {lat}) AS pct
                 FROM alert WHERE tenant = $1""", tenant)
         if not row["n"]:
             return {"rows": 0, "p50_s": None, "p95_s": None, "p99_s": None}
         # log-spaced histogram, 1 ms .. 100 s, computed in Postgres (no need to ship every row)
         hist = await conn.fetch(
-            f"""SELECT width_bucket(log(greatest({lat}, 0.001)::numeric), -3, 2, 50) AS b, count(*) AS n
+            f"""SELECT width_bucket(log(greatest({lat}, 0.001)), -3.0, 2.0, 50) AS b, count(*) AS n
                 FROM alert WHERE tenant = $1 GROUP BY 1 ORDER BY 1""", tenant)
         series = await conn.fetch(
-            f"""SELECT floor(extract(epoch FROM received_at - $2::timestamptz))::int AS s, count(*) AS n,
+            f"""SELECT floor(extract(epoch FROM received_at) - $2::float8)::int AS s, count(*) AS n,
                        percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY {lat}) AS pct
-                FROM alert WHERE tenant = $1 GROUP BY 1 ORDER BY 1""", tenant, row["first_received"])
+                FROM alert WHERE tenant = $1 GROUP BY 1 ORDER BY 1""", tenant, t0_wall)
     finally:
         await conn.close()
     pct = row["pct"]
@@ -739,6 +770,23 @@ async def _latency_query(dsn: str, tenant: str) -> dict[str, Any]:
         "timeseries": [{"s": r["s"], "n": r["n"], "p50_s": round(r["pct"][0], 4), "p99_s": round(r["pct"][1], 4)}
                        for r in series],
     }
+
+
+def _stage_summary(c: WorkerCounters, busy_s: float) -> dict[str, Any]:
+    """How the work was batched: alerts per record at each stage, and each sink's batches and flush times."""
+    def div(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 3) if a is not None and b else None
+
+    sinks = {}
+    for sink in sorted({k.split(":", 1)[1] for k in c.sinks}):
+        n = c.sinks.get(f"flush_count:{sink}", 0.0)
+        flush = c.sinks.get(f"flush_s_sum:{sink}", 0.0)
+        sinks[sink] = {"batches": n, "mean_batch_stored_alerts": div(c.sinks.get(f"batch_sum:{sink}"), c.sinks.get(f"batch_count:{sink}")),
+                       "mean_flush_s": div(flush, n), "flush_s_total": round(flush, 3),
+                       "share_of_time_flushing": div(flush, busy_s)}
+    return {"records_received": c.records, "alerts_per_input_record": div(c.processed, c.records.get("normalize")),
+            "alerts_per_packed_record": div(c.processed, c.records.get("deduplicate")),
+            "stored_alerts_per_indexed_record": div(c.stored, c.records.get("index")), "sinks": sinks}
 
 
 def _lag_summary(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -850,6 +898,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("topology")
     t.add_argument("--workers", type=int, default=1, help="worker processes (they share the consumer groups)")
     t.add_argument("--partitions", type=int, default=4, help="partitions of every topic")
+    t.add_argument("--no-search", action="store_true", help="workers without the search indexer "
+                                                            "(ALERTSTREAM_SEARCH_ENABLED=false)")
     g = p.add_argument_group("payloads (benchmarks.loadgen)")
     g.add_argument("--mix", default=",".join(f"{k}={v:g}" for k, v in DEFAULT_MIX.items()))
     g.add_argument("--cardinality", type=int, default=10_000)
@@ -876,6 +926,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--keep-data", action="store_true", help="keep the stack's and workers' data dirs")
     r.add_argument("--baseline", type=Path, default=BASELINE)
     r.add_argument("--update-baseline", action="store_true", help="write this run's ratio as the new baseline")
+    r.add_argument("--compression", choices=("lz4", "none", "zstd", "gzip", "snappy"), default="lz4",
+                   help="the load generator's producer compression")
     r.add_argument("--label", default="", help="a note stored with the result (e.g. the commit under test)")
     r.add_argument("--no-progress", action="store_true")
 
@@ -916,10 +968,23 @@ def options_from_args(args: argparse.Namespace, command: str) -> BenchOptions:
         out=args.out.resolve(), profile=args.profile, profile_rate=args.profile_rate,
         drain_timeout_s=args.drain_timeout, warmup_timeout_s=args.warmup_timeout, use_env_stack=args.use_env_stack,
         keep_data=args.keep_data, baseline=args.baseline, update_baseline=args.update_baseline,
-        progress=not args.no_progress, label=args.label, command=command)
+        progress=not args.no_progress, compression=args.compression, search=not args.no_search, label=args.label, command=command)
+    check_codec(opts.compression)
     opts.scenario_obj()  # validate the scenario and the profile before starting anything
     opts.profile_obj("validate")
     return opts
+
+
+def check_codec(compression: str) -> None:
+    """The worker consumes with aiokafka, which decompresses lz4, snappy and zstd only with cramjam
+    installed (aiokafka[lz4]); without it the worker crashes on the first compressed batch. Fail fast."""
+    from aiokafka import codec
+
+    has = {"none": True, "gzip": codec.has_gzip(), "lz4": codec.has_lz4(), "zstd": codec.has_zstd(),
+           "snappy": codec.has_snappy()}
+    if not has[compression]:
+        raise ValueError(f"the worker (aiokafka) cannot decompress {compression} records here: install "
+                         f"aiokafka[{compression}] (cramjam), or pass --compression none|gzip")
 
 
 def run_from_args(args: argparse.Namespace, command: str) -> int:

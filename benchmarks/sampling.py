@@ -82,6 +82,8 @@ class WorkerCounters:
     records: dict[str, float] = field(default_factory=dict)  # records received, by stage
     sink_rows: dict[str, float] = field(default_factory=dict)  # rows written, by sink (all tenants)
     dlq: float = 0.0
+    # sums and counts of the sink histograms, e.g. "flush_s_sum:postgres", "batch_count:search"
+    sinks: dict[str, float] = field(default_factory=dict)
 
     @property
     def processed(self) -> float:
@@ -96,14 +98,14 @@ class WorkerCounters:
             return {k: a.get(k, 0.0) + b.get(k, 0.0) for k in a.keys() | b.keys()}
 
         return WorkerCounters(add(self.alerts, other.alerts), add(self.records, other.records),
-                              add(self.sink_rows, other.sink_rows), self.dlq + other.dlq)
+                              add(self.sink_rows, other.sink_rows), self.dlq + other.dlq, add(self.sinks, other.sinks))
 
     def minus(self, other: WorkerCounters) -> WorkerCounters:
         def sub(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
             return {k: a.get(k, 0.0) - b.get(k, 0.0) for k in a.keys() | b.keys()}
 
         return WorkerCounters(sub(self.alerts, other.alerts), sub(self.records, other.records),
-                              sub(self.sink_rows, other.sink_rows), self.dlq - other.dlq)
+                              sub(self.sink_rows, other.sink_rows), self.dlq - other.dlq, sub(self.sinks, other.sinks))
 
 
 def parse_counters(text: str, tenant: str | None) -> WorkerCounters:
@@ -123,7 +125,16 @@ def parse_counters(text: str, tenant: str | None) -> WorkerCounters:
                 out.sink_rows[sink] = out.sink_rows.get(sink, 0.0) + s.value
             elif s.name == "alertstream_dlq_records_total":
                 out.dlq += s.value
+            elif s.name in _SINK_HISTOGRAMS:
+                key = f"{_SINK_HISTOGRAMS[s.name]}:{s.labels.get('sink', '')}"
+                out.sinks[key] = out.sinks.get(key, 0.0) + s.value
     return out
+
+
+_SINK_HISTOGRAMS = {
+    "alertstream_sink_flush_seconds_sum": "flush_s_sum", "alertstream_sink_flush_seconds_count": "flush_count",
+    "alertstream_sink_batch_size_sum": "batch_sum", "alertstream_sink_batch_size_count": "batch_count",
+}
 
 
 def scrape_text(port: int, timeout_s: float = 2.0) -> str:

@@ -44,11 +44,13 @@ def build_search_sink(settings: Settings) -> SearchSink:
 
 
 def create_app(settings: Settings) -> faust.App:
+    datadir = settings.data_dir / f"worker-{settings.worker_web_port}"
+    datadir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{host}" for host in settings.require_kafka().split(",")],
         store="rocksdb://",
-        datadir=str(settings.data_dir / f"worker-{settings.worker_web_port}"),
+        datadir=str(datadir),
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication,
         web_port=settings.worker_web_port,
@@ -61,6 +63,9 @@ def create_app(settings: Settings) -> faust.App:
         value_serializer="raw",
         producer_acks=-1,
         producer_max_request_size=max(settings.max_payload_bytes, settings.packed_record_max_bytes) + 64 * 1024,
+        # aiokafka's batch limit is in bytes: 1 byte means one record per batch (see the setting)
+        producer_max_batch_size=1 if settings.producer_one_record_batches else 16384,
+        recovery_consistency_check=settings.table_recovery_consistency_check,
         autodiscover=False,
     )
     normalized_topic = app.topic(settings.topic_normalized, partitions=settings.topic_partitions)

@@ -106,6 +106,10 @@ def up(settings: Settings, state_dir: Path | None = None) -> dict[str, str]:
             # Saved after each service, so a later failure still leaves `down` able to stop it.
             _save(state_dir, state)
             env[ENV_VARS[name]] = _env_value(name, state[name], state_dir)
+            if name == "kafka":
+                # Tansu under-reports end offsets (INFRA.md): Faust's recovery check would refuse
+                # every restart of a worker. See the setting's description for the trade-off.
+                env["ALERTSTREAM_TABLE_RECOVERY_CONSISTENCY_CHECK"] = "false"
         _save(state_dir, state)
     return env
 

@@ -55,15 +55,20 @@ def pipeline_settings(stack_env: dict[str, str], tmp_path_factory: pytest.TempPa
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a worker process see exactly `settings`."""
+    from pydantic import BaseModel, SecretStr
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("ALERTSTREAM_")}
-    env.update({
-        "ALERTSTREAM_KAFKA_BOOTSTRAP": settings.require_kafka(),
-        "ALERTSTREAM_DATABASE_URL": settings.require_database_url(),
-        "ALERTSTREAM_SEARCH_URL": settings.search_url or "",
-        "ALERTSTREAM_DATA_DIR": str(settings.data_dir),
-        "ALERTSTREAM_WORKER_WEB_PORT": str(settings.worker_web_port),
-        "ALERTSTREAM_BROKER_SESSION_TIMEOUT_S": str(settings.broker_session_timeout_s),
-    })
+
+    def add(prefix: str, model: BaseModel) -> None:
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            if isinstance(value, BaseModel):
+                add(f"{prefix}{name.upper()}__", value)
+            elif value is not None:
+                env[f"{prefix}{name.upper()}"] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+
+    add("ALERTSTREAM_", settings)
     return env
 
 

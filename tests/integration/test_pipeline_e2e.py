@@ -60,11 +60,11 @@ EXPECTED_ROWS = IDENTITIES + IDENTITIES // 4 + WEBHOOKS * 2
 EXPECTED_IDENTITIES = IDENTITIES + WEBHOOKS * 2
 
 
-def produce(bootstrap: str, topic: str, records: list[tuple[str, bytes, bytes]]) -> None:
+def produce(bootstrap: str, topic: str, records: list[tuple[str, bytes, bytes]], tenant: str = "acme") -> None:
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 10, "acks": "all"})
     failures = []
     for provider, key, value in records:
-        producer.produce(topic, key=key, value=value, headers=[("provider", provider.encode()), ("tenant", b"acme")],
+        producer.produce(topic, key=key, value=value, headers=[("provider", provider.encode()), ("tenant", tenant.encode())],
                          on_delivery=lambda err, msg: failures.append(err) if err else None)
         producer.poll(0)
     assert producer.flush(30) == 0
