@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install run test test-unit bench bench-short stack-up stack-down clean
+.PHONY: install run test test-unit docs bench bench-short stack-up stack-down clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ test: install  ## the whole suite; integration tests start their own stack on th
 
 test-unit: install
 	$(BIN)/pytest tests/unit
+
+docs: install  ## regenerate the settings table in README.md from streams/settings.py
+	$(BIN)/alertstream config --update README.md
 
 stack-up: install
 	@$(BIN)/alertstream stack up

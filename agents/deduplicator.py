@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from agents.normalizer import unpack
+from schemas.rules import DEFAULT_RULES, RuleSet
 from sinks.base import Sighting, WriteBatch
 from tables.dedup_state import DedupState, Outcome, decide, state_key
 
@@ -33,7 +34,8 @@ class StageTwoPlan:
     outcomes: dict[tuple[str, str, Outcome], int] = field(default_factory=dict)
 
 
-def plan_batch(records: list[PackedRecord], read_state: Callable[[bytes, Any], DedupState | None]) -> StageTwoPlan:
+def plan_batch(records: list[PackedRecord], read_state: Callable[[bytes, Any], DedupState | None],
+               rules: RuleSet = DEFAULT_RULES, refresh_after_ms: int | None = None) -> StageTwoPlan:
     """Pure apart from `read_state`: what to write, and which state changes."""
     plan = StageTwoPlan()
     seen: dict[bytes, DedupState | None] = {}  # state as of earlier alerts in this batch
@@ -42,15 +44,17 @@ def plan_batch(records: list[PackedRecord], read_state: Callable[[bytes, Any], D
             alert = item.alert
             key = state_key(alert.tenant, alert.fingerprint)
             previous = seen[key] if key in seen else read_state(key, record.event)
-            outcome, new_state = decide(previous, item.content_hash, alert.status, item.received_at_ms)
-            stored = None
+            outcome, new_state = decide(previous, item.content_hash, alert.status, item.received_at_ms, refresh_after_ms)
             if new_state is not None:
                 seen[key] = new_state
                 plan.state_writes[key] = (new_state, record.event)
-                plan.batch.stored.append(item)
-                stored = item
             else:
                 seen[key] = previous
+            if outcome is Outcome.DUPLICATE and not rules.for_(alert.tenant, alert.provider_type).dedup_enabled:
+                outcome = Outcome.CHANGED  # a rule with `mode: none` stores every sighting
+            stored = item if outcome is not Outcome.DUPLICATE else None
+            if stored is not None:
+                plan.batch.stored.append(item)
             plan.batch.sightings.append(Sighting(
                 alert.tenant, alert.fingerprint, item.received_at_ms, record.partition,
                 (record.offset << 16) | index, stored,

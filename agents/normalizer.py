@@ -21,8 +21,8 @@ from functools import lru_cache
 import msgspec
 
 from schemas.alert import NormalizedAlert, NormalizedBatch
-from schemas.fingerprint import content_hash, fingerprint_of
 from schemas.normalizers import DEFAULT_PROVIDER, InvalidPayload, NormalizeContext, normalize
+from schemas.rules import DEFAULT_RULES, RuleSet
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,8 @@ def _header(record: RawRecord, name: str) -> str | None:
     return text or None
 
 
-def normalize_record(record: RawRecord, *, default_tenant: str, max_payload_bytes: int) -> list[NormalizedAlert]:
+def normalize_record(record: RawRecord, *, default_tenant: str, max_payload_bytes: int,
+                     rules: RuleSet = DEFAULT_RULES) -> list[NormalizedAlert]:
     """One input record → its canonical alerts; raises InvalidPayload for the DLQ."""
     if not record.value:
         raise InvalidPayload("empty", "record has no value")
@@ -111,20 +112,21 @@ def normalize_record(record: RawRecord, *, default_tenant: str, max_payload_byte
         raise InvalidPayload("too_many_alerts", f"{len(alerts)} alerts in one record > {MAX_ALERTS_PER_RECORD}")
     out = []
     for index, alert in enumerate(alerts):
-        alert.fingerprint = fingerprint_of(alert)
+        chash = rules.apply(alert)  # sets the fingerprint under the tenant's and provider's rule
         identity_bytes = len(alert.tenant.encode()) + len(alert.fingerprint.encode())
         if identity_bytes > MAX_IDENTITY_BYTES:
             raise InvalidPayload("invalid_field", f"tenant + fingerprint are {identity_bytes} bytes > limit {MAX_IDENTITY_BYTES}")
         uid = row_uid(record.topic, record.partition, record.offset, index)
-        out.append(NormalizedAlert(uid, record.timestamp_ms, content_hash(alert), alert))
+        out.append(NormalizedAlert(uid, record.timestamp_ms, chash, alert))
     return out
 
 
-def process_records(records: list[RawRecord], *, partitions: int, default_tenant: str, max_payload_bytes: int) -> StageOneResult:
+def process_records(records: list[RawRecord], *, partitions: int, default_tenant: str, max_payload_bytes: int,
+                    rules: RuleSet = DEFAULT_RULES) -> StageOneResult:
     result = StageOneResult()
     for record in records:
         try:
-            alerts = normalize_record(record, default_tenant=default_tenant, max_payload_bytes=max_payload_bytes)
+            alerts = normalize_record(record, default_tenant=default_tenant, max_payload_bytes=max_payload_bytes, rules=rules)
         except InvalidPayload as exc:
             result.dead_letters.append(DeadLetter(record, exc.reason, exc.detail))
             continue

@@ -653,7 +653,7 @@ class Bench:
             "records_received": end.records,
             "dlq_records": end.dlq,
             "per_worker_processed": m["per_worker"],
-            "stages": _stage_summary(end, busy),
+            "stages": _stage_summary(end, busy, stats),
             **{f"latency_{k}": v for k, v in latency.items() if not isinstance(v, (list, dict))},
             "latency_histogram": latency.get("histogram"),
             "latency_timeseries": latency.get("timeseries"),
@@ -772,7 +772,7 @@ async def _latency_query(dsn: str, tenant: str, t0_wall: float) -> dict[str, Any
     }
 
 
-def _stage_summary(c: WorkerCounters, busy_s: float) -> dict[str, Any]:
+def _stage_summary(c: WorkerCounters, busy_s: float, produced: LoadStats) -> dict[str, Any]:
     """How the work was batched: alerts per record at each stage, and each sink's batches and flush times."""
     def div(a: float | None, b: float | None) -> float | None:
         return round(a / b, 3) if a is not None and b else None
@@ -784,7 +784,7 @@ def _stage_summary(c: WorkerCounters, busy_s: float) -> dict[str, Any]:
         sinks[sink] = {"batches": n, "mean_batch_stored_alerts": div(c.sinks.get(f"batch_sum:{sink}"), c.sinks.get(f"batch_count:{sink}")),
                        "mean_flush_s": div(flush, n), "flush_s_total": round(flush, 3),
                        "share_of_time_flushing": div(flush, busy_s)}
-    return {"records_received": c.records, "alerts_per_input_record": div(c.processed, c.records.get("normalize")),
+    return {"records_received": c.records, "alerts_per_input_record": div(produced.alerts, produced.records),
             "alerts_per_packed_record": div(c.processed, c.records.get("deduplicate")),
             "stored_alerts_per_indexed_record": div(c.stored, c.records.get("index")), "sinks": sinks}
 

@@ -344,6 +344,10 @@ class RuleSet:
         return dump_rules(self.rules)
 
 
+# the rules in force when no file is configured (Keep's default full rule)
+DEFAULT_RULES = RuleSet.default()
+
+
 # ------------------------------------------------------------------------------------------ loading
 
 def load_rules(path: str | os.PathLike[str] | None) -> RuleSet:

@@ -20,13 +20,24 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from agents.deduplicator import PackedRecord, StageTwoPlan, plan_batch
 from agents.normalizer import StageOneResult, dead_letter_headers, pack, process_records, unpack
 from schemas.alert import NormalizedAlert
+from schemas.rules import load_rules
 from sinks.base import WriteBatch, write_with_retry
 from sinks.postgres import PostgresSink
 from sinks.search import SearchSink, make_client
 from streams.batch_consumer import BatchConsumer
-from streams.metrics import ALERTS, DLQ_RECORDS, RECORDS_RECEIVED
+from streams.metrics import (
+    ALERTS,
+    DEDUP_BLOOM_SKIPPED_READS,
+    DEDUP_CACHE_HIT_RATIO,
+    DEDUP_EXPIRED,
+    DEDUP_RATIO,
+    DLQ_RECORDS,
+    RECORDS_RECEIVED,
+)
 from streams.settings import Settings
-from tables.dedup_state import DedupStore, make_table
+from tables.bloom import PartitionBlooms
+from tables.dedup_state import DedupStore, Outcome, make_table
+from tables.hot_cache import HotCache
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +82,18 @@ def create_app(settings: Settings) -> faust.App:
     normalized_topic = app.topic(settings.topic_normalized, partitions=settings.topic_partitions)
     dlq_topic = app.topic(settings.topic_dlq, partitions=settings.topic_partitions)
     stored_topic = app.topic(settings.topic_stored, partitions=settings.topic_partitions)
-    store = DedupStore(make_table(app, settings.topic_partitions))
+    rules = load_rules(settings.fingerprint_rules_path)  # an invalid file stops the worker here, with its line
+    store = DedupStore(
+        make_table(app, settings.topic_partitions),
+        cache=HotCache(settings.dedup_cache_entries),
+        blooms=PartitionBlooms(settings.dedup_bloom_capacity, 0.01, ttl_s=2 * settings.dedup_state_ttl_s or None)
+        if settings.dedup_bloom_capacity else None,
+    )
+    ttl_ms = int(settings.dedup_state_ttl_s * 1000)
+
+    @app.on_partitions_revoked.connect
+    async def forget_revoked(app, revoked, **kwargs) -> None:  # noqa: ANN001
+        store.forget_partitions({tp.partition for tp in revoked if tp.topic == settings.topic_normalized})
 
     async def emit(result: StageOneResult) -> None:
         """Send packed alerts and dead letters; return once the broker has acked all of them."""
@@ -104,6 +126,7 @@ def create_app(settings: Settings) -> faust.App:
                     partitions=settings.topic_partitions,
                     default_tenant=settings.default_tenant,
                     max_payload_bytes=settings.max_payload_bytes,
+                    rules=rules,
                 ))
                 await consumer.commit(records)  # only after the broker acked the output
         finally:
@@ -117,15 +140,30 @@ def create_app(settings: Settings) -> faust.App:
             async for events in stream.take_events(settings.dedup_batch.max_events, settings.dedup_batch.timeout_s):
                 RECORDS_RECEIVED.labels("deduplicate").inc(len(events))
                 records = [PackedRecord(e.message.partition, e.message.offset, e.value, e) for e in events]
-                plan = plan_batch(records, store.get)
+                plan = plan_batch(records, store.get, rules, refresh_after_ms=ttl_ms // 2 or None)
                 # durable first (Postgres, and the stored alerts handed to the indexer), then state
                 await asyncio.gather(write_with_retry(postgres, plan.batch, settings.sink_retry), hand_to_indexer(plan))
                 for key, (state, event) in plan.state_writes.items():
                     store.put(key, state, event)
-                for (tenant, provider, outcome), count in plan.outcomes.items():
-                    ALERTS.labels(tenant, provider, outcome.value).inc(count)
+                if ttl_ms:
+                    now_ms = int(time.time() * 1000)
+                    for event in {e.message.partition: e for e in events}.values():
+                        DEDUP_EXPIRED.inc(store.sweep_expired(event, now_ms, ttl_ms, settings.dedup_sweep_budget))
+                record_outcomes(plan)
         finally:
             await postgres.close()
+
+    seen_totals: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])  # (tenant, provider) → [seen, duplicates]
+
+    def record_outcomes(plan: StageTwoPlan) -> None:
+        for (tenant, provider, outcome), count in plan.outcomes.items():
+            ALERTS.labels(tenant, provider, outcome.value).inc(count)
+            totals = seen_totals[(tenant, provider)]
+            totals[0] += count
+            totals[1] += count if outcome is Outcome.DUPLICATE else 0
+            DEDUP_RATIO.labels(tenant, provider).set(totals[1] / totals[0])
+        DEDUP_CACHE_HIT_RATIO.set(store.cache_hit_ratio)
+        DEDUP_BLOOM_SKIPPED_READS.set(store.bloom_skipped_reads)
 
     async def hand_to_indexer(plan: StageTwoPlan) -> None:
         if not settings.search_enabled:

@@ -61,8 +61,55 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return run_local(settings, stay=not args.exit_after_demo)
 
 
+def _cmd_dedup_suggest(args: argparse.Namespace, settings: Settings) -> int:
+    """Read the input topic (a throwaway group, nothing committed) and propose ignore rules."""
+    import uuid
+
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    from schemas.adaptive import AdaptiveLearner, to_rules_yaml
+    from schemas.rules import load_rules
+
+    rules = load_rules(settings.fingerprint_rules_path)
+    learner = AdaptiveLearner(rules)
+    consumer = Consumer({"bootstrap.servers": settings.require_kafka(), "group.id": f"suggest-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    # assign every partition from the start: no group join (slow on some brokers), nothing committed
+    partitions = consumer.list_topics(settings.topic_alerts, timeout=10).topics[settings.topic_alerts].partitions
+    consumer.assign([TopicPartition(settings.topic_alerts, p, OFFSET_BEGINNING) for p in partitions])
+    seen = idle = 0
+    try:
+        while seen < args.records and idle < args.idle_s:
+            messages = consumer.consume(num_messages=1000, timeout=1.0)
+            idle = 0 if messages else idle + 1
+            for m in messages:
+                if m.error() or not m.value():
+                    continue
+                headers = {k: v.decode(errors="replace") for k, v in (m.headers() or []) if v is not None}
+                learner.observe_record(headers.get("provider"), headers.get("tenant") or settings.default_tenant, m.value())
+                seen += 1
+    finally:
+        consumer.close()
+    suggestions = learner.suggestions(min_identities=args.min_identities, min_change_ratio=args.min_change_ratio)
+    print(f"# read {seen} records from {settings.topic_alerts}", file=sys.stderr)
+    for s in suggestions:
+        print(f"# {s.tenant}/{s.provider}: ignore {s.field} (changes in {s.change_ratio:.0%} of {s.identities} identities)",
+              file=sys.stderr)
+    if not suggestions:
+        print("# no field varies within alert identities: nothing to suggest", file=sys.stderr)
+        return 0
+    print(to_rules_yaml(suggestions, rules))  # the rules file with the suggestions applied
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
-    print(settings_table())
+    if args.update:
+        from streams.settings import update_settings_block
+
+        update_settings_block(args.update)
+        print(f"updated the settings table in {args.update}", file=sys.stderr)
+    else:
+        print(settings_table())
     return 0
 
 
@@ -85,7 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="stack up, migrate, worker, demo stream and a live summary")
     run.add_argument("--exit-after-demo", action="store_true", help="stop everything once the demo is processed")
     run.set_defaults(func=_cmd_run)
-    sub.add_parser("config", help="print every setting with its default and meaning").set_defaults(func=_cmd_config)
+    dedup = sub.add_parser("dedup", help="deduplication tools").add_subparsers(dest="dedup_command", required=True)
+    suggest = dedup.add_parser("suggest", help="learn which fields vary within alert identities; print the rules file that ignores them")
+    suggest.add_argument("--records", type=int, default=100_000, help="read at most this many input records")
+    suggest.add_argument("--idle-s", type=int, default=5, help="stop after this many seconds without records")
+    suggest.add_argument("--min-identities", type=int, default=3)
+    suggest.add_argument("--min-change-ratio", type=float, default=0.5)
+    suggest.set_defaults(func=_cmd_dedup_suggest)
+    config = sub.add_parser("config", help="print every setting with its default and meaning")
+    config.add_argument("--update", metavar="FILE", help="rewrite the table between the settings markers of FILE (README.md)")
+    config.set_defaults(func=_cmd_config)
     sub.add_parser("topology", help="print the stream topology").set_defaults(func=_cmd_topology)
     return parser
 

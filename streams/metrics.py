@@ -6,7 +6,7 @@ reasons and outcomes from fixed code lists.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 RECORDS_RECEIVED = Counter(
     "alertstream_records_received_total", "Kafka records taken by a stage.", ["stage"]
@@ -32,4 +32,16 @@ SINK_FLUSH_SECONDS = Histogram(
 SINK_BATCH_SIZE = Histogram(
     "alertstream_sink_batch_size", "Alerts per sink batch.", ["sink"],
     buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
+)
+DEDUP_EXPIRED = Counter(
+    "alertstream_dedup_state_expired_total", "Identities removed from the dedup table after the state TTL without a sighting."
+)
+DEDUP_RATIO = Gauge(
+    "alertstream_dedup_ratio",
+    "Exact duplicates / alerts seen since the worker started, per tenant and provider (use rate() of alertstream_alerts_total for windows).",
+    ["tenant", "provider"],
+)
+DEDUP_CACHE_HIT_RATIO = Gauge("alertstream_dedup_cache_hit_ratio", "Dedup state reads answered by the in-process LRU cache.")
+DEDUP_BLOOM_SKIPPED_READS = Gauge(
+    "alertstream_dedup_bloom_skipped_reads", "Table reads skipped because the Bloom filter said the identity is certainly new (since start)."
 )

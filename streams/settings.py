@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     sink_retry: RetryConfig = Field(default_factory=RetryConfig, description="Retry policy of every sink.")
     producer_one_record_batches: bool = Field(False, description="Send every record of the worker's own producer in a batch of its own. Only for brokers that under-report end offsets (the local Tansu broker) where a test needs exact table recovery; costs ~10x produce throughput. Never in production.")
     table_recovery_consistency_check: bool = Field(True, description="Refuse to start when a table's local state is ahead of its changelog (Faust's check). `stack up` turns it off for the local broker, whose end offsets are under-reported: a restart then re-applies at most one changelog batch less, and those identities are stored once more as new, never lost.")
+    fingerprint_rules_path: Path | None = Field(None, description="YAML fingerprint/dedup rules per tenant and provider (docs/dedup.md; example in deploy/config/). Unset: Keep's default rule.")
+    dedup_state_ttl_s: float = Field(30 * 86400, ge=0, description="An identity not seen for this long is forgotten (its next sighting counts as new); 0 keeps state forever.")
+    dedup_sweep_budget: int = Field(2000, ge=1, description="Table entries the TTL sweep examines per partition and batch, so it never stalls the stream.")
+    dedup_cache_entries: int = Field(100_000, ge=1, description="Dedup states of hot identities kept in memory per worker (LRU).")
+    dedup_bloom_capacity: int = Field(0, ge=0, description="Identities per partition the new-identity Bloom filter is sized for (1% false positives); 0 turns it off. Worth it when many alerts are new identities.")
     default_tenant: str = Field("default", description="Tenant of a record that carries no `tenant` header.")
     max_payload_bytes: int = Field(1_048_576, ge=1024, description="A record larger than this goes to the DLQ with reason `too_large`.")
     db_pool_size: int = Field(4, ge=1, description="Connections in the worker's Postgres pool.")
@@ -115,3 +120,17 @@ def settings_table() -> str:
     add("ALERTSTREAM_", Settings, None)
     return "\n".join(rows)
 
+
+
+SETTINGS_BEGIN, SETTINGS_END = "<!-- settings:begin -->", "<!-- settings:end -->"
+
+
+def update_settings_block(path: str | Path) -> None:
+    """Replace the generated table between the settings markers of a Markdown file."""
+    path = Path(path)
+    text = path.read_text()
+    head, _, rest = text.partition(SETTINGS_BEGIN + "\n")
+    _, _, tail = rest.partition("\n" + SETTINGS_END)
+    if not rest:
+        raise ValueError(f"{path} has no {SETTINGS_BEGIN} marker")
+    path.write_text(f"{head}{SETTINGS_BEGIN}\n{settings_table()}\n{SETTINGS_END}{tail}")

@@ -1,14 +1,20 @@
 """Dedup state: one small record per (tenant, fingerprint) in a RocksDB-backed Faust table.
 
 The table is written only when an identity's content changes (new
-fingerprint, new content hash, which includes a status change); exact
-duplicates cost a read and no write. Sighting counts and last-received times
-live in Postgres `last_alert`, coalesced per batch, not here.
+fingerprint, new content hash, which includes a status change), and, for an
+identity that only repeats, at most once per half TTL to mark it as still
+alive. Sighting counts and last-received times live in Postgres `last_alert`,
+coalesced per batch, not here.
+
+In front of the table: an LRU cache of hot identities and, optionally, one
+Bloom filter per partition that answers "certainly new" without a RocksDB
+read. Behind it: a sweep that deletes identities not seen for the TTL.
 """
 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterator
 from enum import Enum
 from typing import Any
 
@@ -16,12 +22,16 @@ import faust
 import msgspec
 from faust.streams import _current_event
 
+from tables.bloom import PartitionBlooms
+from tables.hot_cache import HotCache
+
 
 class DedupState(msgspec.Struct, array_like=True):
     content_hash: str
     status: str
     first_seen_ms: int
     changed_ms: int
+    seen_ms: int  # refreshed at most once per half TTL, so the TTL sweep spares active identities
 
 
 class Outcome(str, Enum):
@@ -38,13 +48,19 @@ def state_key(tenant: str, fingerprint: str) -> bytes:
     return f"{tenant}\x00{fingerprint}".encode()
 
 
-def decide(previous: DedupState | None, content_hash: str, status: str, received_ms: int) -> tuple[Outcome, DedupState | None]:
-    """Pure: the outcome of one sighting, and the state to write (None: nothing changed)."""
+def decide(previous: DedupState | None, content_hash: str, status: str, received_ms: int,
+           refresh_after_ms: int | None = None) -> tuple[Outcome, DedupState | None]:
+    """Pure: the outcome of one sighting, and the state to write (None: nothing to write).
+
+    A duplicate writes state only to refresh `seen_ms`, once `refresh_after_ms` has passed.
+    """
     if previous is None:
-        return Outcome.NEW, DedupState(content_hash, status, received_ms, received_ms)
+        return Outcome.NEW, DedupState(content_hash, status, received_ms, received_ms, received_ms)
     if previous.content_hash == content_hash:
+        if refresh_after_ms is not None and received_ms - previous.seen_ms >= refresh_after_ms:
+            return Outcome.DUPLICATE, msgspec.structs.replace(previous, seen_ms=received_ms)
         return Outcome.DUPLICATE, None
-    return Outcome.CHANGED, DedupState(content_hash, status, previous.first_seen_ms, received_ms)
+    return Outcome.CHANGED, DedupState(content_hash, status, previous.first_seen_ms, received_ms, received_ms)
 
 
 def make_table(app: faust.App, partitions: int) -> faust.Table:
@@ -57,29 +73,109 @@ def make_table(app: faust.App, partitions: int) -> faust.Table:
     )
 
 
+class _AsEvent:
+    """Faust routes a table read or write (RocksDB partition and changelog partition) by the
+    *current event*. A batch holds events of several partitions, so each access names the event
+    its key came from; otherwise state would land in another partition's store and be lost at the
+    next rebalance."""
+
+    def __init__(self, event: Any) -> None:
+        self._event = event
+
+    def __enter__(self) -> None:
+        self._token = _current_event.set(weakref.ref(self._event))
+
+    def __exit__(self, *exc: object) -> None:
+        _current_event.reset(self._token)
+
+
 class DedupStore:
-    """Typed access to the table, reading and writing each key through the event of its own partition.
+    """Typed, partition-correct access to the table, with the hot cache and Bloom filters in front."""
 
-    Faust routes a table write (RocksDB partition and changelog partition) by
-    the *current event*. A batch holds events of several partitions, so each
-    write must name the event it belongs to, or state would land in another
-    partition's store and be lost at the next rebalance.
-    """
-
-    def __init__(self, table: faust.Table) -> None:
+    def __init__(self, table: faust.Table, cache: HotCache | None = None, blooms: PartitionBlooms | None = None) -> None:
         self._table = table
+        self._cache = cache
+        self._blooms = blooms
+        self._sweeps: dict[int, Iterator[tuple[bytes, bytes]]] = {}
 
     def get(self, key: bytes, event: Any) -> DedupState | None:
-        token = _current_event.set(weakref.ref(event))
-        try:
+        partition = event.message.partition
+        if self._cache is not None:
+            state = self._cache.get(key)
+            if state is not None:
+                return state
+        if self._blooms is not None:
+            if not self._blooms.ready(partition):
+                self._blooms.build(partition, self._partition_keys(partition))
+            if not self._blooms.may_contain(partition, key):
+                return None  # certainly never written: skip the RocksDB read
+        with _AsEvent(event):
             raw = self._table.get(key)
-        finally:
-            _current_event.reset(token)
-        return _decode(raw) if raw is not None else None
+        state = _decode(raw) if raw is not None else None
+        if state is not None and self._cache is not None:
+            self._cache.put(key, state, partition)
+        return state
 
     def put(self, key: bytes, state: DedupState, event: Any) -> None:
-        token = _current_event.set(weakref.ref(event))
-        try:
+        partition = event.message.partition
+        with _AsEvent(event):
             self._table[key] = _encode(state)
-        finally:
-            _current_event.reset(token)
+        if self._cache is not None:
+            self._cache.put(key, state, partition)
+        if self._blooms is not None:
+            self._blooms.add(partition, key)
+
+    @property
+    def cache_hit_ratio(self) -> float:
+        return self._cache.hit_ratio if self._cache is not None else 0.0
+
+    @property
+    def bloom_skipped_reads(self) -> int:
+        return self._blooms.skipped_reads if self._blooms is not None else 0
+
+    def forget_partitions(self, partitions: set[int]) -> None:
+        """After a rebalance: another worker may now change these keys."""
+        if self._cache is not None:
+            self._cache.drop_partitions(partitions)
+        for partition in partitions:
+            self._sweeps.pop(partition, None)
+            if self._blooms is not None:
+                self._blooms.drop_partition(partition)
+
+    def sweep_expired(self, event: Any, now_ms: int, ttl_ms: int, budget: int) -> int:
+        """Delete up to `budget` scanned keys' worth of identities of the event's partition that were
+        not seen for `ttl_ms`; resumes where the last sweep of that partition stopped."""
+        partition = event.message.partition
+        scan = self._sweeps.get(partition)
+        if scan is None:
+            scan = self._sweeps[partition] = self._partition_items(partition)
+        expired = []
+        for _ in range(budget):
+            item = next(scan, None)
+            if item is None:
+                del self._sweeps[partition]  # a full pass done: the next sweep starts over
+                break
+            key, raw = item
+            if now_ms - _decode(raw).seen_ms > ttl_ms:
+                expired.append(key)
+        with _AsEvent(event):
+            for key in expired:
+                try:
+                    del self._table[key]  # a changelog tombstone: other replicas forget it too
+                except KeyError:
+                    pass
+        if self._cache is not None:
+            for key in expired:
+                self._cache.discard(key)
+        return len(expired)
+
+    def _partition_db(self, partition: int):  # noqa: ANN202 - rocksdict.Rdict
+        return self._table.data._db_for_partition(partition)
+
+    def _partition_keys(self, partition: int) -> Iterator[bytes]:
+        return (key for key, _ in self._partition_items(partition))
+
+    def _partition_items(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
+        offset_key = self._table.data.offset_key  # Faust's own bookkeeping row
+        # a RocksDB iterator reads a consistent snapshot, so writes during the scan are safe
+        return ((k, v) for k, v in self._partition_db(partition).items() if k != offset_key)

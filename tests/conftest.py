@@ -43,8 +43,12 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
 
 @pytest.fixture(scope="session")
 def pipeline_settings(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """Settings of the session's worker: the stack, a short session timeout (faster group joins)."""
+    """Settings of the session's worker: the stack, a short session timeout (faster group joins),
+    and a rules file that applies to tenant `ruled` only (the other tenants keep the default)."""
+    rules = tmp_path_factory.mktemp("rules") / "rules.yaml"
+    rules.write_text(RULES_YAML)
     return Settings(
+        fingerprint_rules_path=rules,
         kafka_bootstrap=stack_env["ALERTSTREAM_KAFKA_BOOTSTRAP"],
         database_url=stack_env["ALERTSTREAM_DATABASE_URL"],
         search_url=stack_env["ALERTSTREAM_SEARCH_URL"],
@@ -52,6 +56,16 @@ def pipeline_settings(stack_env: dict[str, str], tmp_path_factory: pytest.TempPa
         worker_web_port=free_port(),
         broker_session_timeout_s=10,
     )
+
+
+RULES_YAML = """\
+version: 1
+rules:
+  - tenant: ruled
+    provider: keep
+    fingerprint_fields: [name, labels.cluster]
+    ignore_fields: [extra.lag]
+"""
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 TENANT = "restart"
 
 
-def restart_settings(stack_env: dict[str, str], data_dir) -> Settings:  # noqa: ANN001
+def restart_settings(stack_env: dict[str, str], data_dir) -> Settings:  # noqa: ANN001 - also used by the TTL test
     return Settings(
         kafka_bootstrap=stack_env["ALERTSTREAM_KAFKA_BOOTSTRAP"],
         database_url=stack_env["ALERTSTREAM_DATABASE_URL"],

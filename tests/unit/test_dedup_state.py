@@ -19,23 +19,23 @@ _encode = msgspec.msgpack.Encoder().encode
 def test_decide_new() -> None:
     outcome, state = decide(None, "h1", "firing", 1000)
     assert outcome is Outcome.NEW
-    assert state == DedupState("h1", "firing", 1000, 1000)
+    assert state == DedupState("h1", "firing", 1000, 1000, 1000)
 
 
 def test_decide_duplicate_writes_nothing() -> None:
-    previous = DedupState("h1", "firing", 1000, 1000)
+    previous = DedupState("h1", "firing", 1000, 1000, 1000)
     assert decide(previous, "h1", "firing", 5000) == (Outcome.DUPLICATE, None)
 
 
 def test_decide_changed_keeps_first_seen() -> None:
-    previous = DedupState("h1", "firing", 1000, 2000)
+    previous = DedupState("h1", "firing", 1000, 2000, 2000)
     outcome, state = decide(previous, "h2", "firing", 5000)
     assert outcome is Outcome.CHANGED
-    assert state == DedupState("h2", "firing", 1000, 5000)
+    assert state == DedupState("h2", "firing", 1000, 5000, 5000)
 
 
 def test_decide_status_change_firing_to_resolved() -> None:
-    previous = DedupState("h-firing", "firing", 1000, 1000)
+    previous = DedupState("h-firing", "firing", 1000, 1000, 1000)
     outcome, state = decide(previous, "h-resolved", "resolved", 9000)
     assert outcome is Outcome.CHANGED
     assert state is not None
@@ -93,7 +93,7 @@ def test_in_batch_repeats_new_duplicate_changed() -> None:
     key = state_key("t1", "fp")
     assert state.reads == [(key, r1.event)]  # read once; later alerts see the batch's own state
     assert [a.uid for a in plan.batch.stored] == ["u1", "u3"]
-    assert plan.state_writes == {key: (DedupState("h2", "resolved", 1000, 3000), r2.event)}
+    assert plan.state_writes == {key: (DedupState("h2", "resolved", 1000, 3000, 3000), r2.event)}
     assert plan.state_writes[key][1] is r2.event
     assert plan.outcomes == {
         ("t1", "keep", Outcome.NEW): 1,
@@ -119,7 +119,7 @@ def test_changed_then_back_is_changed_again_and_last_state_wins() -> None:
 
 def test_duplicates_of_stored_state_write_nothing() -> None:
     key = state_key("t1", "fp")
-    previous = DedupState("h1", "firing", 500, 600)
+    previous = DedupState("h1", "firing", 500, 600, 600)
     r = record(2, 7, [item("a", "fp", "h1", received=1000), item("b", "fp", "h1", received=2000)])
     plan = plan_batch([r], State({key: previous}))
     assert plan.state_writes == {}
@@ -131,9 +131,9 @@ def test_duplicates_of_stored_state_write_nothing() -> None:
 def test_changed_against_stored_state_keeps_first_seen() -> None:
     key = state_key("t1", "fp")
     plan = plan_batch([record(0, 1, [item("a", "fp", "h2", status="resolved", received=9000)])],
-                      State({key: DedupState("h1", "firing", 500, 600)}))
+                      State({key: DedupState("h1", "firing", 500, 600, 600)}))
     state, _ = plan.state_writes[key]
-    assert state == DedupState("h2", "resolved", 500, 9000)
+    assert state == DedupState("h2", "resolved", 500, 9000, 9000)
     assert plan.outcomes == {("t1", "keep", Outcome.CHANGED): 1}
 
 
@@ -191,7 +191,7 @@ def test_outcome_counts_per_tenant_provider_outcome() -> None:
 def test_tenants_are_separate_identities() -> None:
     key_a, key_b = state_key("tenant-a", "same-fp"), state_key("tenant-b", "same-fp")
     # tenant-a already holds this content; tenant-b has never seen it
-    state = State({key_a: DedupState("h", "firing", 1, 1)})
+    state = State({key_a: DedupState("h", "firing", 1, 1, 1)})
     r = record(0, 1, [item("a", "same-fp", "h", tenant="tenant-a"), item("b", "same-fp", "h", tenant="tenant-b"),
                       item("c", "same-fp", "h", tenant="tenant-b")])
     plan = plan_batch([r], state)
@@ -214,3 +214,20 @@ def test_empty_batch_and_empty_record() -> None:
 def test_a_record_that_is_not_a_batch_raises() -> None:
     with pytest.raises(msgspec.DecodeError):
         plan_batch([PackedRecord(0, 1, b"\xc1 not msgpack", Event("x"))], State())
+
+
+def test_duplicate_refreshes_seen_only_after_half_the_ttl() -> None:
+    previous = DedupState("h1", "firing", 1000, 1000, 1000)
+    assert decide(previous, "h1", "firing", 1400, refresh_after_ms=500) == (Outcome.DUPLICATE, None)
+    outcome, state = decide(previous, "h1", "firing", 1500, refresh_after_ms=500)
+    assert outcome is Outcome.DUPLICATE
+    assert state == DedupState("h1", "firing", 1000, 1000, 1500)  # content and change time kept
+
+
+def test_refresh_write_is_not_a_stored_alert() -> None:
+    key = state_key("t1", "fp")
+    rec = record(0, 7, [item("u1", "fp", "h1", received=10_000)])
+    plan = plan_batch([rec], State({key: DedupState("h1", "firing", 1, 1, 1)}), refresh_after_ms=100)
+    assert plan.batch.stored == []
+    assert plan.state_writes[key][0].seen_ms == 10_000
+    assert plan.batch.sightings[0].stored is None
