@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import time
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -122,9 +123,14 @@ def normalize_record(record: RawRecord, *, default_tenant: str, max_payload_byte
 
 
 def process_records(records: list[RawRecord], *, partitions: int, default_tenant: str, max_payload_bytes: int,
-                    rules: RuleSet = DEFAULT_RULES) -> StageOneResult:
+                    rules: RuleSet = DEFAULT_RULES, max_age_ms: int = 0, now_ms: int | None = None) -> StageOneResult:
     result = StageOneResult()
+    if max_age_ms:
+        now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     for record in records:
+        if max_age_ms and now_ms - record.timestamp_ms > max_age_ms:
+            result.dead_letters.append(DeadLetter(record, "expired", f"{(now_ms - record.timestamp_ms) / 1000:.0f}s old > limit {max_age_ms / 1000:.0f}s"))
+            continue
         try:
             alerts = normalize_record(record, default_tenant=default_tenant, max_payload_bytes=max_payload_bytes, rules=rules)
         except InvalidPayload as exc:

@@ -168,6 +168,11 @@ class PostgresSink:
                 await conn.execute(_APPLY_LAST)
         return len(batch.stored)
 
+    def is_permanent(self, exc: Exception) -> bool:
+        # 22xxx data exceptions (bad value, NUL byte) and 54xxx limits (index row too large) are
+        # about the rows, not the server: retrying cannot help.
+        return isinstance(exc, (asyncpg.exceptions.DataError, asyncpg.exceptions.ProgramLimitExceededError))
+
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.close()

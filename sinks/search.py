@@ -1,9 +1,10 @@
 """Search-store sink: bulk-indexes stored alerts into Elasticsearch 8/9 or OpenSearch.
 
 Documents are indexed with `_id` = the alert row id, so re-indexing a
-replayed batch overwrites the same documents. Any per-document failure fails
-the whole write, which the shared retry loop repeats: nothing is logged and
-dropped (Keep's failure mode).
+replayed batch overwrites the same documents. No per-document failure is
+logged and dropped (Keep's failure mode): throttled documents (429, 5xx) are
+retried after the circuit breaker's wait, refused ones (a 400 mapping error)
+go to the DLQ with the store's reason.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from typing import Any
 
 import msgspec
 from elastic_transport import AiohttpHttpNode
-from elasticsearch import AsyncElasticsearch
+from elasticsearch import AsyncElasticsearch, BadRequestError, ConnectionError
 
 from schemas.alert import NormalizedAlert
-from sinks.base import WriteBatch
+from sinks.base import RejectedAlerts, WriteBatch
 
 _VENDOR_JSON = "application/vnd.elasticsearch+json"
 _VENDOR_NDJSON = "application/vnd.elasticsearch+x-ndjson"
@@ -61,8 +62,7 @@ def alert_document(item: NormalizedAlert) -> dict[str, Any]:
     return doc
 
 
-class BulkError(RuntimeError):
-    pass
+_RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
 
 
 class SearchSink:
@@ -71,24 +71,47 @@ class SearchSink:
     def __init__(self, client: AsyncElasticsearch, index: str) -> None:
         self._client = client
         self._index = index
+        self._index_ready = False
 
     async def start(self) -> None:
+        await self._ensure_index()
+
+    async def _ensure_index(self) -> None:
         if not await self._client.indices.exists(index=self._index):
             await self._client.indices.create(index=self._index, mappings=_MAPPINGS)
+        self._index_ready = True
 
     async def write(self, batch: WriteBatch) -> int:
         if not batch.stored:
             return 0
+        if not self._index_ready:  # after an outage the store may be a new, empty one
+            await self._ensure_index()
         operations: list[dict[str, Any]] = []
         for item in batch.stored:
             operations.append({"index": {"_index": self._index, "_id": item.uid}})
             operations.append(alert_document(item))
-        response = await self._client.bulk(operations=operations)
-        if response.get("errors"):
-            failures = [i["index"] for i in response["items"] if i["index"].get("error")]
-            first = failures[0]
-            raise BulkError(f"{len(failures)} of {len(batch.stored)} documents failed; first: {first.get('status')} {first.get('error')}")
-        return len(batch.stored)
+        try:
+            response = await self._client.bulk(operations=operations)
+        except ConnectionError:
+            self._index_ready = False
+            raise
+        if not response.get("errors"):
+            return len(batch.stored)
+        rejected: dict[str, str] = {}
+        retry: list[NormalizedAlert] = []
+        for item, result in zip(batch.stored, response["items"]):
+            outcome = result.get("index", {})
+            if not outcome.get("error"):
+                continue
+            if outcome.get("status") in _RETRYABLE_STATUS:
+                retry.append(item)  # throttled or unavailable: written again after the circuit's wait
+            else:
+                rejected[item.uid] = f"{outcome.get('status')} {outcome.get('error')}"
+        raise RejectedAlerts(rejected, WriteBatch(stored=retry))
+
+    def is_permanent(self, exc: Exception) -> bool:
+        # a 400 for the whole request (bad body): bisect to find the document at fault
+        return isinstance(exc, BadRequestError)
 
     async def close(self) -> None:
         await self._client.close()

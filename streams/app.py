@@ -15,13 +15,14 @@ import time
 from collections import defaultdict
 
 import faust
+import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.deduplicator import PackedRecord, StageTwoPlan, plan_batch
 from agents.normalizer import StageOneResult, dead_letter_headers, pack, process_records, unpack
 from schemas.alert import NormalizedAlert
 from schemas.rules import load_rules
-from sinks.base import WriteBatch, write_with_retry
+from sinks.base import CircuitBreaker, WriteBatch
 from sinks.postgres import PostgresSink
 from sinks.search import SearchSink, make_client
 from streams.batch_consumer import BatchConsumer
@@ -40,6 +41,9 @@ from tables.dedup_state import DedupStore, Outcome, make_table
 from tables.hot_cache import HotCache
 
 log = logging.getLogger(__name__)
+
+
+_encode_json = msgspec.json.Encoder().encode
 
 
 def build_search_sink(settings: Settings) -> SearchSink:
@@ -127,14 +131,29 @@ def create_app(settings: Settings) -> faust.App:
                     default_tenant=settings.default_tenant,
                     max_payload_bytes=settings.max_payload_bytes,
                     rules=rules,
+                    max_age_ms=int(settings.record_max_age_s * 1000),
                 ))
                 await consumer.commit(records)  # only after the broker acked the output
         finally:
             await consumer.stop()
 
+    async def dead_letter_alert(item: NormalizedAlert, reason: str) -> None:
+        """An alert a sink refused: to the DLQ as canonical JSON (a Keep generic alert), so that
+        `alertstream dlq replay` can send it through the pipeline again after a fix."""
+        DLQ_RECORDS.labels("sink_rejected").inc()
+        fut = await dlq_topic.send(key=item.alert.fingerprint.encode(), value=_encode_json(item.alert), force=True, headers={
+            "provider": b"keep", "tenant": item.alert.tenant.encode(),
+            "dlq_reason": b"sink_rejected", "dlq_detail": reason[:2000].encode(),
+            "dlq_topic": settings.topic_alerts.encode(), "dlq_alert_uid": item.uid.encode(),
+            "dlq_first_failure_ms": str(int(time.time() * 1000)).encode(), "dlq_attempts": b"1",
+        })
+        await fut
+
     @app.agent(normalized_topic, name="deduplicate")
     async def deduplicate(stream):  # noqa: ANN001
         postgres = PostgresSink(settings.require_database_url(), pool_size=settings.db_pool_size)
+        # blocking this agent is the backpressure: Faust stops fetching once its buffers are full
+        postgres_circuit = CircuitBreaker(postgres, settings.sink_retry, dead_letter_alert)
         await postgres.start()
         try:
             async for events in stream.take_events(settings.dedup_batch.max_events, settings.dedup_batch.timeout_s):
@@ -142,7 +161,7 @@ def create_app(settings: Settings) -> faust.App:
                 records = [PackedRecord(e.message.partition, e.message.offset, e.value, e) for e in events]
                 plan = plan_batch(records, store.get, rules, refresh_after_ms=ttl_ms // 2 or None)
                 # durable first (Postgres, and the stored alerts handed to the indexer), then state
-                await asyncio.gather(write_with_retry(postgres, plan.batch, settings.sink_retry), hand_to_indexer(plan))
+                await asyncio.gather(postgres_circuit.write(plan.batch), hand_to_indexer(plan))
                 for key, (state, event) in plan.state_writes.items():
                     store.put(key, state, event)
                 if ttl_ms:
@@ -185,12 +204,13 @@ def create_app(settings: Settings) -> faust.App:
             search = build_search_sink(settings)
             await search.start()
             consumer = BatchConsumer(settings, group_id=f"{settings.app_id}-index", topic=settings.topic_stored)
+            circuit = CircuitBreaker(search, settings.sink_retry, dead_letter_alert, wait=consumer.wait_paused)
             await consumer.start()
             try:
                 async for records in consumer.batches(settings.stream_batch):
                     RECORDS_RECEIVED.labels("index").inc(len(records))
                     batch = WriteBatch(stored=[a for r in records for a in unpack(r.value)])
-                    await write_with_retry(search, batch, settings.sink_retry)
+                    await circuit.write(batch)
                     await consumer.commit(records)
             finally:
                 await consumer.stop()

@@ -6,6 +6,7 @@ rebalance replays at most the batches in flight (at-least-once).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -46,6 +47,19 @@ class BatchConsumer:
             records = [_raw(m) for messages in fetched.values() for m in messages]
             if records:
                 yield records
+
+    async def wait_paused(self, seconds: float) -> None:
+        """Backpressure while a sink is down: pause every assigned partition and keep polling (so
+        the group does not evict this consumer) without taking records; resume afterwards."""
+        deadline = asyncio.get_running_loop().time() + seconds
+        try:
+            while (remaining := deadline - asyncio.get_running_loop().time()) > 0:
+                self._consumer.pause(*self._consumer.assignment())  # again: a rebalance may add partitions
+                fetched = await self._consumer.getmany(timeout_ms=int(min(remaining, 1.0) * 1000))
+                for tp, messages in fetched.items():  # fetched before the pause took effect: read again later
+                    self._consumer.seek(tp, messages[0].offset)
+        finally:
+            self._consumer.resume(*self._consumer.assignment())
 
     async def commit(self, records: list[RawRecord]) -> None:
         offsets: dict[TopicPartition, int] = {}

@@ -45,3 +45,5 @@ DEDUP_CACHE_HIT_RATIO = Gauge("alertstream_dedup_cache_hit_ratio", "Dedup state 
 DEDUP_BLOOM_SKIPPED_READS = Gauge(
     "alertstream_dedup_bloom_skipped_reads", "Table reads skipped because the Bloom filter said the identity is certainly new (since start)."
 )
+CIRCUIT_STATE = Gauge("alertstream_sink_circuit_state", "Circuit of a sink: 0 closed, 1 open (sink failing, partitions paused), 2 half-open (probing).", ["sink"])
+SINK_REJECTED = Counter("alertstream_sink_rejected_total", "Alerts a sink refused for good (bad data), sent to the DLQ.", ["sink"])

@@ -72,6 +72,7 @@ class Settings(BaseSettings):
     dedup_cache_entries: int = Field(100_000, ge=1, description="Dedup states of hot identities kept in memory per worker (LRU).")
     dedup_bloom_capacity: int = Field(0, ge=0, description="Identities per partition the new-identity Bloom filter is sized for (1% false positives); 0 turns it off. Worth it when many alerts are new identities.")
     default_tenant: str = Field("default", description="Tenant of a record that carries no `tenant` header.")
+    record_max_age_s: float = Field(0, ge=0, description="An input record older than this when it is processed goes to the DLQ with reason `expired` (queue TTL); 0 = no limit.")
     max_payload_bytes: int = Field(1_048_576, ge=1024, description="A record larger than this goes to the DLQ with reason `too_large`.")
     db_pool_size: int = Field(4, ge=1, description="Connections in the worker's Postgres pool.")
     log_level: str = Field("INFO", description="Python log level of the worker and the CLI.")
