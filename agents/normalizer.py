@@ -175,7 +175,8 @@ def dead_letter_headers(letter: DeadLetter, now_ms: int) -> dict[str, bytes]:
         "dlq_topic": record.topic.encode(),
         "dlq_partition": str(record.partition).encode(),
         "dlq_offset": str(record.offset).encode(),
-        "dlq_first_failure_ms": str(now_ms).encode(),
-        "dlq_attempts": b"1",
+        # a replayed record that fails again keeps its first failure time and counts its attempts
+        "dlq_first_failure_ms": record.headers.get("dlq_first_failure_ms") or str(now_ms).encode(),
+        "dlq_attempts": record.headers.get("dlq_attempts") or b"1",
     })
     return headers

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 
 _encode_json = msgspec.json.Encoder().encode
+MAX_RECORD_BYTES = 16 * 1024 * 1024  # the largest input record alertstream can read and dead-letter
 
 
 def build_search_sink(settings: Settings) -> SearchSink:
@@ -77,7 +78,8 @@ def create_app(settings: Settings) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
         producer_acks=-1,
-        producer_max_request_size=max(settings.max_payload_bytes, settings.packed_record_max_bytes) + 64 * 1024,
+        # a dead letter carries the original bytes, which may be far over our own payload limit
+        producer_max_request_size=MAX_RECORD_BYTES,
         # aiokafka's batch limit is in bytes: 1 byte means one record per batch (see the setting)
         producer_max_batch_size=1 if settings.producer_one_record_batches else 16384,
         recovery_consistency_check=settings.table_recovery_consistency_check,

@@ -32,7 +32,8 @@ class BatchConsumer:
             heartbeat_interval_ms=int(min(3.0, settings.broker_session_timeout_s / 3) * 1000),
             max_poll_records=settings.stream_batch.max_events,
             fetch_max_bytes=64 * 1024 * 1024,
-            max_partition_fetch_bytes=max(settings.max_payload_bytes * 2, 8 * 1024 * 1024),
+            # must hold the largest record the broker accepts, or that record would stall the partition
+            max_partition_fetch_bytes=16 * 1024 * 1024,
         )
 
     async def start(self) -> None:

@@ -1,0 +1,91 @@
+"""Crashes: `kill -9` of a worker mid-stream, then a restart; and two workers sharing the
+partitions, one killed. Every produced alert ends up in Postgres exactly once."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import pytest
+
+from streams.settings import BatchConfig
+from streams.topics import ensure_topics
+from tests.conftest import WorkerProcess, free_port, wait_until
+from tests.integration.test_pipeline_e2e import generic_alert, produce, sql
+from tests.integration.test_worker_restart import restart_settings
+
+pytestmark = pytest.mark.integration
+COUNT = 3000
+
+
+def crash_settings(stack_env, data_dir, name: str):  # noqa: ANN001, ANN201
+    return restart_settings(stack_env, data_dir).model_copy(update={
+        "app_id": f"{name}-test", "topic_alerts": f"{name}.alerts", "topic_normalized": f"{name}.normalized",
+        "topic_stored": f"{name}.stored", "topic_dlq": f"{name}.dlq",
+        "producer_one_record_batches": False, "table_recovery_consistency_check": False,
+        "stream_batch": BatchConfig(max_events=100, timeout_s=0.2),  # many small batches: the kill lands mid-stream
+    })
+
+
+def produce_slowly(settings, tenant: str) -> threading.Thread:  # noqa: ANN001
+    """3000 distinct alerts in 30 chunks over a few seconds, from a background thread."""
+    def run() -> None:
+        for chunk in range(30):
+            records = [("keep", f"c{i}".encode(), generic_alert(200_000 + i)) for i in range(chunk * 100, chunk * 100 + 100)]
+            produce(settings.require_kafka(), settings.topic_alerts, records, tenant=tenant)
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def stored(dsn: str, tenant: str) -> tuple[int, int, int]:
+    row = sql(dsn, "SELECT count(*) AS n, count(DISTINCT id) AS ids, count(DISTINCT fingerprint) AS fps FROM alert WHERE tenant = $1", tenant)[0]
+    return row["n"], row["ids"], row["fps"]
+
+
+def assert_exactly_once(dsn: str, tenant: str) -> None:
+    wait_until(lambda: stored(dsn, tenant)[2] >= COUNT, timeout=180, what="every alert stored")
+    assert stored(dsn, tenant) == (COUNT, COUNT, COUNT)
+    sighted = sql(dsn, "SELECT sum(received_count) AS n, count(*) AS k FROM last_alert WHERE tenant = $1", tenant)[0]
+    assert (sighted["n"], sighted["k"]) == (COUNT, COUNT)
+
+
+def test_kill_9_mid_stream_then_restart(stack_env, tmp_path) -> None:  # noqa: ANN001
+    settings = crash_settings(stack_env, tmp_path / "w", "kill9")
+    ensure_topics(settings)
+    dsn = settings.require_database_url()
+    worker = WorkerProcess(settings, tmp_path / "first.log")
+    producer = produce_slowly(settings, "kill9")
+    try:
+        wait_until(lambda: stored(dsn, "kill9")[0] >= 500, timeout=120, what="the worker is mid-stream")
+        worker.proc.send_signal(signal.SIGKILL)
+        worker.proc.wait()
+    finally:
+        producer.join()
+        worker.stop()
+    assert stored(dsn, "kill9")[0] < COUNT, "the kill came too late to test anything"
+    restarted = WorkerProcess(settings.model_copy(update={"worker_web_port": free_port()}), tmp_path / "second.log")
+    try:
+        assert_exactly_once(dsn, "kill9")
+    finally:
+        restarted.stop()
+
+
+def test_two_workers_one_killed_the_other_takes_over(stack_env, tmp_path) -> None:  # noqa: ANN001
+    first = crash_settings(stack_env, tmp_path / "a", "pair")
+    second = first.model_copy(update={"data_dir": tmp_path / "b", "worker_web_port": free_port()})
+    ensure_topics(first)
+    dsn = first.require_database_url()
+    a, b = WorkerProcess(first, tmp_path / "a.log"), WorkerProcess(second, tmp_path / "b.log")
+    producer = produce_slowly(first, "pair")
+    try:
+        wait_until(lambda: stored(dsn, "pair")[0] >= 500, timeout=120, what="both workers running")
+        a.proc.send_signal(signal.SIGKILL)
+        a.proc.wait()
+        producer.join()
+        assert_exactly_once(dsn, "pair")
+        assert b.proc.poll() is None
+    finally:
+        producer.join()
+        a.stop()
+        b.stop()
