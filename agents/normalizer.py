@@ -55,6 +55,7 @@ class DeadLetter:
 @dataclass(slots=True)
 class StageOneResult:
     by_partition: dict[int, list[NormalizedAlert]] = field(default_factory=lambda: defaultdict(list))
+    critical_by_partition: dict[int, list[NormalizedAlert]] = field(default_factory=lambda: defaultdict(list))
     dead_letters: list[DeadLetter] = field(default_factory=list)
     alerts: int = 0
 
@@ -142,7 +143,9 @@ def process_records(records: list[RawRecord], *, partitions: int, default_tenant
             continue
         result.alerts += len(alerts)
         for item in alerts:
-            result.by_partition[partition_for(item.alert.tenant, item.alert.fingerprint, partitions)].append(item)
+            # critical alerts travel on their own internal topic and agent, past any backlog
+            target = result.critical_by_partition if item.alert.severity == "critical" else result.by_partition
+            target[partition_for(item.alert.tenant, item.alert.fingerprint, partitions)].append(item)
     return result
 
 

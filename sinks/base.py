@@ -82,6 +82,7 @@ class CircuitState(IntEnum):
 
 DeadLetterFn = Callable[[NormalizedAlert, str], Awaitable[None]]
 WaitHook = Callable[[float], Awaitable[None]]
+RetryLaterFn = Callable[[WriteBatch, Exception], Awaitable[None]]
 
 
 class CircuitBreaker:
@@ -93,12 +94,14 @@ class CircuitBreaker:
     - the sink's `is_permanent(exc)` (bad data, e.g. a value Postgres refuses): the batch is
       bisected to find the alerts at fault; those go to the DLQ, the rest is written;
     - `RejectedAlerts` from the sink (per-document failures): rejected alerts to the DLQ, the
-      retryable rest retried;
+      retryable rest to a retry topic (`retry_later`) or, without one, retried after a wait;
     - anything else (server down, timeout, deadlock): open the circuit and probe.
     """
 
-    def __init__(self, sink: Sink, retry: RetryConfig, dead_letter: DeadLetterFn, wait: WaitHook | None = None) -> None:
+    def __init__(self, sink: Sink, retry: RetryConfig, dead_letter: DeadLetterFn, wait: WaitHook | None = None,
+                 retry_later: RetryLaterFn | None = None) -> None:
         self.sink = sink
+        self.retry_later = retry_later  # throttled alerts to a retry topic, instead of waiting here
         self.retry = retry
         self.dead_letter = dead_letter
         self.wait = wait or asyncio.sleep  # a stage passes a wait that keeps its consumer alive, paused
@@ -128,6 +131,9 @@ class CircuitBreaker:
             except RejectedAlerts as exc:
                 await self._reject(batch, exc.rejected)
                 batch = exc.retry
+                if self.retry_later is not None and batch.stored:
+                    await self.retry_later(batch, exc)
+                    batch = WriteBatch()
                 if not batch.stored and not batch.sightings:
                     self._set(CircuitState.CLOSED)
                     return 0

@@ -26,6 +26,9 @@ from sinks.base import CircuitBreaker, WriteBatch
 from sinks.postgres import PostgresSink
 from sinks.search import SearchSink, make_client
 from streams.batch_consumer import BatchConsumer
+from streams.loop_monitor import watch_event_loop
+from streams.priority import PriorityGate
+from streams.retry import TARGET, due_in_s, retry_headers, route_for, tier_topics
 from streams.metrics import (
     ALERTS,
     DEDUP_BLOOM_SKIPPED_READS,
@@ -34,6 +37,7 @@ from streams.metrics import (
     DEDUP_RATIO,
     DLQ_RECORDS,
     RECORDS_RECEIVED,
+    RETRIES,
 )
 from streams.settings import Settings
 from tables.bloom import PartitionBlooms
@@ -88,6 +92,7 @@ def create_app(settings: Settings) -> faust.App:
     normalized_topic = app.topic(settings.topic_normalized, partitions=settings.topic_partitions)
     dlq_topic = app.topic(settings.topic_dlq, partitions=settings.topic_partitions)
     stored_topic = app.topic(settings.topic_stored, partitions=settings.topic_partitions)
+    critical_topic = app.topic(settings.topic_normalized_critical, partitions=settings.topic_partitions)
     rules = load_rules(settings.fingerprint_rules_path)  # an invalid file stops the worker here, with its line
     store = DedupStore(
         make_table(app, settings.topic_partitions),
@@ -99,14 +104,16 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.on_partitions_revoked.connect
     async def forget_revoked(app, revoked, **kwargs) -> None:  # noqa: ANN001
-        store.forget_partitions({tp.partition for tp in revoked if tp.topic == settings.topic_normalized})
+        internal = {settings.topic_normalized, settings.topic_normalized_critical}
+        store.forget_partitions({tp.partition for tp in revoked if tp.topic in internal})
 
     async def emit(result: StageOneResult) -> None:
         """Send packed alerts and dead letters; return once the broker has acked all of them."""
         pending = []
-        for partition, alerts in result.by_partition.items():
-            for blob in pack(alerts, settings.packed_record_max_bytes):
-                pending.append(await normalized_topic.send(value=blob, partition=partition, force=True))
+        for target, by_partition in ((normalized_topic, result.by_partition), (critical_topic, result.critical_by_partition)):
+            for partition, alerts in by_partition.items():
+                for blob in pack(alerts, settings.packed_record_max_bytes):
+                    pending.append(await target.send(value=blob, partition=partition, force=True))
         now_ms = int(time.time() * 1000)
         for letter in result.dead_letters:
             DLQ_RECORDS.labels(letter.reason).inc()
@@ -118,26 +125,40 @@ def create_app(settings: Settings) -> faust.App:
             ))
         await asyncio.gather(*pending)
 
-    @app.task
-    async def normalize() -> None:
+    gate = PriorityGate()
+
+    async def normalize_from(topic: str, group_id: str, critical: bool) -> None:
         """Stage 1 as a batch consumer: stateless, so it needs none of Faust's per-record
         machinery, which caps an agent at ~5k records/s on this hardware (docs/decisions.md)."""
-        consumer = BatchConsumer(settings, group_id=f"{settings.app_id}-normalize", topic=settings.topic_alerts)
+        consumer = BatchConsumer(settings, group_id=group_id, topic=topic)
         await consumer.start()
         try:
             async for records in consumer.batches(settings.stream_batch):
                 RECORDS_RECEIVED.labels("normalize").inc(len(records))
-                await emit(process_records(
+                result = process_records(
                     records,
                     partitions=settings.topic_partitions,
                     default_tenant=settings.default_tenant,
                     max_payload_bytes=settings.max_payload_bytes,
                     rules=rules,
                     max_age_ms=int(settings.record_max_age_s * 1000),
-                ))
+                )
+                gate.begin(sum(map(len, result.critical_by_partition.values())))
+                await emit(result)
                 await consumer.commit(records)  # only after the broker acked the output
+                if not critical:
+                    await gate.wait_idle()  # let critical alerts in flight go first
         finally:
             await consumer.stop()
+
+    @app.task
+    async def normalize() -> None:
+        await normalize_from(settings.topic_alerts, f"{settings.app_id}-normalize", critical=False)
+
+    @app.task
+    async def normalize_critical() -> None:
+        """Critical alerts have their own input topic and consumer: no backlog of the main topic delays them."""
+        await normalize_from(settings.topic_critical, f"{settings.app_id}-normalize-critical", critical=True)
 
     async def dead_letter_alert(item: NormalizedAlert, reason: str) -> None:
         """An alert a sink refused: to the DLQ as canonical JSON (a Keep generic alert), so that
@@ -151,28 +172,43 @@ def create_app(settings: Settings) -> faust.App:
         })
         await fut
 
+    postgres = PostgresSink(settings.require_database_url(), pool_size=settings.db_pool_size)
+
+    async def deduplicate_stream(stream, stage: str, critical: bool) -> None:  # noqa: ANN001 - a Faust stream
+        # blocking this agent is the backpressure: Faust stops fetching once its buffers are full
+        circuit = CircuitBreaker(postgres, settings.sink_retry, dead_letter_alert)
+        async for events in stream.take_events(settings.dedup_batch.max_events, settings.dedup_batch.timeout_s):
+            if not critical:
+                await gate.wait_idle()
+            RECORDS_RECEIVED.labels(stage).inc(len(events))
+            records = [PackedRecord(e.message.partition, e.message.offset, e.value, e) for e in events]
+            plan = plan_batch(records, store.get, rules, refresh_after_ms=ttl_ms // 2 or None)
+            # durable first (Postgres, and the stored alerts handed to the indexer), then state
+            await asyncio.gather(circuit.write(plan.batch), hand_to_indexer(plan))
+            for key, (state, event) in plan.state_writes.items():
+                store.put(key, state, event)
+            if ttl_ms:
+                now_ms = int(time.time() * 1000)
+                for event in {e.message.partition: e for e in events}.values():
+                    DEDUP_EXPIRED.inc(store.sweep_expired(event, now_ms, ttl_ms, settings.dedup_sweep_budget))
+            record_outcomes(plan)
+            if critical:
+                gate.end(len(plan.batch.sightings))
+
     @app.agent(normalized_topic, name="deduplicate")
     async def deduplicate(stream):  # noqa: ANN001
-        postgres = PostgresSink(settings.require_database_url(), pool_size=settings.db_pool_size)
-        # blocking this agent is the backpressure: Faust stops fetching once its buffers are full
-        postgres_circuit = CircuitBreaker(postgres, settings.sink_retry, dead_letter_alert)
         await postgres.start()
         try:
-            async for events in stream.take_events(settings.dedup_batch.max_events, settings.dedup_batch.timeout_s):
-                RECORDS_RECEIVED.labels("deduplicate").inc(len(events))
-                records = [PackedRecord(e.message.partition, e.message.offset, e.value, e) for e in events]
-                plan = plan_batch(records, store.get, rules, refresh_after_ms=ttl_ms // 2 or None)
-                # durable first (Postgres, and the stored alerts handed to the indexer), then state
-                await asyncio.gather(postgres_circuit.write(plan.batch), hand_to_indexer(plan))
-                for key, (state, event) in plan.state_writes.items():
-                    store.put(key, state, event)
-                if ttl_ms:
-                    now_ms = int(time.time() * 1000)
-                    for event in {e.message.partition: e for e in events}.values():
-                        DEDUP_EXPIRED.inc(store.sweep_expired(event, now_ms, ttl_ms, settings.dedup_sweep_budget))
-                record_outcomes(plan)
+            await deduplicate_stream(stream, "deduplicate", critical=False)
         finally:
             await postgres.close()
+
+    @app.agent(critical_topic, name="deduplicate-critical")
+    async def deduplicate_critical(stream):  # noqa: ANN001
+        """The same stage for critical alerts, on their own co-partitioned topic and agent: it
+        shares the dedup table, so an identity has one state whatever its severity."""
+        await postgres.ready.wait()
+        await deduplicate_stream(stream, "deduplicate-critical", critical=True)
 
     seen_totals: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])  # (tenant, provider) → [seen, duplicates]
 
@@ -206,7 +242,8 @@ def create_app(settings: Settings) -> faust.App:
             search = build_search_sink(settings)
             await search.start()
             consumer = BatchConsumer(settings, group_id=f"{settings.app_id}-index", topic=settings.topic_stored)
-            circuit = CircuitBreaker(search, settings.sink_retry, dead_letter_alert, wait=consumer.wait_paused)
+            circuit = CircuitBreaker(search, settings.sink_retry, dead_letter_alert, wait=consumer.wait_paused,
+                                     retry_later=index_later)
             await consumer.start()
             try:
                 async for records in consumer.batches(settings.stream_batch):
@@ -218,6 +255,56 @@ def create_app(settings: Settings) -> faust.App:
                 await consumer.stop()
                 await search.close()
 
+    topics_by_name: dict[str, faust.TopicT] = {}
+
+    def topic_named(name: str) -> faust.TopicT:
+        if name not in topics_by_name:
+            topics_by_name[name] = app.topic(name)
+        return topics_by_name[name]
+
+    async def park(value: bytes, headers: dict[str, bytes], *, source: str, partition: int, offset: int,
+                   error: Exception | str, target: str) -> None:
+        """A record that failed transiently: to the retry tier for its attempt, or the DLQ after the last."""
+        headers = retry_headers(headers, source=source, partition=partition, offset=offset, error=error,
+                                target=target, now_ms=int(time.time() * 1000))
+        route = route_for(headers, settings)
+        if route.dead:
+            headers["dlq_reason"] = b"retries_exhausted"
+            DLQ_RECORDS.labels("retries_exhausted").inc()
+        else:
+            RETRIES.labels(route.topic).inc()
+        await (await topic_named(route.topic).send(value=value, headers=headers, force=True))
+
+    async def index_later(batch: WriteBatch, error: Exception) -> None:
+        for blob in pack(batch.stored, settings.packed_record_max_bytes):
+            await park(blob, {}, source=settings.topic_stored, partition=-1, offset=-1, error=error, target=settings.topic_stored)
+
+    def retry_forwarder(tier: int, topic: str, delay_s: float):  # noqa: ANN202
+        async def forward() -> None:
+            """Sends each parked record back to its target once its delay has passed."""
+            consumer = BatchConsumer(settings, group_id=f"{settings.app_id}-retry-{tier}", topic=topic)
+            await consumer.start()
+            try:
+                async for records in consumer.batches(settings.stream_batch):
+                    for record in records:
+                        if (wait := due_in_s(record.timestamp_ms, delay_s)) > 0:
+                            await consumer.wait_paused(wait)
+                        target = record.headers.get(TARGET, settings.topic_alerts.encode()).decode()
+                        await (await topic_named(target).send(key=record.key, value=record.value,
+                                                              headers=record.headers, force=True))
+                    await consumer.commit(records)
+            finally:
+                await consumer.stop()
+        forward.__name__ = f"retry_tier_{tier}"
+        return forward
+
+    for tier, (topic, delay_s) in enumerate(zip(tier_topics(settings), settings.retry_delays_s), start=1):
+        app.task(retry_forwarder(tier, topic, delay_s))
+
+    @app.task
+    async def monitor_event_loop() -> None:
+        await watch_event_loop(0.1, settings.loop_blocked_threshold_s)
+
     @app.page("/metrics")
     async def metrics(web, request):  # noqa: ANN001
         return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
@@ -227,8 +314,9 @@ def create_app(settings: Settings) -> faust.App:
 
 def describe(settings: Settings) -> str:
     return (
-        f"{settings.topic_alerts} ({settings.topic_partitions} partitions)\n"
-        f"  └─ normalize: decode, normalize, fingerprint ─► {settings.topic_normalized} (by tenant+fingerprint)\n"
+        f"{settings.topic_alerts}, {settings.topic_critical} ({settings.topic_partitions} partitions)\n"
+        f"  └─ normalize: decode, normalize, fingerprint ─► {settings.topic_normalized} (by tenant+fingerprint;\n"
+        f"     critical severity ─► {settings.topic_normalized_critical}, its own agent, ahead of any backlog)\n"
         f"       └─ deduplicate: table dedup-state ─► postgres alert/last_alert\n"
         + (f"            └─ stored alerts ─► {settings.topic_stored} ─► index: search {settings.search_index}\n"
            if settings.search_enabled else "") +

@@ -47,3 +47,6 @@ DEDUP_BLOOM_SKIPPED_READS = Gauge(
 )
 CIRCUIT_STATE = Gauge("alertstream_sink_circuit_state", "Circuit of a sink: 0 closed, 1 open (sink failing, partitions paused), 2 half-open (probing).", ["sink"])
 SINK_REJECTED = Counter("alertstream_sink_rejected_total", "Alerts a sink refused for good (bad data), sent to the DLQ.", ["sink"])
+EVENT_LOOP_LAG = Gauge("alertstream_event_loop_lag_seconds", "How late the last event-loop probe woke up (the loop was busy or blocked this long).")
+EVENT_LOOP_BLOCKED = Counter("alertstream_event_loop_blocked_total", "Probes that found the event loop blocked longer than ALERTSTREAM_LOOP_BLOCKED_THRESHOLD_S.")
+RETRIES = Counter("alertstream_retry_records_total", "Records parked on a retry topic after a transient failure, by tier topic.", ["topic"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -48,8 +48,12 @@ class Settings(BaseSettings):
 
     # --- topics
     topic_alerts: str = Field("alerts", description="Input topic: provider payloads, header `provider` and `tenant`.")
+    topic_critical: str = Field("alerts.critical", description="Input topic for critical alerts (the gateway routes critical severity here); its own consumer, so a backlog on `alerts` does not delay them.")
+    topic_normalized_critical: str = Field("alerts.normalized.critical", description="Internal topic: critical canonical alerts (from either input topic), deduplicated by their own agent.")
     topic_normalized: str = Field("alerts.normalized", description="Internal topic: canonical alerts packed per partition, partitioned by (tenant, fingerprint).")
     topic_stored: str = Field("alerts.stored", description="Internal topic: stored (new or changed) alerts, packed, consumed by the search indexer.")
+    topic_retry_prefix: str = Field("alerts.retry.", description="Retry topics are this prefix plus the tier number (1, 2, ...), one per entry of `retry_delays_s`.")
+    retry_delays_s: list[float] = Field(default_factory=lambda: [10.0, 60.0, 600.0], description="Delay of each retry tier (JSON list): a record that failed transiently waits this long on tier N before attempt N+1; after the last tier, the DLQ.")
     topic_dlq: str = Field("alerts.dlq", description="Dead-letter topic: original bytes plus headers naming the reason.")
     topic_partitions: int = Field(4, ge=1, description="Partitions of every alertstream topic (the ceiling on parallel workers).")
     topic_replication: int = Field(1, ge=1, description="Replication factor of the topics alertstream creates.")
@@ -75,6 +79,16 @@ class Settings(BaseSettings):
     record_max_age_s: float = Field(0, ge=0, description="An input record older than this when it is processed goes to the DLQ with reason `expired` (queue TTL); 0 = no limit.")
     max_payload_bytes: int = Field(1_048_576, ge=1024, description="A record larger than this goes to the DLQ with reason `too_large`.")
     db_pool_size: int = Field(4, ge=1, description="Connections in the worker's Postgres pool.")
+
+    # --- the Postgres store: partitions, retention, maintenance, raw payloads (docs/postgres.md)
+    pg_partition_premake_days: int = Field(3, ge=1, description="Daily partitions (UTC) of `alert` and `alert_raw` that the maintenance job keeps created ahead of today.")
+    pg_alert_retention_days: int = Field(30, ge=0, description="Daily partitions of `alert` older than this many days are dropped (or detached, see `ALERTSTREAM_PG_RETENTION_ACTION`); 0 keeps them forever.")
+    pg_raw_retention_days: int = Field(7, ge=0, description="Daily partitions of `alert_raw` (raw payloads) older than this many days are dropped (or detached); 0 keeps them forever.")
+    pg_retention_action: Literal["drop", "detach"] = Field("drop", description="What retention does with an expired partition: `drop` it, or `detach` it (renamed `<name>_detached`) to archive and drop it by hand.")
+    pg_last_alert_ttl_days: float | None = Field(None, ge=0, description="A `last_alert` row whose identity was not seen for this many days is deleted; 0 keeps rows forever. Unset: the dedup state TTL plus one day. Never shorter than that: a row deleted while the dedup state remembers its identity could not be re-created by a duplicate sighting.")
+    pg_maintenance_interval_s: float = Field(600.0, gt=0, description="How often each worker tries the Postgres maintenance jobs (partitions ahead, retention, `last_alert` TTL); an advisory lock lets one worker at a time run each.")
+    raw_storage_policy_path: Path | None = Field(None, description="YAML policy for storing raw payloads in `alert_raw`, per tenant and provider: off, all, sample:<rate> or errors, with allow/deny field lists (docs/postgres.md has an example). Unset: only records that went to the DLQ are kept (Keep keeps its error alerts too).")
+    loop_blocked_threshold_s: float = Field(0.5, gt=0, description="An event loop that did not run a 0.1 s timer for this much longer is logged and counted as blocked.")
     log_level: str = Field("INFO", description="Python log level of the worker and the CLI.")
 
     @field_validator("*", mode="before")

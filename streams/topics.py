@@ -17,7 +17,10 @@ log = logging.getLogger(__name__)
 
 
 def topic_names(settings: Settings) -> list[str]:
-    return [settings.topic_alerts, settings.topic_normalized, settings.topic_stored, settings.topic_dlq]
+    from streams.retry import tier_topics
+
+    return tier_topics(settings) + [settings.topic_alerts, settings.topic_critical, settings.topic_normalized,
+            settings.topic_normalized_critical, settings.topic_stored, settings.topic_dlq]
 
 
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -27,10 +28,17 @@ def test_run_processes_the_demo_and_stops_everything(tmp_path) -> None:  # noqa:
     alerts, invalid = count_alerts(demo_records())
     assert f"{alerts} / {alerts}" in result.stderr  # every demo alert deduplicated
     assert "stopped the worker and the local stack" in result.stderr
-    # nothing left running: no new broker, postgres, search or worker process
+    # nothing left running: no process of this run's stack (ports and data dir from its stack.json)
+    stack = json.loads((tmp_path / "demo" / "stack" / "stack.json").read_text())
+    ports = {rec["port"] for rec in stack.values() if isinstance(rec, dict) and rec.get("port")}
+
     def is_ours(p: psutil.Process) -> bool:
-        name = p.info["name"] or ""
-        return name in ("postgres", "osmem-server") or name.startswith("tansu") or "streams.cli" in " ".join(p.info["cmdline"] or [])
+        if str(tmp_path) in " ".join(p.info["cmdline"] or []):
+            return True
+        try:  # a server still listening on one of the run's ports
+            return any(c.laddr and c.laddr.port in ports for c in p.net_connections(kind="inet"))
+        except (psutil.AccessDenied, psutil.NoSuchProcess):
+            return False
 
     leftovers = [p for p in psutil.process_iter(["pid", "name", "status", "cmdline"])
                  if p.pid not in before and p.info["status"] != psutil.STATUS_ZOMBIE and is_ours(p)]

@@ -50,23 +50,27 @@ def assert_exactly_once(dsn: str, tenant: str) -> None:
     assert (sighted["n"], sighted["k"]) == (COUNT, COUNT)
 
 
-def test_kill_9_mid_stream_then_restart(stack_env, tmp_path) -> None:  # noqa: ANN001
-    settings = crash_settings(stack_env, tmp_path / "w", "kill9")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
+def test_worker_stopped_mid_stream_then_restarted(stack_env, tmp_path, sig) -> None:  # noqa: ANN001
+    name = f"stop{int(sig)}"
+    settings = crash_settings(stack_env, tmp_path / "w", name)
     ensure_topics(settings)
     dsn = settings.require_database_url()
     worker = WorkerProcess(settings, tmp_path / "first.log")
-    producer = produce_slowly(settings, "kill9")
+    producer = produce_slowly(settings, name)
     try:
-        wait_until(lambda: stored(dsn, "kill9")[0] >= 500, timeout=120, what="the worker is mid-stream")
-        worker.proc.send_signal(signal.SIGKILL)
-        worker.proc.wait()
+        wait_until(lambda: stored(dsn, name)[0] >= 500, timeout=120, what="the worker is mid-stream")
+        worker.proc.send_signal(sig)
+        code = worker.proc.wait(timeout=60)
+        if sig == signal.SIGTERM:
+            assert code == 0, "a graceful stop exits cleanly"
     finally:
         producer.join()
         worker.stop()
-    assert stored(dsn, "kill9")[0] < COUNT, "the kill came too late to test anything"
+    assert stored(dsn, name)[0] < COUNT, "the stop came too late to test anything"
     restarted = WorkerProcess(settings.model_copy(update={"worker_web_port": free_port()}), tmp_path / "second.log")
     try:
-        assert_exactly_once(dsn, "kill9")
+        assert_exactly_once(dsn, name)  # the restart resumes from the committed offsets
     finally:
         restarted.stop()
 

@@ -1,0 +1,26 @@
+"""Event-loop health: a probe that sleeps a fixed interval and measures how late it wakes up.
+
+A late wake-up means something ran on the loop without yielding (a large batch parsed in one go,
+a blocking call); it delays every consumer heartbeat and sink write in the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from streams.metrics import EVENT_LOOP_BLOCKED, EVENT_LOOP_LAG
+
+log = logging.getLogger(__name__)
+
+
+async def watch_event_loop(interval_s: float, blocked_threshold_s: float) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        started = loop.time()
+        await asyncio.sleep(interval_s)
+        lag = max(0.0, loop.time() - started - interval_s)
+        EVENT_LOOP_LAG.set(lag)
+        if lag > blocked_threshold_s:
+            EVENT_LOOP_BLOCKED.inc()
+            log.warning("event loop blocked for %.3fs (threshold %.3fs)", lag, blocked_threshold_s)
