@@ -23,7 +23,9 @@ from agents.normalizer import StageOneResult, dead_letter_headers, pack, process
 from schemas.alert import NormalizedAlert
 from schemas.rules import load_rules
 from sinks.base import CircuitBreaker, WriteBatch
+from sinks.maintenance import run_maintenance_forever
 from sinks.postgres import PostgresSink
+from sinks.raw_storage import RawBatch, RawPolicy, RawSink, raw_rows_for
 from sinks.search import SearchSink, make_client
 from streams.batch_consumer import BatchConsumer
 from streams.loop_monitor import watch_event_loop
@@ -94,6 +96,7 @@ def create_app(settings: Settings) -> faust.App:
     stored_topic = app.topic(settings.topic_stored, partitions=settings.topic_partitions)
     critical_topic = app.topic(settings.topic_normalized_critical, partitions=settings.topic_partitions)
     rules = load_rules(settings.fingerprint_rules_path)  # an invalid file stops the worker here, with its line
+    raw_policy = RawPolicy.load(settings.raw_storage_policy_path)  # likewise
     store = DedupStore(
         make_table(app, settings.topic_partitions),
         cache=HotCache(settings.dedup_cache_entries),
@@ -132,6 +135,11 @@ def create_app(settings: Settings) -> faust.App:
         machinery, which caps an agent at ~5k records/s on this hardware (docs/decisions.md)."""
         consumer = BatchConsumer(settings, group_id=group_id, topic=topic)
         await consumer.start()
+        raw_sink = None if raw_policy.stores_nothing else RawSink(PostgresSink(settings.require_database_url(), pool_size=1))
+        raw_circuit = None
+        if raw_sink is not None:
+            await raw_sink.start()
+            raw_circuit = CircuitBreaker(raw_sink, settings.sink_retry, dead_letter_alert, wait=consumer.wait_paused)
         try:
             async for records in consumer.batches(settings.stream_batch):
                 RECORDS_RECEIVED.labels("normalize").inc(len(records))
@@ -144,12 +152,16 @@ def create_app(settings: Settings) -> faust.App:
                     max_age_ms=int(settings.record_max_age_s * 1000),
                 )
                 gate.begin(sum(map(len, result.critical_by_partition.values())))
-                await emit(result)
+                raw_rows = raw_rows_for(records, result.dead_letters, raw_policy, default_tenant=settings.default_tenant) \
+                    if raw_circuit is not None else []
+                await asyncio.gather(emit(result), raw_circuit.write(RawBatch(raw_rows)) if raw_rows else asyncio.sleep(0))
                 await consumer.commit(records)  # only after the broker acked the output
                 if not critical:
                     await gate.wait_idle()  # let critical alerts in flight go first
         finally:
             await consumer.stop()
+            if raw_sink is not None:
+                await raw_sink.close()
 
     @app.task
     async def normalize() -> None:
@@ -300,6 +312,11 @@ def create_app(settings: Settings) -> faust.App:
 
     for tier, (topic, delay_s) in enumerate(zip(tier_topics(settings), settings.retry_delays_s), start=1):
         app.task(retry_forwarder(tier, topic, delay_s))
+
+    @app.task
+    async def maintain_postgres() -> None:
+        """Partitions ahead, retention, last_alert TTL: every worker tries, an advisory lock lets one run."""
+        await run_maintenance_forever(settings)
 
     @app.task
     async def monitor_event_loop() -> None:
