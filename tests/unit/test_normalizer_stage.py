@@ -306,3 +306,19 @@ def test_dead_letter_headers_of_a_real_dead_letter() -> None:
     assert headers["dlq_reason"] == b"unknown_provider"
     assert headers["provider"] == b"nagios-classic"
     assert headers["dlq_offset"] == b"6" and headers["dlq_partition"] == b"0"
+
+
+def test_records_older_than_the_queue_ttl_go_to_the_dlq_as_expired() -> None:
+    fresh, stale = raw(generic(), 1), raw(generic(), 2)
+    fresh.timestamp_ms, stale.timestamp_ms = 100_000, 10_000
+    result = process_records([fresh, stale], partitions=4, default_tenant="default", max_payload_bytes=LIMIT,
+                             max_age_ms=60_000, now_ms=120_000)
+    assert [d.reason for d in result.dead_letters] == ["expired"]
+    assert result.dead_letters[0].record is stale and "110s old" in result.dead_letters[0].detail
+    assert result.alerts == 1
+
+
+def test_critical_alerts_are_routed_to_their_own_partitions_map() -> None:
+    result = run([raw(generic(severity="critical"), 1), raw(generic(severity="high", fingerprint="other"), 2)])
+    assert sum(map(len, result.critical_by_partition.values())) == 1
+    assert sum(map(len, result.by_partition.values())) == 1
