@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)  ## create .venv and install alertstream with its test tools
@@ -22,6 +22,12 @@ test: install  ## the whole suite; integration tests start their own stack on th
 
 test-unit: install
 	$(BIN)/pytest tests/unit
+
+bench: install  ## the target: 600 GB/day for 10 minutes on a fresh local stack; results in benchmarks/results/
+	$(BIN)/alertstream bench --volume 600GB/day --duration 600
+
+bench-short: install  ## a few minutes: capacity against the ceilings, flags a large regression against benchmarks/baseline.json
+	$(BIN)/alertstream bench --short
 
 docs: install  ## regenerate the settings table in README.md from streams/settings.py
 	$(BIN)/alertstream config --update README.md

@@ -139,11 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     suggest.add_argument("--min-identities", type=int, default=3)
     suggest.add_argument("--min-change-ratio", type=float, default=0.5)
     suggest.set_defaults(func=_cmd_dedup_suggest)
+    from benchmarks.cli import add_parser as add_bench
     from sinks.cli import add_parsers as add_store_parsers
     from streams.dlq_cli import add_parser as add_dlq
 
     add_dlq(sub)
     add_store_parsers(sub)
+    add_bench(sub)
     config = sub.add_parser("config", help="print every setting with its default and meaning")
     config.add_argument("--update", metavar="FILE", help="rewrite the table between the settings markers of FILE (README.md)")
     config.set_defaults(func=_cmd_config)
