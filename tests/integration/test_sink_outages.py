@@ -23,7 +23,7 @@ from tests.integration.test_pipeline_e2e import generic_alert, produce
 from tests.integration.test_worker_restart import sighted_and_rows
 
 pytestmark = pytest.mark.integration
-TENANT = "restart"  # what sighted_and_rows() counts
+TENANT = "outage"
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_postgres_outage_loses_nothing_and_needs_no_restart(outage_stack) -> Non
     settings, state_dir, worker = outage_stack
     dsn = settings.require_database_url()
     send(settings, 0, 200)
-    wait_until(lambda: sighted_and_rows(dsn)[0] >= 200, timeout=120, what="before the outage")
+    wait_until(lambda: sighted_and_rows(dsn, TENANT)[0] >= 200, timeout=120, what="before the outage")
 
     stop_service(state_dir, "postgres")
     send(settings, 200, 300)  # produced while Postgres is down
@@ -79,8 +79,8 @@ def test_postgres_outage_loses_nothing_and_needs_no_restart(outage_stack) -> Non
     time.sleep(3)
     localstack.up(Settings(kafka_bootstrap=None, database_url=None, search_url=None), state_dir=state_dir)  # start it again
 
-    wait_until(lambda: sighted_and_rows(dsn)[0] >= 500, timeout=120, what="everything written after the outage")
-    assert sighted_and_rows(dsn) == (500, 500)
+    wait_until(lambda: sighted_and_rows(dsn, TENANT)[0] >= 500, timeout=120, what="everything written after the outage")
+    assert sighted_and_rows(dsn, TENANT) == (500, 500)
     assert worker.proc.poll() is None  # the same worker process throughout
     wait_until(lambda: metric(settings.worker_web_port, "alertstream_sink_circuit_state", 'sink="postgres"') == 0,
                timeout=30, what="postgres circuit closed")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 
 import pytest
 
@@ -28,9 +29,11 @@ def crash_settings(stack_env, data_dir, name: str):  # noqa: ANN001, ANN201
 
 
 def produce_slowly(settings, tenant: str) -> threading.Thread:  # noqa: ANN001
-    """3000 distinct alerts in 30 chunks over a few seconds, from a background thread."""
+    """3000 distinct alerts in 30 chunks over 6+ seconds, from a background thread: the stop
+    always lands while records are still arriving."""
     def run() -> None:
         for chunk in range(30):
+            time.sleep(0.2)
             records = [("keep", f"c{i}".encode(), generic_alert(200_000 + i)) for i in range(chunk * 100, chunk * 100 + 100)]
             produce(settings.require_kafka(), settings.topic_alerts, records, tenant=tenant)
     thread = threading.Thread(target=run)

@@ -35,12 +35,12 @@ def restart_settings(stack_env: dict[str, str], data_dir) -> Settings:  # noqa: 
     )
 
 
-def sighted_and_rows(dsn: str) -> tuple[int, int]:
+def sighted_and_rows(dsn: str, tenant: str = TENANT) -> tuple[int, int]:
     async def query() -> tuple[int, int]:
         conn = await asyncpg.connect(dsn)
         try:
-            sighted = await conn.fetchval("SELECT coalesce(sum(received_count), 0) FROM last_alert WHERE tenant = $1", TENANT)
-            rows = await conn.fetchval("SELECT count(*) FROM alert WHERE tenant = $1", TENANT)
+            sighted = await conn.fetchval("SELECT coalesce(sum(received_count), 0) FROM last_alert WHERE tenant = $1", tenant)
+            rows = await conn.fetchval("SELECT count(*) FROM alert WHERE tenant = $1", tenant)
             return sighted, rows
         finally:
             await conn.close()
