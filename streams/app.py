@@ -16,6 +16,7 @@ from collections import defaultdict
 
 import faust
 import msgspec
+from faust.transport.producer import ProducerBuffer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.deduplicator import PackedRecord, StageTwoPlan, plan_batch
@@ -66,6 +67,11 @@ def build_search_sink(settings: Settings) -> SearchSink:
 
 
 def create_app(settings: Settings) -> faust.App:
+    # Faust stops delivering records to every stream whenever more than `max_messages` table
+    # changelog messages wait to be sent. Offsets are committed only after the producer is
+    # flushed, so the size changes the pacing, not the guarantees. (A class attribute: Faust has
+    # no setting for it.)
+    ProducerBuffer.max_messages = settings.changelog_buffer_max_messages
     datadir = settings.data_dir / f"worker-{settings.worker_web_port}"
     datadir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     app = faust.App(
