@@ -29,8 +29,9 @@ bench: install  ## the target: 600 GB/day for 10 minutes on a fresh local stack;
 bench-short: install  ## a few minutes: capacity against the ceilings, flags a large regression against benchmarks/baseline.json
 	$(BIN)/alertstream bench --short
 
-docs: install  ## regenerate the settings table in README.md from streams/settings.py
+docs: install  ## regenerate the settings table in README.md and the alert JSON Schema from the code
 	$(BIN)/alertstream config --update README.md
+	$(BIN)/python -c "import json; from schemas.alert import alert_json_schema as s; open('schemas/alert.schema.json', 'w').write(json.dumps(s(), indent=2, sort_keys=True) + '\n')"
 
 stack-up: install
 	@$(BIN)/alertstream stack up

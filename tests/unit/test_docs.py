@@ -20,3 +20,13 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     assert "make test" in readme.split("\n## ")[0]
     commands = [line for line in (REPO / ".ci/run").read_text().splitlines() if line and not line.startswith(("#", "set ", "cd "))]
     assert commands == ["make test"]
+
+
+def test_exported_alert_json_schema_is_current() -> None:
+    import json
+
+    from schemas.alert import SCHEMA_VERSION, alert_json_schema
+
+    exported = json.loads((REPO / "schemas" / "alert.schema.json").read_text())
+    assert exported == json.loads(json.dumps(alert_json_schema())), "regenerate schemas/alert.schema.json (make docs)"
+    assert exported["$defs"]["Alert"]["properties"]["schemaVersion"]["default"] == SCHEMA_VERSION
