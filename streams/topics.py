@@ -28,10 +28,13 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
     admin = AdminClient({"bootstrap.servers": settings.require_kafka()})
     existing = admin.list_topics(timeout=timeout_s).topics
     missing = [name for name in topic_names(settings) if name not in existing]
+    copartitioned = {settings.topic_normalized, settings.topic_normalized_critical}
     for name in topic_names(settings):
         if name in existing and len(existing[name].partitions) != settings.topic_partitions:
-            log.warning("topic %s has %d partitions, settings say %d", name,
-                        len(existing[name].partitions), settings.topic_partitions)
+            message = f"topic {name} has {len(existing[name].partitions)} partitions, settings say {settings.topic_partitions}"
+            if name in copartitioned:  # the dedup table is co-partitioned with these: a mismatch would stall it
+                raise RuntimeError(message + "; the dedup stage's topics must match ALERTSTREAM_TOPIC_PARTITIONS")
+            log.warning(message)
     if not missing:
         return []
     futures = admin.create_topics(

@@ -68,6 +68,17 @@ rules:
 """
 
 
+def isolated(settings: Settings, name: str) -> Settings:
+    """The settings with a consumer group and every topic of its own (`name.*`): a test worker
+    then shares nothing with the session's worker or other tests but the servers."""
+    return settings.model_copy(update={
+        "app_id": f"{name}-test",
+        "topic_alerts": f"{name}.alerts", "topic_critical": f"{name}.critical",
+        "topic_normalized": f"{name}.normalized", "topic_normalized_critical": f"{name}.normalized.critical",
+        "topic_stored": f"{name}.stored", "topic_dlq": f"{name}.dlq", "topic_retry_prefix": f"{name}.retry.",
+    })
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a worker process see exactly `settings`."""
     from pydantic import BaseModel, SecretStr

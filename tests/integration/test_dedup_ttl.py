@@ -23,9 +23,8 @@ def expired_total(port: int) -> float:
 
 
 def test_inactive_identities_expire_and_come_back_as_new(stack_env, tmp_path) -> None:  # noqa: ANN001
-    settings = restart_settings(stack_env, tmp_path).model_copy(update={
-        "app_id": "ttl-test", "topic_alerts": "ttl.alerts", "topic_normalized": "ttl.normalized",
-        "topic_stored": "ttl.stored", "topic_dlq": "ttl.dlq", "topic_partitions": 1,
+    settings = restart_settings(stack_env, tmp_path, "ttl").model_copy(update={
+        "topic_partitions": 1,
         "producer_one_record_batches": False, "dedup_state_ttl_s": 3, "dedup_bloom_capacity": 10_000,
     })
     ensure_topics(settings)

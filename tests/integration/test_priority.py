@@ -33,7 +33,6 @@ def latencies(dsn: str, severity: str) -> list[float]:
 
 def test_critical_alerts_overtake_a_backlog(stack_env, tmp_path, record_property) -> None:  # noqa: ANN001
     settings = crash_settings(stack_env, tmp_path / "w", "prio")
-    settings = settings.model_copy(update={"topic_critical": "prio.critical", "topic_normalized_critical": "prio.normalized.critical"})
     ensure_topics(settings)
     dsn = settings.require_database_url()
     worker = WorkerProcess(settings, tmp_path / "worker.log")

@@ -20,9 +20,7 @@ COUNT = 3000
 
 
 def crash_settings(stack_env, data_dir, name: str):  # noqa: ANN001, ANN201
-    return restart_settings(stack_env, data_dir).model_copy(update={
-        "app_id": f"{name}-test", "topic_alerts": f"{name}.alerts", "topic_normalized": f"{name}.normalized",
-        "topic_stored": f"{name}.stored", "topic_dlq": f"{name}.dlq",
+    return restart_settings(stack_env, data_dir, name).model_copy(update={
         "producer_one_record_batches": False, "table_recovery_consistency_check": False,
         "stream_batch": BatchConfig(max_events=100, timeout_s=0.2),  # many small batches: the kill lands mid-stream
     })

@@ -10,7 +10,7 @@ import pytest
 
 from streams.settings import Settings
 from streams.topics import ensure_topics
-from tests.conftest import WorkerProcess, free_port, wait_until
+from tests.conftest import WorkerProcess, free_port, isolated, wait_until
 from tests.integration.test_pipeline_e2e import generic_alert, produce
 
 pytestmark = pytest.mark.integration
@@ -18,21 +18,17 @@ pytestmark = pytest.mark.integration
 TENANT = "restart"
 
 
-def restart_settings(stack_env: dict[str, str], data_dir) -> Settings:  # noqa: ANN001 - also used by the TTL test
-    return Settings(
+def restart_settings(stack_env: dict[str, str], data_dir, name: str = "restart") -> Settings:  # noqa: ANN001
+    return isolated(Settings(
         kafka_bootstrap=stack_env["ALERTSTREAM_KAFKA_BOOTSTRAP"],
         database_url=stack_env["ALERTSTREAM_DATABASE_URL"],
         search_enabled=False,
         data_dir=data_dir,
         worker_web_port=free_port(),
         broker_session_timeout_s=10,
-        # its own topics and group, apart from the session's worker
-        app_id="restart-test",
-        topic_alerts="restart.alerts", topic_normalized="restart.normalized",
-        topic_stored="restart.stored", topic_dlq="restart.dlq",
         # exact changelog end offsets on the local broker (INFRA.md): recovery must be complete
         producer_one_record_batches=True,
-    )
+    ), name)
 
 
 def sighted_and_rows(dsn: str, tenant: str = TENANT) -> tuple[int, int]:
