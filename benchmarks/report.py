@@ -126,6 +126,9 @@ def render_markdown(r: dict[str, Any]) -> str:
         + ", ".join(f"{g} {_n(v)}" for g, v in (r["lag"].get("kafka_lag_max_records") or {}).items())
         + " records (a lower bound: Tansu under-reports end offsets) |",
         f"| DLQ records | {_n(r['dlq_records'])} |",
+        *([f"| Faust changelog stalls (stream paused until the table's changelog is sent) | "
+           f"{_n(fs['count'])} stalls, {fs['total_s']:,.1f} s in total ({_pct(fs['share_of_worker_time'])} of worker "
+           f"time), longest {_n(fs['max_s'], 2)} s |"] if (fs := r.get("faust_changelog_stalls")) else []),
         "",
         "## CPU and memory (load + drain)",
         "",
@@ -221,6 +224,16 @@ def _rates(samples: list[dict[str, Any]], key: str) -> tuple[list[float], list[f
     return ts, vs
 
 
+def _moving_average(values: list[float], window: int) -> list[float]:
+    out, acc = [], 0.0
+    for i, v in enumerate(values):
+        acc += v
+        if i >= window:
+            acc -= values[i - window]
+        out.append(acc / min(i + 1, window))
+    return out
+
+
 def plot_all(r: dict[str, Any], out: Path, stem: str) -> dict[str, Path]:
     import matplotlib
 
@@ -235,12 +248,20 @@ def plot_all(r: dict[str, Any], out: Path, stem: str) -> dict[str, Path]:
     end = r["duration_s"]
     bpa = r["produced"]["bytes_per_alert"] or 1.0
 
-    # throughput
+    # throughput: 5-second moving averages (a 1 s rate of a batching pipeline is mostly noise), raw faint
     fig, ax = plt.subplots(figsize=(10, 4.5))
-    for key, label, style in (("produced_alerts", "produced", "-"), ("processed", "processed (dedup stage)", "-"),
-                              ("stored", "stored in Postgres", ":"), ("indexed", "indexed", ":")):
+    tops = [r["target"]["alerts_s"] or 0.0]
+    for key, label, style, color in (("produced_alerts", "produced", "-", "C0"),
+                                     ("processed", "processed (dedup stage)", "-", "C1"),
+                                     ("stored", "stored in Postgres", ":", "C2"), ("indexed", "indexed", ":", "C3")):
         ts, vs = _rates(samples, key)
-        ax.plot(ts, vs, style, label=label, linewidth=1.2)
+        if not any(vs):
+            continue
+        smooth = _moving_average(vs, 5)
+        if key == "processed":
+            ax.plot(ts, vs, "-", color=color, alpha=0.2, linewidth=0.8)
+        ax.plot(ts, smooth, style, color=color, label=f"{label} (5 s average)", linewidth=1.4)
+        tops.append(max(smooth[5:] or smooth))  # not the first seconds: a closed loop starts with a burst
     ax.axhline(r["target"]["alerts_s"] or 0, color="grey", linestyle="--", linewidth=0.8,
                label=f"600 GB/day ({_n(r['target']['alerts_s'])} alerts/s)")
     ax.axvline(end, color="black", linestyle=":", linewidth=0.8, label="load stops")
@@ -248,9 +269,9 @@ def plot_all(r: dict[str, Any], out: Path, stem: str) -> dict[str, Path]:
     ax.set_ylabel("alerts/s")
     sec = ax.secondary_yaxis("right", functions=(lambda a: a * bpa / 1e6, lambda m: m * 1e6 / bpa))
     sec.set_ylabel("MB/s of raw payload")
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, max(tops) * 1.25)
     ax.set_title(f"Throughput: {title}", fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", ncol=3)
     ax.grid(alpha=0.3)
     files["throughput"] = _save(fig, out / f"{stem}-throughput.png")
 
@@ -258,7 +279,8 @@ def plot_all(r: dict[str, Any], out: Path, stem: str) -> dict[str, Path]:
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
     ts = [s["t"] for s in samples]
     a1.plot(ts, [s["backlog"] for s in samples], label="backlog: produced − processed (alerts)")
-    a1.plot(ts, [s["index_lag"] for s in samples], label="search indexer lag: stored − indexed (alerts)")
+    if any(s["index_lag"] is not None for s in samples):
+        a1.plot(ts, [s["index_lag"] for s in samples], label="search indexer lag: stored − indexed (alerts)")
     a1.axvline(end, color="black", linestyle=":", linewidth=0.8)
     a1.set_ylabel("alerts")
     a1.set_ylim(bottom=0)
@@ -323,6 +345,10 @@ def plot_all(r: dict[str, Any], out: Path, stem: str) -> dict[str, Path]:
     for name in names:
         stacks.append([max(0.0, (b["cpu_s"][name] - a["cpu_s"][name]) / max(b["t"] - a["t"], 1e-9))
                        for a, b in zip(samples, samples[1:])])
+    if all("machine_cpu_s" in x for x in samples):  # everything else on the machine (a shared box)
+        names.append("other processes")
+        stacks.append([max(0.0, (b["machine_cpu_s"] - a["machine_cpu_s"]) / max(b["t"] - a["t"], 1e-9) - sum(col))
+                       for a, b, col in zip(samples, samples[1:], zip(*stacks))])
     ax.stackplot(ts, *stacks, labels=names, alpha=0.8)
     ax.axhline(r["machine"]["cpus"], color="black", linestyle="--", linewidth=0.8, label="all cores")
     ax.axvline(end, color="black", linestyle=":", linewidth=0.8)
@@ -339,7 +365,7 @@ def _save(fig, path: Path) -> Path:  # noqa: ANN001
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=72, pil_kwargs={"optimize": True})
     plt.close(fig)
     return path
 

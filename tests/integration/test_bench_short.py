@@ -71,9 +71,9 @@ def test_ratios_follow_from_the_ceilings(bench_run) -> None:  # noqa: ANN001
     broker, copy = r["ceilings"]["broker"], r["ceilings"]["copy"]
     assert broker["items"] == 2000 and broker["alerts_s"] > 0 and broker["items_s"] > 0
     assert copy["items"] > 0 and copy["alerts_s"] > 0
-    assert r["broker_ratio"] == pytest.approx(r["throughput_alerts_s"] / broker["alerts_s"], rel=1e-3)
-    assert r["copy_ratio"] == pytest.approx(r["throughput_alerts_s"] / copy["alerts_s"], rel=1e-3)
-    assert r["ceiling_ratio"] == pytest.approx(max(r["broker_ratio"], r["copy_ratio"]), rel=1e-3)
+    assert r["broker_ratio"] == pytest.approx(r["throughput_alerts_s"] / broker["alerts_s"], rel=1e-3, abs=1e-6)
+    assert r["copy_ratio"] == pytest.approx(r["throughput_alerts_s"] / copy["alerts_s"], rel=1e-3, abs=1e-6)
+    assert r["ceiling_ratio"] == pytest.approx(max(r["broker_ratio"], r["copy_ratio"]), rel=1e-3, abs=1e-6)
 
 
 def test_resources_and_lag_are_measured(bench_run) -> None:  # noqa: ANN001
@@ -119,13 +119,14 @@ def test_everything_started_is_stopped(bench_run) -> None:  # noqa: ANN001
 
 
 def _result(ratio: float, mode: str = "max", workers: int = 1, partitions: int = 4) -> dict:
-    return {"ceiling_ratio": ratio, "mode": mode, "config": {"workers": workers, "partitions": partitions},
-            "throughput_alerts_s": 1000.0}
+    return {"ceiling_ratio": ratio, "mode": mode, "throughput_alerts_s": 1000.0,
+            "config": {"workers": workers, "partitions": partitions, "ceiling_records": 10_000, "ceiling_repeats": 3}}
 
 
 def test_baseline_fails_only_on_a_large_regression(tmp_path: Path) -> None:
     baseline = tmp_path / "baseline.json"
-    baseline.write_text(json.dumps({"ceiling_ratio": 0.2, "mode": "max", "workers": 1, "partitions": 4}))
+    baseline.write_text(json.dumps({"ceiling_ratio": 0.2, "mode": "max", "workers": 1, "partitions": 4,
+                                    "ceiling_records": 10_000, "ceiling_repeats": 3}))
     assert compare_baseline(_result(0.21), baseline)[0]
     assert compare_baseline(_result(0.2 * REGRESSION_FACTOR + 0.001), baseline)[0]  # slower, within noise: passes
     ok, message = compare_baseline(_result(0.2 * REGRESSION_FACTOR - 0.001), baseline)
