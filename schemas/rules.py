@@ -186,14 +186,19 @@ class RulesFile(BaseModel):
 
     @model_validator(mode="after")
     def _unique_scopes(self) -> RulesFile:
-        seen: dict[tuple[str, str], int] = {}
-        for index, rule in enumerate(self.rules):
-            scope = (rule.tenant, rule.provider)
-            if scope in seen:
-                raise ValueError(f"rules[{index}] and rules[{seen[scope]}] both apply to tenant {rule.tenant!r}, "
-                                 f"provider {rule.provider!r}: one rule per scope")
-            seen[scope] = index
+        check_unique_scopes(self.rules)
         return self
+
+
+def check_unique_scopes(rules: Iterable[Any]) -> None:
+    """One rule per (tenant, provider) scope: shared by every per-tenant, per-provider config file."""
+    seen: dict[tuple[str, str], int] = {}
+    for index, rule in enumerate(rules):
+        scope = (rule.tenant, rule.provider)
+        if scope in seen:
+            raise ValueError(f"rules[{index}] and rules[{seen[scope]}] both apply to tenant {rule.tenant!r}, "
+                             f"provider {rule.provider!r}: one rule per scope")
+        seen[scope] = index
 
 
 # ------------------------------------------------------------------------------------------ resolved rules

@@ -44,7 +44,7 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from schemas.rules import ANY, PROVIDER_ALIASES, PROVIDERS
+from schemas.rules import ANY, PROVIDER_ALIASES, PROVIDERS, check_unique_scopes
 
 if TYPE_CHECKING:
     from agents.normalizer import DeadLetter, RawRecord
@@ -148,12 +148,7 @@ class RawPolicyFile(BaseModel):
 
     @model_validator(mode="after")
     def _unique_scopes(self) -> RawPolicyFile:
-        seen: dict[tuple[str, str], int] = {}
-        for i, rule in enumerate(self.rules):
-            scope = (rule.tenant, rule.provider)
-            if scope in seen:
-                raise ValueError(f"rules[{i}] and rules[{seen[scope]}] both apply to tenant {rule.tenant!r}, provider {rule.provider!r}")
-            seen[scope] = i
+        check_unique_scopes(self.rules)
         return self
 
 
