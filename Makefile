@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install run test test-unit docs bench bench-short stack-up stack-down clean
+.PHONY: install system-packages run test test-unit docs bench bench-short stack-up stack-down clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,10 +14,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install alertstream with its test tools
 
+system-packages:  ## Debian packages the tests use as real peers (Prometheus, Alertmanager, Chromium, wrk)
+	@bash deploy/system-packages.sh
+
 run: install  ## local stack + migrations + worker + demo stream, with a live summary; Ctrl-C stops all
 	$(BIN)/alertstream run
 
-test: install  ## the whole suite; integration tests start their own stack on their own ports
+test: install system-packages  ## the whole suite; integration tests start their own stack on their own ports
 	$(BIN)/pytest
 
 test-unit: install
