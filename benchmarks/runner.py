@@ -195,7 +195,8 @@ def start_worker(index: int, env: dict[str, str], run_dir: Path) -> Worker:
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = run_dir / "logs" / f"worker-{index}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    wenv = {**env, "ALERTSTREAM_DATA_DIR": str(data_dir), "ALERTSTREAM_WORKER_WEB_PORT": str(port)}
+    wenv = {**env, "ALERTSTREAM_DATA_DIR": str(data_dir), "ALERTSTREAM_WORKER_WEB_PORT": str(port),
+            "ALERTSTREAM_WORKER_PROCESSES": "1"}  # the runner starts (and counts) the processes itself
     with open(log_path, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], cwd=REPO, env=wenv,
                                 stdout=log, stderr=subprocess.STDOUT)

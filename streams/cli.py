@@ -38,9 +38,15 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     import faust
 
     from streams.app import create_app
+    from streams.supervisor import Supervisor, resolve_worker_processes
     from streams.topics import ensure_topics
 
     ensure_topics(settings)
+    processes = resolve_worker_processes(settings)
+    if processes > 1:
+        logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return Supervisor(settings, processes).run()
     app = create_app(settings)
     worker = faust.Worker(app, loglevel=settings.log_level.lower())
     worker.execute_from_commandline()  # handles SIGTERM/SIGINT: agents stop, offsets are committed
@@ -104,7 +110,7 @@ def _cmd_dedup_suggest(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     if args.update:
-        from streams.settings import update_settings_block
+        from streams.config_reference import update_settings_block  # grouped by area, docs/configuration.md
 
         update_settings_block(args.update)
         print(f"updated the settings table in {args.update}", file=sys.stderr)
@@ -127,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("action", choices=["up", "status", "down"])
     stack.set_defaults(func=_cmd_stack)
     sub.add_parser("migrate", help="create or upgrade the Postgres schema").set_defaults(func=_cmd_migrate)
-    sub.add_parser("worker", help="run the stream worker (Faust)").set_defaults(func=_cmd_worker)
+    sub.add_parser("worker", help="run the stream worker: one Faust process per CPU core (ALERTSTREAM_WORKER_PROCESSES)").set_defaults(func=_cmd_worker)
     sub.add_parser("demo", help="produce the demo stream to the input topic").set_defaults(func=_cmd_demo)
     run = sub.add_parser("run", help="stack up, migrate, worker, demo stream and a live summary")
     run.add_argument("--exit-after-demo", action="store_true", help="stop everything once the demo is processed")
@@ -147,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_store_parsers(sub)
     add_bench(sub)
     config = sub.add_parser("config", help="print every setting with its default and meaning")
-    config.add_argument("--update", metavar="FILE", help="rewrite the table between the settings markers of FILE (README.md)")
+    config.add_argument("--update", metavar="FILE", help="rewrite the reference between the settings markers of FILE (docs/configuration.md)")
     config.set_defaults(func=_cmd_config)
     sub.add_parser("topology", help="print the stream topology").set_defaults(func=_cmd_topology)
     return parser

@@ -23,6 +23,7 @@ from rich.live import Live
 from rich.table import Table
 
 from streams.settings import Settings
+from streams.supervisor import worker_ports
 
 # example file → provider header
 EXAMPLES = {
@@ -126,18 +127,22 @@ def produce_demo(settings: Settings) -> DemoStats:
     return DemoStats(len(records), alerts, invalid)
 
 
-def scrape(port: int) -> dict[str, float]:
-    """The worker's counters summed per (metric, outcome/sink) for the summary."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-        text = response.read().decode()
+def scrape(ports: list[int]) -> dict[str, float]:
+    """The counters of every worker process summed per (metric, outcome/sink) for the summary."""
     totals: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if not sample.name.endswith("_total"):
-                continue
-            label = sample.labels.get("outcome") or sample.labels.get("sink") or sample.labels.get("stage") or ""
-            key = f"{sample.name}:{label}" if label else sample.name
-            totals[key] = totals.get(key, 0) + sample.value
+    for port in ports:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+                text = response.read().decode()
+        except OSError:
+            continue  # a process still starting (or restarting) adds nothing yet
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if not sample.name.endswith("_total"):
+                    continue
+                label = sample.labels.get("outcome") or sample.labels.get("sink") or sample.labels.get("stage") or ""
+                key = f"{sample.name}:{label}" if label else sample.name
+                totals[key] = totals.get(key, 0) + sample.value
     return totals
 
 
@@ -209,7 +214,7 @@ def _watch(console: Console, settings: Settings, worker: subprocess.Popen, expec
                 console.print(f"[red]the worker exited with {worker.returncode}; see {settings.data_dir}/worker.log")
                 return 1
             try:
-                metrics = scrape(settings.worker_web_port)
+                metrics = scrape(worker_ports(settings))
             except OSError:
                 metrics = {}
             rows = asyncio.run(table_counts(dsn))

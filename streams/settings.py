@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path(".alertstream"), description="Local state: RocksDB tables, the local stack's data and PID files.")
     worker_web_port: int = Field(6066, ge=1, le=65535, description="Port of the worker's web server (/metrics).")
     worker_web_bind: str = Field("127.0.0.1", description="Address the worker's web server binds to.")
+    worker_processes: int = Field(0, ge=0, description="Worker processes that `alertstream worker` runs, each a member of the consumer group on web port `worker_web_port + i`; 0 = one per CPU core. Never more than `topic_partitions`. In containers set 1 and scale with replicas.")
+    worker_stop_timeout_s: float = Field(60.0, gt=0, description="On SIGTERM, how long the worker's processes get to flush their batches and commit before they are killed.")
     broker_session_timeout_s: float = Field(30.0, gt=0, description="Kafka consumer session timeout; a dead worker's partitions move after this long.")
     stream_batch: BatchConfig = Field(default_factory=lambda: BatchConfig(max_events=1000, timeout_s=0.2), description="Input records taken per normalizer iteration.")
     dedup_batch: BatchConfig = Field(default_factory=lambda: BatchConfig(max_events=8, timeout_s=0.2), description="Packed internal records (each up to one normalizer batch's alerts for its partition) taken per dedup iteration; one sink write each.")

@@ -54,6 +54,7 @@ def pipeline_settings(stack_env: dict[str, str], tmp_path_factory: pytest.TempPa
         search_url=stack_env["ALERTSTREAM_SEARCH_URL"],
         data_dir=tmp_path_factory.mktemp("worker"),
         worker_web_port=free_port(),
+        worker_processes=1,  # one process per worker fixture: tests scrape its one web port
         broker_session_timeout_s=10,
     )
 
@@ -101,6 +102,8 @@ class WorkerProcess:
     """A real `alertstream worker` process, as an operator would run it."""
 
     def __init__(self, settings: Settings, log_path: Path) -> None:
+        if not settings.worker_processes:  # one process unless the test asks for more: its web port is scraped
+            settings = settings.model_copy(update={"worker_processes": 1})
         self.settings = settings
         self.log_path = log_path
         self._log = open(log_path, "ab")
