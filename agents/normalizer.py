@@ -18,12 +18,16 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from schemas.alert import NormalizedAlert, NormalizedBatch
 from schemas.normalizers import DEFAULT_PROVIDER, InvalidPayload, NormalizeContext, normalize
 from schemas.rules import DEFAULT_RULES, RuleSet
+
+if TYPE_CHECKING:
+    from agents.throttle import ConsumerThrottle
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,7 @@ class StageOneResult:
     by_partition: dict[int, list[NormalizedAlert]] = field(default_factory=lambda: defaultdict(list))
     critical_by_partition: dict[int, list[NormalizedAlert]] = field(default_factory=lambda: defaultdict(list))
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    throttled: list[RawRecord] = field(default_factory=list)  # over their provider's rate: parked on the first retry tier
     alerts: int = 0
 
 
@@ -124,7 +129,8 @@ def normalize_record(record: RawRecord, *, default_tenant: str, max_payload_byte
 
 
 def process_records(records: list[RawRecord], *, partitions: int, default_tenant: str, max_payload_bytes: int,
-                    rules: RuleSet = DEFAULT_RULES, max_age_ms: int = 0, now_ms: int | None = None) -> StageOneResult:
+                    rules: RuleSet = DEFAULT_RULES, max_age_ms: int = 0, now_ms: int | None = None,
+                    throttle: ConsumerThrottle | None = None, clock_s: float = 0.0) -> StageOneResult:
     result = StageOneResult()
     if max_age_ms:
         now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
@@ -140,6 +146,10 @@ def process_records(records: list[RawRecord], *, partitions: int, default_tenant
         except Exception as exc:  # a bug must not stall the partition: park the record, keep going
             log.exception("normalizer crashed on %s/%d@%d", record.topic, record.partition, record.offset)
             result.dead_letters.append(DeadLetter(record, "internal_error", f"{type(exc).__name__}: {exc}"))
+            continue
+        if throttle and not throttle.admit(_header(record, "tenant") or default_tenant, _header(record, "provider") or DEFAULT_PROVIDER,
+                                           len(alerts), clock_s):
+            result.throttled.append(record)  # consumer-side throttling (docs/gateway.md): delayed, not dropped
             continue
         result.alerts += len(alerts)
         for item in alerts:

@@ -1,0 +1,278 @@
+"""The HTTP gateway: Keep-compatible webhook paths → the `alerts` topics, 202 only once acked.
+
+`create_app(settings, producer, keystore)` is a plain factory: more routers
+(the federated search route) are added with `app.include_router(...)`.
+
+Each webhook goes through, in this order (cheapest refusal first):
+auth (401) → backpressure: broker down or lag over threshold (503/429) →
+rate limits (429/503, or deferred for senders that never retry) → body cap
+(413) → validation by the pipeline's own normalizer (400 with its reason) →
+produce the sender's original bytes, headers `provider`/`tenant` → 202.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.routing import APIRoute
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from agents.normalizer import RawRecord, normalize_record
+from gateway import metrics
+from gateway.apikeys import KeyStore
+from gateway.auth import AUTH_RESPONSES, AuthError, Tenant, uses_auth
+from gateway.producer import Backpressure, GatewayProducer
+from gateway.ratelimit import RateLimiter
+from schemas.normalizers import PROVIDER_MODULES, InvalidPayload
+from streams.retry import TARGET, tier_topics
+from streams.settings import Settings
+
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "schemas" / "examples"
+GENERIC = "keep"  # POST /alerts/event: Keep's AlertDto, no `provider` header (the pipeline's default provider)
+# a body the pipeline parks in the DLQ on purpose, for an operator: accepted, so it is not lost
+ACCEPTED_INVALID = {"sns_subscription_confirmation"}
+
+
+@dataclass(frozen=True, slots=True)
+class SenderPolicy:
+    """How a sender reacts to refusals, hence what it gets (docs/gateway.md, per-provider table)."""
+
+    throttle_status: int  # over a rate limit or under backpressure: 429 only for senders that honour it
+    defer_over_limit: bool  # never retries: over its rate limit it is delayed on the first retry tier, not refused
+
+
+_RETRIES_ON_5XX = SenderPolicy(503, False)
+SENDERS: dict[str, SenderPolicy] = {
+    "keep": SenderPolicy(429, False),  # API clients and Keep's own workflows: 429 + Retry-After is the contract
+    "prometheus": _RETRIES_ON_5XX,  # Alertmanager retries on 5xx only, never on 429
+    "alertmanager": _RETRIES_ON_5XX,
+    "grafana": SenderPolicy(503, True),  # Grafana's webhook notifier never retries
+}
+
+
+def sender_policy(provider: str) -> SenderPolicy:
+    # 5xx is the failure class every webhook sender's retry logic covers; 429 is not
+    return SENDERS.get(provider, _RETRIES_ON_5XX)
+
+
+@dataclass(slots=True)
+class Gateway:
+    settings: Settings
+    producer: GatewayProducer
+    limiter: RateLimiter
+
+    @property
+    def body_cap(self) -> int:
+        return min(self.settings.gateway_max_body_bytes, self.settings.max_payload_bytes)
+
+    def overloaded(self) -> str | None:
+        """Why the gateway should not take webhooks now, or None."""
+        if not self.producer.broker_up:
+            return "broker_unavailable"
+        threshold = self.settings.gateway_lag_threshold
+        if threshold and self.producer.lag is not None and self.producer.lag > threshold:
+            return "lag"
+        return None
+
+
+class Refused(Exception):
+    def __init__(self, status: int, reason: str, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.reason, self.detail, self.headers = status, reason, detail, headers or {}
+
+
+def create_app(settings: Settings, producer: GatewayProducer, keystore: KeyStore,
+               limiter: RateLimiter | None = None) -> FastAPI:
+    app = FastAPI(title="alertstream gateway", version="1",
+                  description="Keep-compatible webhook ingestion into Kafka. Answers 202 only once the broker acknowledged "
+                              "the record; pushes back with 429/503 and Retry-After (docs/gateway.md).")
+    app.state.keystore = keystore
+    app.state.gateway = Gateway(settings, producer, limiter or RateLimiter.from_settings(settings))
+    app.add_exception_handler(AuthError, _auth_failed)
+    app.add_api_route("/alerts/event", _handler(GENERIC), methods=["POST"], status_code=202,
+                      summary="Keep's generic alert (AlertDto or a list of them)", **_route_doc(GENERIC))
+    for provider in sorted(PROVIDER_MODULES):
+        app.add_api_route(f"/alerts/event/{provider}", _handler(provider), methods=["POST"], status_code=202,
+                          summary=f"A {provider} webhook", **_route_doc(provider))
+    app.add_api_route("/healthz", _healthz, methods=["GET"], include_in_schema=True, summary="Liveness")
+    app.add_api_route("/readyz", _readyz, methods=["GET"], summary="Readiness: broker reachable, lag under threshold")
+    app.add_api_route("/metrics", _metrics, methods=["GET"], summary="Prometheus metrics", response_class=Response)
+    from gateway.search_routes import router as search_router  # federated search (docs/search.md)
+
+    app.include_router(search_router)
+    _document_auth(app)  # keep last: it documents 401/403 on every authenticated route, included ones too
+    return app
+
+
+def _document_auth(app: FastAPI) -> None:
+    def walk(routes) -> None:  # noqa: ANN001
+        for route in routes:
+            if isinstance(route, APIRoute) and uses_auth(route.dependant):
+                for code, doc in AUTH_RESPONSES.items():
+                    route.responses.setdefault(code, doc)
+            elif (included := getattr(route, "original_router", None)) is not None:  # FastAPI >= 0.16x includes lazily
+                walk(included.routes)
+    walk(app.routes)
+
+
+def _handler(provider: str):  # noqa: ANN202 - a route function per provider: its own OpenAPI body schema
+    async def receive(request: Request, tenant: Tenant, provider_id: str | None = None) -> Response:
+        started = time.perf_counter()
+        gw: Gateway = request.app.state.gateway
+        try:
+            response = await _ingest(gw, request, provider, tenant, provider_id)
+        except Refused as refused:
+            metrics.REQUESTS_REJECTED.labels(tenant, provider, refused.reason).inc()
+            response = JSONResponse({"detail": refused.detail, "reason": refused.reason}, refused.status, refused.headers)
+        metrics.REQUEST_SECONDS.labels(tenant, provider).observe(time.perf_counter() - started)
+        return response
+
+    receive.__name__ = f"receive_{provider}"
+    return receive
+
+
+async def _ingest(gw: Gateway, request: Request, provider: str, tenant: str, provider_id: str | None) -> Response:
+    policy = sender_policy(provider)
+    retry_after = str(gw.settings.gateway_retry_after_s)
+    overload = gw.overloaded()
+    if overload is not None:
+        status = 503 if overload == "broker_unavailable" else policy.throttle_status
+        raise Refused(status, overload, "the pipeline cannot take more now; retry later", {"Retry-After": retry_after})
+    decision = gw.limiter.acquire(tenant, provider, time.monotonic())
+    deferred = False
+    if not decision.allowed:
+        if not policy.defer_over_limit:
+            raise Refused(policy.throttle_status, "rate_limited", f"over the {decision.limited_by} rate limit",
+                          {**decision.headers, "Retry-After": str(decision.retry_after_s)})
+        deferred = True
+    body = await _read_body(request, gw.body_cap)
+    metrics.RECEIVED_BYTES.labels(tenant, provider).inc(len(body))
+    headers = _record_headers(provider, tenant, provider_id)
+    count, key, critical = _validate(gw.settings, body, headers, tenant)
+    topic = _topic(gw.settings, deferred, critical)
+    if deferred:
+        headers[TARGET] = (gw.settings.topic_critical if critical else gw.settings.topic_alerts).encode()
+    try:
+        delivered = await gw.producer.send(topic, key, body, list(headers.items()))
+    except Backpressure as exc:
+        raise Refused(503, exc.reason, exc.detail, {"Retry-After": retry_after}) from None
+    metrics.REQUESTS_ACCEPTED.labels(tenant, provider).inc()
+    metrics.ALERTS_ACCEPTED.labels(tenant, provider).inc(count)
+    if deferred:
+        metrics.REQUESTS_DEFERRED.labels(tenant, provider).inc()
+    task = f"{delivered.topic}/{delivered.partition}@{delivered.offset}"
+    return JSONResponse({"task_name": task, "alerts": count, "topic": delivered.topic, "partition": delivered.partition,
+                         "offset": delivered.offset, "deferred": deferred}, 202, decision.headers)
+
+
+async def _read_body(request: Request, cap: int) -> bytes:
+    """The raw bytes, refused as soon as they pass the cap (never read a huge body to the end)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise Refused(413, "too_large", f"body of {declared} bytes > limit {cap}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise Refused(413, "too_large", f"body over the limit of {cap} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _record_headers(provider: str, tenant: str, provider_id: str | None) -> dict[str, bytes]:
+    headers = {"tenant": tenant.encode()}
+    if provider != GENERIC:
+        headers["provider"] = provider.encode()
+    if provider_id:
+        headers["provider_id"] = provider_id.encode()
+    return headers
+
+
+def _validate(settings: Settings, body: bytes, headers: dict[str, bytes], tenant: str) -> tuple[int, bytes, bool]:
+    """(alert count, record key, any critical) by the pipeline's own stage-one code; 400 for what it would DLQ."""
+    record = RawRecord("gateway", 0, 0, int(time.time() * 1000), None, body, headers)
+    try:
+        alerts = normalize_record(record, default_tenant=settings.default_tenant, max_payload_bytes=settings.max_payload_bytes)
+    except InvalidPayload as exc:
+        if exc.reason in ACCEPTED_INVALID:
+            return 0, tenant.encode(), False
+        raise Refused(400, exc.reason, exc.detail) from None
+    except Exception as exc:  # a normalizer bug: the pipeline would park it as internal_error; the sender gets 400
+        raise Refused(400, "internal_error", f"{type(exc).__name__}: {exc}") from None
+    # key: the first alert's identity, so repeats of one alert keep their order on the input topic
+    key = f"{tenant}\x00{alerts[0].alert.fingerprint}".encode() if alerts else tenant.encode()
+    return len(alerts), key, any(item.alert.severity == "critical" for item in alerts)
+
+
+def _topic(settings: Settings, deferred: bool, critical: bool) -> str:
+    if deferred:
+        return tier_topics(settings)[0]
+    return settings.topic_critical if critical else settings.topic_alerts
+
+
+async def _auth_failed(request: Request, exc: AuthError) -> JSONResponse:
+    provider = request.url.path.rsplit("/", 1)[-1] if request.url.path.startswith("/alerts/event/") else GENERIC
+    provider = provider if provider in PROVIDER_MODULES else "unknown"
+    metrics.REQUESTS_REJECTED.labels("unknown", provider, exc.reason).inc()
+    return JSONResponse({"detail": exc.detail, "reason": exc.reason}, exc.status_code, exc.headers)
+
+
+async def _healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+async def _readyz(request: Request) -> JSONResponse:
+    gw: Gateway = request.app.state.gateway
+    problems = [p for p in (gw.overloaded(),) if p]
+    # the key store is reported, not required: keys seen recently keep working while Postgres is down,
+    # so taking every replica out of the load balancer for it would stop more than it protects
+    body = {"ready": not problems, "problems": problems, "lag": gw.producer.lag, "inflight_bytes": gw.producer.inflight_bytes,
+            "keystore": await request.app.state.keystore.ready()}
+    return JSONResponse(body, 200 if not problems else 503)
+
+
+async def _metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+# ---------------------------------------------------------------- OpenAPI: the body each path takes
+_ERRORS = {
+    400: "Invalid payload: the pipeline would dead-letter it (`reason` says why).",
+    413: "Body over the size limit.",
+    422: "Invalid query parameter.",
+    429: "Rate limited or backpressure (senders that honour 429); see Retry-After.",
+    503: "Broker unreachable or slow, pipeline lagging, or rate limited (senders that retry only on 5xx); see Retry-After.",
+}
+
+
+def _examples(provider: str) -> dict[str, Any]:
+    prefix = "keep_generic" if provider == GENERIC else ("prometheus" if provider == "alertmanager" else provider)
+    out = {}
+    for path in sorted(EXAMPLES_DIR.glob(f"{prefix}_*.json")):
+        if "subscription_confirmation" not in path.name:  # accepted, but never stored: not an example of an alert
+            out[path.stem] = {"value": json.loads(path.read_text())}
+    return out
+
+
+def _route_doc(provider: str) -> dict[str, Any]:
+    if provider == GENERIC:
+        schema: dict[str, Any] = {"anyOf": [{"type": "object"}, {"type": "array", "items": {"type": "object"}}]}
+    else:
+        schema = {"type": "object"}
+    media: dict[str, Any] = {"schema": schema}
+    if examples := _examples(provider):
+        media["examples"] = examples
+    accepted = {"description": "The broker acknowledged the record.", "content": {"application/json": {"schema": {
+        "type": "object", "properties": {"task_name": {"type": "string"}, "alerts": {"type": "integer"},
+                                         "topic": {"type": "string"}, "partition": {"type": "integer"},
+                                         "offset": {"type": "integer"}, "deferred": {"type": "boolean"}}}}}}
+    return {
+        "openapi_extra": {"requestBody": {"required": True, "content": {"application/json": media}}},
+        "responses": {202: accepted, **{code: {"description": text} for code, text in _ERRORS.items()}},
+    }

@@ -1,0 +1,67 @@
+"""Running the gateway: producer, key store and app under uvicorn (`alertstream gateway`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+
+import uvicorn
+
+from gateway.apikeys import KeyStore
+from gateway.app import create_app
+from gateway.producer import GatewayProducer
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _ensure_topics(settings: Settings) -> None:
+    from streams.topics import ensure_topics
+
+    try:
+        ensure_topics(settings, timeout_s=5)
+    except Exception as exc:  # noqa: BLE001 - the broker may be down now: serve anyway, answer 503 until it is up
+        log.warning("could not check the topics (%s); the gateway answers 503 while the broker is unreachable", exc)
+
+
+async def serve(settings: Settings) -> None:
+    _ensure_topics(settings)
+    keystore = await KeyStore.connect(settings.require_database_url(), ttl_s=settings.gateway_apikey_cache_ttl_s)
+    producer = GatewayProducer(settings)
+    producer.start()
+    app = create_app(settings, producer, keystore)
+    config = uvicorn.Config(app, host=settings.gateway_bind, port=settings.gateway_port, log_level=settings.log_level.lower(),
+                            access_log=False, server_header=False,
+                            limit_concurrency=4096, timeout_graceful_shutdown=15)
+    server = _Server(config)
+    log.info("gateway on http://%s:%d", settings.gateway_bind, settings.gateway_port)
+    try:
+        await server.serve()  # SIGTERM/SIGINT: stops taking requests, lets those in flight finish
+    finally:
+        # requests still waiting for an ack got their answer during the graceful shutdown; flush the rest
+        await asyncio.to_thread(producer.close)
+        await keystore.close()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM/SIGINT once it has drained, which kills the process before the
+    producer is flushed and closed; here the signal only starts the graceful shutdown."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+
+def run(settings: Settings) -> int:
+    asyncio.run(serve(settings))
+    return 0

@@ -1,0 +1,295 @@
+"""The HTTP gateway as a real process on a real port, a real HTTP client, the real broker.
+
+Every provider example goes in over HTTP and is read back from the broker at the position the
+202 names: the sender's exact bytes, headers `provider`/`tenant`, critical ones on the critical
+topic. Then every way of being refused: auth, wrong tenant, size, malformed bodies, rate limits
+(429, 503, or deferred per sender), backpressure on lag and on a broker that is not there.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import orjson
+import pytest
+
+from streams.retry import TARGET
+from streams.topics import ensure_topics
+from tests.conftest import free_port, isolated, wait_until
+from tests.integration.gateway_support import EXAMPLES, GatewayProcess, create_key, gateway_settings, read_record, revoke_key
+
+pytestmark = pytest.mark.integration
+
+PROVIDER_OF = {"cloudwatch": "cloudwatch", "datadog": "datadog", "grafana": "grafana", "keep": None, "pagerduty": "pagerduty",
+               "prometheus": "prometheus", "sentry": "sentry", "zabbix": "zabbix"}
+CRITICAL_EXAMPLES = {"grafana_alerting_webhook.json", "pagerduty_events_v2.json"}
+
+
+def path_of(example: str) -> str:
+    provider = PROVIDER_OF[example.split("_")[0]]
+    return "/alerts/event" if provider is None else f"/alerts/event/{provider}"
+
+
+@pytest.fixture(scope="module")
+def gw(pipeline_settings, tmp_path_factory):  # noqa: ANN001, ANN201
+    settings = gateway_settings(isolated(pipeline_settings, "gw"),
+                                gateway_tenant_rate_limits={"gw-limited": {"rate_per_s": 0.05, "burst": 2}},
+                                gateway_lag_threshold=0)
+    ensure_topics(settings)
+    process = GatewayProcess(settings, tmp_path_factory.mktemp("gw") / "gateway.log")
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def keys(gw):  # noqa: ANN001, ANN201
+    dsn = gw.settings.require_database_url()
+    return {tenant: create_key(dsn, tenant) for tenant in ("gw-acme", "gw-other", "gw-limited")}
+
+
+@pytest.fixture
+def client(gw):  # noqa: ANN001, ANN201
+    with httpx.Client(base_url=gw.url, timeout=30) as c:
+        yield c
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.json") if "subscription_confirmation" not in p.name))
+def test_every_provider_example_lands_on_the_broker_as_sent(example, gw, keys, client) -> None:  # noqa: ANN001
+    body = (EXAMPLES / example).read_bytes()
+    response = client.post(path_of(example), content=body, headers={"X-API-KEY": keys["gw-acme"][1], "Content-Type": "application/json"})
+    assert response.status_code == 202, response.text
+    answer = response.json()
+    assert answer["alerts"] >= 1 and not answer["deferred"]
+    expected_topic = gw.settings.topic_critical if example in CRITICAL_EXAMPLES else gw.settings.topic_alerts
+    assert answer["topic"] == expected_topic
+    assert "RateLimit" in response.headers and "RateLimit-Policy" in response.headers
+    record = read_record(gw.settings.require_kafka(), answer["topic"], answer["partition"], answer["offset"])
+    assert record.value == body  # the original bytes, never re-serialized
+    assert record.headers["tenant"] == b"gw-acme"
+    provider = PROVIDER_OF[example.split("_")[0]]
+    assert record.headers.get("provider") == (provider.encode() if provider else None)
+    assert record.key and record.key.startswith(b"gw-acme\x00")
+
+
+def test_basic_auth_password_is_the_key(gw, keys, client) -> None:  # noqa: ANN001
+    body = (EXAMPLES / "prometheus_alertmanager_webhook.json").read_bytes()
+    response = client.post("/alerts/event/prometheus", content=body, auth=("alertmanager", keys["gw-other"][1]))
+    assert response.status_code == 202, response.text
+    record = read_record(gw.settings.require_kafka(), response.json()["topic"], response.json()["partition"], response.json()["offset"])
+    assert record.headers["tenant"] == b"gw-other"
+
+
+def test_sns_subscription_confirmation_is_accepted_for_the_operator(gw, keys, client) -> None:  # noqa: ANN001
+    """The pipeline parks it in the DLQ where `dlq show` gives the SubscribeURL: refusing it would lose it."""
+    body = (EXAMPLES / "cloudwatch_sns_subscription_confirmation.json").read_bytes()
+    response = client.post("/alerts/event/cloudwatch", content=body, headers={"X-API-KEY": keys["gw-acme"][1]})
+    assert response.status_code == 202 and response.json()["alerts"] == 0
+
+
+@pytest.mark.parametrize("headers, auth, reason", [
+    ({}, None, "unauthenticated"),
+    ({"X-API-KEY": "nonsense"}, None, "bad_key"),
+    ({"X-API-KEY": "as_000000000000_" + "A" * 43}, None, "bad_key"),  # well-formed, unknown
+    ({}, ("user", "wrong-password"), "bad_key"),
+])
+def test_auth_failures_are_401(headers, auth, reason, client) -> None:  # noqa: ANN001
+    body = (EXAMPLES / "zabbix_webhook.json").read_bytes()
+    response = client.post("/alerts/event/zabbix", content=body, headers=headers, auth=auth)
+    assert response.status_code == 401
+    assert response.json()["reason"] == reason
+    assert response.headers["WWW-Authenticate"].startswith("Basic")
+
+
+def test_an_authorization_header_is_never_ignored(keys, client) -> None:  # noqa: ANN001
+    """A present Authorization header must be Basic with the key; found by schemathesis."""
+    body = (EXAMPLES / "zabbix_webhook.json").read_bytes()
+    key = keys["gw-acme"][1]
+    bearer = client.post("/alerts/event/zabbix", content=body, headers={"X-API-KEY": key, "Authorization": "Bearer x"})
+    assert bearer.status_code == 401 and bearer.json()["reason"] == "bad_authorization"
+    two_keys = client.post("/alerts/event/zabbix", content=body, headers={"X-API-KEY": key}, auth=("u", keys["gw-other"][1]))
+    assert two_keys.status_code == 401 and two_keys.json()["reason"] == "bad_key"
+    same = client.post("/alerts/event/zabbix", content=body, headers={"X-API-KEY": key}, auth=("u", key))
+    assert same.status_code == 202
+
+
+def test_revoked_key_is_refused(gw, client) -> None:  # noqa: ANN001
+    dsn = gw.settings.require_database_url()
+    key_id, key = create_key(dsn, "gw-revoked")
+    body = (EXAMPLES / "zabbix_webhook.json").read_bytes()
+    assert client.post("/alerts/event/zabbix", content=body, headers={"X-API-KEY": key}).status_code == 202
+    assert revoke_key(dsn, key_id)
+    response = client.post("/alerts/event/zabbix", content=body, headers={"X-API-KEY": key})  # cache TTL 0 in tests
+    assert response.status_code == 401 and response.json()["reason"] == "bad_key"
+
+
+def test_a_key_writes_only_to_its_own_tenant(gw, keys, client) -> None:  # noqa: ANN001
+    body = (EXAMPLES / "keep_generic_alertdto.json").read_bytes()
+    wrong = client.post("/alerts/event", content=body, headers={"X-API-KEY": keys["gw-acme"][1], "X-Alertstream-Tenant": "gw-other"})
+    assert wrong.status_code == 403 and wrong.json()["reason"] == "wrong_tenant"
+    # a `tenant` header or query parameter from the client is no way around it: the key decides
+    sneaky = client.post("/alerts/event?tenant=gw-other", content=body, headers={"X-API-KEY": keys["gw-acme"][1], "tenant": "gw-other"})
+    assert sneaky.status_code == 202
+    record = read_record(gw.settings.require_kafka(), sneaky.json()["topic"], sneaky.json()["partition"], sneaky.json()["offset"])
+    assert record.headers["tenant"] == b"gw-acme"
+    right = client.post("/alerts/event", content=body, headers={"X-API-KEY": keys["gw-acme"][1], "X-Alertstream-Tenant": "gw-acme"})
+    assert right.status_code == 202
+
+
+def test_oversized_bodies_are_413(gw, keys, client) -> None:  # noqa: ANN001
+    cap = min(gw.settings.gateway_max_body_bytes, gw.settings.max_payload_bytes)
+    big = orjson.dumps({"name": "x", "description": "y" * cap})
+    headers = {"X-API-KEY": keys["gw-acme"][1]}
+    declared = client.post("/alerts/event", content=big, headers=headers)
+    assert declared.status_code == 413 and declared.json()["reason"] == "too_large"
+
+    def chunks():  # noqa: ANN202 - no Content-Length: the cap must hold while streaming
+        for i in range(0, len(big), 65536):
+            yield big[i:i + 65536]
+    streamed = client.post("/alerts/event", content=chunks(), headers=headers)
+    assert streamed.status_code == 413 and streamed.json()["reason"] == "too_large"
+
+
+@pytest.mark.parametrize("path, body, reason", [
+    ("/alerts/event", b"{not json", "malformed_json"),
+    ("/alerts/event", b"", "empty"),
+    ("/alerts/event/prometheus", b"[1, 2, 3]", "invalid_shape"),
+    ("/alerts/event/prometheus", b'{"alerts": "nope"}', None),
+    ("/alerts/event/grafana", b'\xff\xfe{"a": 1}', "malformed_json"),
+    ("/alerts/event", b'{"name": "a\\u0000b"}', "invalid_field"),
+])
+def test_malformed_or_invalid_bodies_are_400_with_the_pipelines_reason(path, body, reason, keys, client) -> None:  # noqa: ANN001
+    response = client.post(path, content=body, headers={"X-API-KEY": keys["gw-acme"][1]})
+    assert response.status_code == 400, response.text
+    assert response.json()["reason"] == reason if reason else response.json()["reason"]
+    assert response.json()["detail"]
+
+
+def test_unknown_provider_is_404(keys, client) -> None:  # noqa: ANN001
+    assert client.post("/alerts/event/nagios", content=b"{}", headers={"X-API-KEY": keys["gw-acme"][1]}).status_code == 404
+
+
+def test_rate_limits_answer_each_sender_in_its_language(gw, keys, client) -> None:  # noqa: ANN001
+    """Tenant gw-limited: a bucket of 2. Then keep gets 429, Alertmanager 503, Grafana (never retries) is deferred."""
+    headers = {"X-API-KEY": keys["gw-limited"][1]}
+    generic = (EXAMPLES / "keep_generic_alertdto.json").read_bytes()
+    assert [client.post("/alerts/event", content=generic, headers=headers).status_code for _ in range(2)] == [202, 202]
+    limited = client.post("/alerts/event", content=generic, headers=headers)
+    assert limited.status_code == 429 and limited.json()["reason"] == "rate_limited"
+    assert int(limited.headers["Retry-After"]) >= 1
+    assert limited.headers["RateLimit-Policy"].startswith('"tenant";q=2;w=40')
+    assert limited.headers["RateLimit"].startswith('"tenant";r=0;t=')
+    alertmanager = client.post("/alerts/event/prometheus", content=(EXAMPLES / "prometheus_alertmanager_webhook.json").read_bytes(), headers=headers)
+    assert alertmanager.status_code == 503 and int(alertmanager.headers["Retry-After"]) >= 1
+    grafana_body = (EXAMPLES / "grafana_alerting_webhook.json").read_bytes()
+    grafana = client.post("/alerts/event/grafana", content=grafana_body, headers=headers)
+    assert grafana.status_code == 202 and grafana.json()["deferred"] is True
+    assert grafana.json()["topic"] == f"{gw.settings.topic_retry_prefix}1"
+    record = read_record(gw.settings.require_kafka(), grafana.json()["topic"], grafana.json()["partition"], grafana.json()["offset"])
+    assert record.value == grafana_body
+    assert record.headers[TARGET] == gw.settings.topic_critical.encode()  # the example is critical
+
+
+def test_metrics_per_tenant_and_provider(gw, keys, client) -> None:  # noqa: ANN001
+    client.post("/alerts/event/datadog", content=(EXAMPLES / "datadog_webhook.json").read_bytes(), headers={"X-API-KEY": keys["gw-other"][1]})
+    client.post("/alerts/event/datadog", content=b"{", headers={"X-API-KEY": keys["gw-other"][1]})
+    text = client.get("/metrics").text
+    assert 'alertstream_gateway_requests_accepted_total{provider="datadog",tenant="gw-other"}' in text
+    assert 'alertstream_gateway_requests_rejected_total{provider="datadog",reason="malformed_json",tenant="gw-other"}' in text
+    assert 'alertstream_gateway_received_bytes_total{provider="datadog",tenant="gw-other"}' in text
+    assert 'alertstream_gateway_request_duration_seconds_bucket{le="0.005",provider="datadog",tenant="gw-other"}' in text
+    assert "alertstream_gateway_broker_up 1.0" in text
+
+
+def test_openapi_spec_lists_the_keep_paths(client) -> None:  # noqa: ANN001
+    spec = client.get("/openapi.json").json()
+    assert {"/alerts/event", "/alerts/event/prometheus", "/alerts/event/grafana"} <= set(spec["paths"])
+    assert {"APIKeyHeader", "HTTPBasic"} <= set(spec["components"]["securitySchemes"])
+
+
+def test_backpressure_on_consumer_lag(pipeline_settings, tmp_path) -> None:  # noqa: ANN001
+    """No worker consumes gwlag.*: once the lag passes the threshold, senders are pushed back."""
+    settings = gateway_settings(isolated(pipeline_settings, "gwlag"), gateway_lag_threshold=2)
+    ensure_topics(settings)
+    process = GatewayProcess(settings, tmp_path / "gateway.log")
+    try:
+        key = create_key(settings.require_database_url(), "gw-lag")[1]
+        headers = {"X-API-KEY": key}
+        with httpx.Client(base_url=process.url, timeout=30) as c:
+            def post(path: str, example: str) -> httpx.Response:
+                return c.post(path, content=(EXAMPLES / example).read_bytes(), headers=headers)
+
+            def pushed_back() -> httpx.Response | None:
+                response = post("/alerts/event", "keep_generic_alertdto.json")
+                return response if response.status_code != 202 else None
+            refused = wait_until(pushed_back, timeout=20, interval=0.3, what="lag backpressure")
+            assert refused.status_code == 429 and refused.json()["reason"] == "lag" and refused.headers["Retry-After"]
+            alertmanager = post("/alerts/event/prometheus", "prometheus_alertmanager_webhook.json")
+            assert alertmanager.status_code == 503 and alertmanager.json()["reason"] == "lag"
+            ready = c.get("/readyz")
+            assert ready.status_code == 503 and "lag" in ready.json()["problems"]
+    finally:
+        process.stop()
+
+
+def test_broker_unreachable_is_503_fast(pipeline_settings, tmp_path) -> None:  # noqa: ANN001
+    settings = gateway_settings(isolated(pipeline_settings, "gwdown"), kafka_bootstrap=f"127.0.0.1:{free_port()}",
+                                gateway_produce_timeout_s=2.0)
+    process = GatewayProcess(settings, tmp_path / "gateway.log", wait_ready=False)
+    try:
+        key = create_key(settings.require_database_url(), "gw-down")[1]
+        with httpx.Client(base_url=process.url, timeout=30) as c:
+            started = time.monotonic()
+            response = c.post("/alerts/event/prometheus", content=(EXAMPLES / "prometheus_alertmanager_webhook.json").read_bytes(),
+                              headers={"X-API-KEY": key})
+            assert time.monotonic() - started < 3
+            assert response.status_code == 503 and response.json()["reason"] == "broker_unavailable"
+            assert int(response.headers["Retry-After"]) == settings.gateway_retry_after_s
+            ready = c.get("/readyz")
+            assert ready.status_code == 503 and "broker_unavailable" in ready.json()["problems"]
+    finally:
+        process.stop()
+
+
+def test_apikey_cli_create_list_revoke(gw, client) -> None:  # noqa: ANN001
+    """The operator's path: `alertstream apikey create` prints a key that works, `list` never shows it, `revoke` stops it."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, settings_env
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "streams.cli", "apikey", *args], cwd=REPO, env=settings_env(gw.settings),
+                              capture_output=True, text=True, timeout=60)
+    created = cli("create", "--tenant", "gw-cli", "--name", "grafana-prod")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    key_id = key.split("_")[1]
+    body = (EXAMPLES / "grafana_alerting_webhook.json").read_bytes()
+    assert client.post("/alerts/event/grafana", content=body, auth=("grafana", key)).status_code == 202
+    listed = cli("list", "--tenant", "gw-cli")
+    assert key_id in listed.stdout and "active" in listed.stdout and "grafana-prod" in listed.stdout
+    assert key.split("_", 2)[2] not in listed.stdout + listed.stderr  # the secret is never shown again
+    assert cli("revoke", key_id).returncode == 0
+    assert "revoked" in cli("list", "--tenant", "gw-cli").stdout
+    assert cli("revoke", key_id).returncode == 1  # already revoked
+    assert client.post("/alerts/event/grafana", content=body, auth=("grafana", key)).status_code == 401
+
+
+def test_postgres_unreachable_gateway_starts_and_answers_503_for_keys_it_cannot_check(pipeline_settings, tmp_path) -> None:  # noqa: ANN001
+    from pydantic import SecretStr
+
+    dead = SecretStr(f"postgresql://alertstream:x@127.0.0.1:{free_port()}/alertstream")
+    settings = gateway_settings(isolated(pipeline_settings, "gwnopg"), database_url=dead, gateway_lag_threshold=0)
+    ensure_topics(settings)
+    process = GatewayProcess(settings, tmp_path / "gateway.log")  # ready: the broker is there
+    try:
+        with httpx.Client(base_url=process.url, timeout=30) as c:
+            response = c.post("/alerts/event/zabbix", content=(EXAMPLES / "zabbix_webhook.json").read_bytes(),
+                              headers={"X-API-KEY": "as_000000000000_" + "A" * 43})
+            assert response.status_code == 503 and response.json()["reason"] == "keystore_unavailable"
+            assert response.headers["Retry-After"]
+            ready = c.get("/readyz").json()
+            assert ready["ready"] is True and ready["keystore"] is False
+    finally:
+        process.stop()
