@@ -141,8 +141,12 @@ async def retire_partition(conn: asyncpg.Connection, table: str, name: str, acti
 
 async def manage_partitions(conn: asyncpg.Connection, *, premake_days: int, retention_days: dict[str, int],
                             action: str = "drop", now: datetime | None = None,
-                            lock_timeout_ms: int = DDL_LOCK_TIMEOUT_MS) -> dict[str, TableReport]:
-    """One pass of the partition job over `retention_days`' tables (0 days: kept forever)."""
+                            lock_timeout_ms: int = DDL_LOCK_TIMEOUT_MS,
+                            retire_only: dict[str, set[date]] | None = None) -> dict[str, TableReport]:
+    """One pass of the partition job over `retention_days`' tables (0 days: kept forever).
+
+    `retire_only[table]`: retention may retire only these days of that table, and leaves its
+    DEFAULT rows alone (the archiver's verified days, when archiving is enabled: sinks/archiver.py)."""
     today = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).date()
     horizon = today + timedelta(days=premake_days)
     reports = {}
@@ -167,13 +171,16 @@ async def manage_partitions(conn: asyncpg.Connection, *, premake_days: int, rete
                 report.moved_rows += moved
         if cutoff is None:
             continue
+        allowed = (retire_only or {}).get(table)
         for day, name in sorted(existing.items()):
-            if day < cutoff:
+            if day < cutoff and (allowed is None or day in allowed):
                 try:
                     await retire_partition(conn, table, name, action, lock_timeout_ms)
                     report.retired.append(name)
                 except asyncpg.LockNotAvailableError:
                     report.skipped.append(name)
+        if allowed is not None:
+            continue  # the archiver deletes old DEFAULT rows itself, once they are verified in the store
         status = await conn.execute(
             f"DELETE FROM {_q(table + '_default')} WHERE received_at < $1", day_start(cutoff))
         report.default_rows_deleted = int(status.split()[-1])
@@ -244,6 +251,11 @@ async def _unlock(conn: asyncpg.Connection, key: int) -> None:
     await conn.fetchval("SELECT pg_advisory_unlock($1)", key)
 
 
+async def _archived_days(conn: asyncpg.Connection) -> set[date]:
+    rows = await conn.fetch("SELECT day FROM archive_progress WHERE state = 'archived'")
+    return {r["day"] for r in rows}
+
+
 async def run_maintenance_on(conn: asyncpg.Connection, settings: Settings, now: datetime | None = None) -> MaintenanceReport:
     report = MaintenanceReport()
     if await _locked(conn, LOCK_PARTITIONS):
@@ -251,7 +263,9 @@ async def run_maintenance_on(conn: asyncpg.Connection, settings: Settings, now: 
             report.partitions = await manage_partitions(
                 conn, premake_days=settings.pg_partition_premake_days,
                 retention_days={"alert": settings.pg_alert_retention_days, "alert_raw": settings.pg_raw_retention_days},
-                action=settings.pg_retention_action, now=now)
+                action=settings.pg_retention_action, now=now,
+                # archiving on: never drop a day of `alert` that is not verified archived
+                retire_only={"alert": await _archived_days(conn)} if settings.archive_enabled else None)
         finally:
             await _unlock(conn, LOCK_PARTITIONS)
     ttl_s = effective_last_alert_ttl_s(settings)

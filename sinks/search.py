@@ -1,22 +1,38 @@
 """Search-store sink: bulk-indexes stored alerts into Elasticsearch 8/9 or OpenSearch.
 
-Documents are indexed with `_id` = the alert row id, so re-indexing a
-replayed batch overwrites the same documents. No per-document failure is
-logged and dropped (Keep's failure mode): throttled documents (429, 5xx) are
-retried after the circuit breaker's wait, refused ones (a 400 mapping error)
-go to the DLQ with the store's reason.
+Documents are indexed with `_id` = the alert row id, through the write alias
+that `sinks/search_schema.py` sets up with the index template and lifecycle
+policy, so re-indexing a replayed batch overwrites the same documents. No
+per-document failure is logged and dropped (Keep's failure mode): throttled
+documents (429, 5xx) are retried here with jittered backoff, then handed back
+for a retry topic; refused ones (a 400 mapping error) go to the DLQ with the
+store's reason (docs/search.md).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import random
 from typing import Any
 
 import msgspec
 from elastic_transport import AiohttpHttpNode
-from elasticsearch import AsyncElasticsearch, BadRequestError, ConnectionError
+from elasticsearch import ApiError, AsyncElasticsearch, BadRequestError, ConnectionError
+from prometheus_client import Counter
 
 from schemas.alert import NormalizedAlert
 from sinks.base import RejectedAlerts, WriteBatch
+from sinks.search_schema import SchemaReport, install_schema
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+THROTTLED = Counter(
+    "alertstream_search_throttled_documents_total",
+    "Documents the search store throttled (a 429 for the bulk request, or 429/5xx per document), retried with jittered backoff.",
+    ["reason"],
+)
 
 _VENDOR_JSON = "application/vnd.elasticsearch+json"
 _VENDOR_NDJSON = "application/vnd.elasticsearch+x-ndjson"
@@ -51,7 +67,20 @@ def make_client(url: str, *, username: str | None = None, password: str | None =
         auth["api_key"] = api_key
     elif username:
         auth["basic_auth"] = (username, password or "")
-    return AsyncElasticsearch(url, node_class=PlainJsonNode, request_timeout=30, **auth)
+    # retry_on_status=(): statuses (429 above all) are retried by SearchSink with jittered backoff;
+    # the transport's own retries (immediate, no jitter) stay for connection errors only
+    return AsyncElasticsearch(url, node_class=PlainJsonNode, request_timeout=30, retry_on_status=(), **auth)
+
+
+def client_from_settings(settings: Settings) -> AsyncElasticsearch:
+    if not settings.search_url:
+        raise RuntimeError("ALERTSTREAM_SEARCH_URL is not set: run `eval \"$(alertstream stack up)\"` or point it at the search store")
+    return make_client(
+        settings.search_url,
+        username=settings.search_username,
+        password=settings.search_password.get_secret_value() if settings.search_password else None,
+        api_key=settings.search_api_key.get_secret_value() if settings.search_api_key else None,
+    )
 
 
 def alert_document(item: NormalizedAlert) -> dict[str, Any]:
@@ -66,19 +95,26 @@ _RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
 
 
 class SearchSink:
+    """Bulk writes to the write alias. Within one `write`: a 429 for the whole request, or
+    429/5xx for single documents, is retried up to `search_throttle_retries` times with jittered,
+    doubling backoff; documents still throttled after that are handed back as `retry` (the
+    worker parks them on a retry topic), documents refused for good (a 400 mapping error) as
+    `rejected` (→ DLQ with the store's reason). Nothing is logged and dropped."""
+
     name = "search"
 
-    def __init__(self, client: AsyncElasticsearch, index: str) -> None:
+    def __init__(self, client: AsyncElasticsearch, index: str, settings: Settings | None = None) -> None:
         self._client = client
+        self._settings = (settings or Settings()).model_copy(update={"search_index": index})
         self._index = index
         self._index_ready = False
+        self.schema: SchemaReport | None = None
 
     async def start(self) -> None:
         await self._ensure_index()
 
     async def _ensure_index(self) -> None:
-        if not await self._client.indices.exists(index=self._index):
-            await self._client.indices.create(index=self._index, mappings=_MAPPINGS)
+        self.schema = await install_schema(self._client, self._settings)
         self._index_ready = True
 
     async def write(self, batch: WriteBatch) -> int:
@@ -86,28 +122,44 @@ class SearchSink:
             return 0
         if not self._index_ready:  # after an outage the store may be a new, empty one
             await self._ensure_index()
-        operations: list[dict[str, Any]] = []
-        for item in batch.stored:
-            operations.append({"index": {"_index": self._index, "_id": item.uid}})
-            operations.append(alert_document(item))
+        pending, rejected = list(batch.stored), {}
+        retry = self._settings.sink_retry
+        backoff = retry.initial_backoff_s
+        for attempt in range(self._settings.search_throttle_retries + 1):
+            pending = await self._bulk_once(pending, rejected)
+            if not pending or attempt == self._settings.search_throttle_retries:
+                break
+            await asyncio.sleep(random.uniform(backoff / 2, backoff))  # full jitter: throttled writers spread out
+            backoff = min(backoff * 2, retry.max_backoff_s)
+        if rejected or pending:
+            raise RejectedAlerts(rejected, WriteBatch(stored=pending))
+        return len(batch.stored)
+
+    async def _bulk_once(self, items: list[NormalizedAlert], rejected: dict[str, str]) -> list[NormalizedAlert]:
+        """One bulk request; returns the throttled items, adds the refused ones to `rejected`."""
         try:
-            response = await self._client.bulk(operations=operations)
+            response = await self._client.bulk(operations=bulk_operations(self._index, items))
         except ConnectionError:
             self._index_ready = False
             raise
+        except ApiError as exc:
+            if exc.meta.status != 429:
+                raise  # the circuit breaker decides: bisect a 400, open on the rest
+            THROTTLED.labels("429").inc(len(items))
+            return items
         if not response.get("errors"):
-            return len(batch.stored)
-        rejected: dict[str, str] = {}
-        retry: list[NormalizedAlert] = []
-        for item, result in zip(batch.stored, response["items"]):
-            outcome = result.get("index", {})
+            return []
+        throttled = []
+        for item, result in zip(items, response["items"]):
+            outcome = next(iter(result.values()), {})
             if not outcome.get("error"):
                 continue
             if outcome.get("status") in _RETRYABLE_STATUS:
-                retry.append(item)  # throttled or unavailable: written again after the circuit's wait
+                THROTTLED.labels(str(outcome.get("status"))).inc()
+                throttled.append(item)
             else:
-                rejected[item.uid] = f"{outcome.get('status')} {outcome.get('error')}"
-        raise RejectedAlerts(rejected, WriteBatch(stored=retry))
+                rejected[item.uid] = f"{outcome.get('status')} {_reason(outcome.get('error'))}"
+        return throttled
 
     def is_permanent(self, exc: Exception) -> bool:
         # a 400 for the whole request (bad body): bisect to find the document at fault
@@ -117,27 +169,16 @@ class SearchSink:
         await self._client.close()
 
 
-# Keywords for exact filters, text for free-text search, labels as a keyword map.
-# (The full template with lifecycle policies belongs to the search-store work.)
-_MAPPINGS: dict[str, Any] = {
-    "dynamic": False,
-    "properties": {
-        "alertId": {"type": "keyword"},
-        "tenant": {"type": "keyword"},
-        "fingerprint": {"type": "keyword"},
-        "name": {"type": "text", "fields": {"raw": {"type": "keyword", "ignore_above": 512}}},
-        "status": {"type": "keyword"},
-        "severity": {"type": "keyword"},
-        "providerType": {"type": "keyword"},
-        "providerId": {"type": "keyword"},
-        "environment": {"type": "keyword"},
-        "service": {"type": "keyword"},
-        "source": {"type": "keyword"},
-        "message": {"type": "text"},
-        "description": {"type": "text"},
-        "lastReceived": {"type": "date"},
-        "receivedAt": {"type": "date", "format": "epoch_millis"},
-        "contentHash": {"type": "keyword"},
-        "labels": {"type": "object", "enabled": False},  # kept in _source; searchable labels need `flattened` (search-store work)
-    },
-}
+def bulk_operations(index: str, items: list[NormalizedAlert]) -> list[dict[str, Any]]:
+    """`index` (not `create`) with `_id` = alert id: a re-indexed alert overwrites itself."""
+    operations: list[dict[str, Any]] = []
+    for item in items:
+        operations.append({"index": {"_index": index, "_id": item.uid}})
+        operations.append(alert_document(item))
+    return operations
+
+
+def _reason(error: Any) -> str:
+    if isinstance(error, dict):
+        return f"{error.get('type')}: {error.get('reason')}"
+    return str(error)
