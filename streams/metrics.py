@@ -6,6 +6,10 @@ reasons and outcomes from fixed code lists.
 
 from __future__ import annotations
 
+import time
+from bisect import bisect_left
+from datetime import datetime
+
 from prometheus_client import Counter, Gauge, Histogram
 
 RECORDS_RECEIVED = Counter(
@@ -50,3 +54,84 @@ SINK_REJECTED = Counter("alertstream_sink_rejected_total", "Alerts a sink refuse
 EVENT_LOOP_LAG = Gauge("alertstream_event_loop_lag_seconds", "How late the last event-loop probe woke up (the loop was busy or blocked this long).")
 EVENT_LOOP_BLOCKED = Counter("alertstream_event_loop_blocked_total", "Probes that found the event loop blocked longer than ALERTSTREAM_LOOP_BLOCKED_THRESHOLD_S.")
 RETRIES = Counter("alertstream_retry_records_total", "Records parked on a retry topic after a transient failure, by tier topic.", ["topic"])
+
+# --- observability (issue #9): lag, end-to-end latency, process health ---------------------------
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+CONSUMER_LAG = Gauge(
+    "alertstream_consumer_lag",
+    "Records between a consumer group's committed offset and the partition's end offset (no commit yet: from the log start).",
+    ["group", "topic", "partition"],
+)
+CONSUMER_LAG_POLL_ERRORS = Counter(
+    "alertstream_consumer_lag_poll_errors_total", "Lag polls that failed (broker unreachable, group coordinator busy), by group.", ["group"]
+)
+CONSUMER_LAG_POLLED = Gauge(
+    "alertstream_consumer_lag_last_poll_timestamp_seconds", "Unix time of the last successful lag poll."
+)
+E2E_EVENT_LATENCY = Histogram(
+    "alertstream_e2e_event_latency_seconds",
+    "From the alert's own time (lastReceived) to its Postgres write, for stored (new or changed) alerts.",
+    ["provider"], buckets=LATENCY_BUCKETS,
+)
+E2E_INGEST_LATENCY = Histogram(
+    "alertstream_e2e_ingest_latency_seconds",
+    "From the input record's Kafka timestamp (ingest) to the Postgres write of its alert, every sighting (duplicates too).",
+    buckets=LATENCY_BUCKETS,
+)
+WORKER_RSS = Gauge("alertstream_worker_rss_bytes", "Resident memory of the worker process.")
+
+
+def _rss_bytes() -> float:
+    import psutil
+
+    return float(psutil.Process().memory_info().rss)
+
+
+WORKER_RSS.set_function(_rss_bytes)  # read at scrape time: always current, no sampler task
+
+
+def observe_many(histogram, values: list[float]) -> None:  # noqa: ANN001 - a Histogram or its child
+    """Observe many values at once: one lock round per bucket instead of per value.
+
+    prometheus-client has no bulk observe and `observe()` costs ~1-2 us, too much per alert on the
+    dedup stage's hot path; this fills the same (non-cumulative) bucket counters that `observe()`
+    fills. tests/unit/test_health.py checks that the result equals one `observe()` per value, so a
+    library change that breaks the assumption fails a test rather than the metric."""
+    if not values:
+        return
+    bounds = getattr(histogram, "_upper_bounds", None)
+    if bounds is None:  # not the layout this relies on: the slow, public way
+        for value in values:
+            histogram.observe(value)
+        return
+    counts = [0] * len(bounds)
+    for value in values:
+        counts[bisect_left(bounds, value)] += 1  # the first bound >= value, as observe() picks it
+    histogram._sum.inc(sum(values))
+    for i, count in enumerate(counts):
+        if count:
+            histogram._buckets[i].inc(count)
+
+
+def observe_end_to_end(batch, now_s: float | None = None) -> None:  # noqa: ANN001 - sinks.base.WriteBatch (import cycle)
+    """Latency of a batch just written to Postgres: ingest → write for every sighting, event time
+    → write for the stored alerts (an unparsable event time is skipped, never fatal)."""
+    now_s = time.time() if now_s is None else now_s
+    observe_many(E2E_INGEST_LATENCY, [max(0.0, now_s - s.received_at_ms / 1000) for s in batch.sightings])
+    by_provider: dict[str, list[float]] = {}
+    event_seconds: dict[str, float | None] = {}  # alerts of one webhook share their timestamp: parse once
+    for item in batch.stored:
+        stamp = item.alert.last_received
+        if stamp not in event_seconds:
+            event_seconds[stamp] = _epoch_s(stamp)
+        if (event_s := event_seconds[stamp]) is not None:
+            by_provider.setdefault(item.alert.provider_type, []).append(max(0.0, now_s - event_s))
+    for provider, values in by_provider.items():
+        observe_many(E2E_EVENT_LATENCY.labels(provider), values)
+
+
+def _epoch_s(iso: str) -> float | None:
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    except (ValueError, AttributeError, TypeError):
+        return None

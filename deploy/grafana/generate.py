@@ -1,0 +1,189 @@
+"""Generates the Grafana dashboards of this folder (Grafana 10+ JSON model, importable with the
+`${DS_PROMETHEUS}` data-source input). Edit here, then run `python deploy/grafana/generate.py`;
+tests/unit/test_metrics_docs.py checks that the committed files are current and that every
+metric they query is documented in docs/metrics.md.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DS = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
+# every worker process reports every partition: lag is always deduplicated with max by partition
+
+
+def panel(title: str, targets: list[tuple[str, str]], *, unit: str = "short", kind: str = "timeseries",
+          w: int = 12, h: int = 8, description: str = "", stack: bool = False, thresholds: list | None = None) -> dict:
+    config: dict = {"unit": unit}
+    if thresholds:
+        config["thresholds"] = {"mode": "absolute", "steps": thresholds}
+    if kind == "timeseries":
+        config["custom"] = {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 20 if stack else 0,
+                            "stacking": {"mode": "normal" if stack else "none", "group": "A"}}
+    return {
+        "type": kind, "title": title, "description": description, "datasource": DS,
+        "gridPos": {"w": w, "h": h},
+        "fieldConfig": {"defaults": config, "overrides": []},
+        "options": {"legend": {"displayMode": "table", "placement": "right", "calcs": ["lastNotNull", "max"]}}
+        if kind == "timeseries" else {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}},
+        "targets": [{"datasource": DS, "expr": expr, "legendFormat": legend, "refId": chr(65 + i)}
+                    for i, (expr, legend) in enumerate(targets)],
+    }
+
+
+def row(title: str) -> dict:
+    return {"type": "row", "title": title, "collapsed": False, "gridPos": {"w": 24, "h": 1}, "panels": []}
+
+
+def layout(panels: list[dict]) -> list[dict]:
+    """Grafana needs x/y: fill rows of 24 columns left to right."""
+    x = y = row_h = 0
+    for i, p in enumerate(panels):
+        w, h = p["gridPos"]["w"], p["gridPos"]["h"]
+        if x + w > 24:
+            x, y, row_h = 0, y + row_h, 0
+        p["gridPos"].update(x=x, y=y)
+        p["id"] = i + 1
+        x, row_h = x + w, max(row_h, h)
+    return panels
+
+
+def dashboard(uid: str, title: str, description: str, panels: list[dict], variables: list[dict]) -> dict:
+    return {
+        "__inputs": [{"name": "DS_PROMETHEUS", "label": "Prometheus", "description": "Prometheus that scrapes the alertstream workers and gateways",
+                      "type": "datasource", "pluginId": "prometheus", "pluginName": "Prometheus"}],
+        "__requires": [{"type": "grafana", "id": "grafana", "name": "Grafana", "version": "10.0.0"},
+                       {"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"}],
+        "uid": uid, "title": title, "description": description, "tags": ["alertstream"],
+        "schemaVersion": 38, "version": 1, "editable": True, "graphTooltip": 1,
+        "time": {"from": "now-1h", "to": "now"}, "refresh": "10s", "timezone": "utc",
+        # the data-source variable makes the same file work both imported by hand (`__inputs`) and
+        # file-provisioned, where Grafana never fills `__inputs` in
+        "templating": {"list": [DATASOURCE_VARIABLE, *variables]}, "annotations": {"list": []}, "links": [
+            {"type": "dashboards", "tags": ["alertstream"], "title": "alertstream", "asDropdown": True}],
+        "panels": layout(panels),
+    }
+
+
+DATASOURCE_VARIABLE = {"name": "DS_PROMETHEUS", "label": "Prometheus", "type": "datasource", "query": "prometheus",
+                       "current": {}, "hide": 0, "refresh": 1, "regex": "", "skipUrlSync": False}
+
+
+def variable(name: str, query: str, label: str) -> dict:
+    return {"name": name, "label": label, "type": "query", "datasource": DS, "query": {"query": query, "refId": name},
+            "definition": query, "refresh": 2, "includeAll": True, "multi": True, "allValue": ".*",
+            "current": {"selected": True, "text": ["All"], "value": ["$__all"]}}
+
+
+def lag_dashboard() -> dict:
+    g = 'group=~"$group"'
+    return dashboard("alertstream-lag", "alertstream / Consumer lag and throughput",
+                     "Backlog per consumer group, topic and partition (end offset minus committed offset), and how fast the stages work through it.", [
+        row("Lag"),
+        panel("Lag per group and topic", [(f"sum by (group, topic) (max by (group, topic, partition) (alertstream_consumer_lag{{{g}}}))", "{{group}} {{topic}}")],
+              w=16, description="Records behind, summed over partitions."),
+        panel("Total lag", [(f"sum(max by (group, topic, partition) (alertstream_consumer_lag{{{g}}}))", "records")], kind="stat", w=8,
+              thresholds=[{"color": "green", "value": None}, {"color": "orange", "value": 10000}, {"color": "red", "value": 100000}]),
+        panel("Lag per partition", [(f"max by (group, topic, partition) (alertstream_consumer_lag{{{g}}})", "{{group}} {{topic}}/{{partition}}")], w=16),
+        panel("Lag growth (records/s)", [(f"sum by (group, topic) (deriv(alertstream:consumer_lag:sum{{{g}}}[5m]))", "{{group}} {{topic}}")], w=8,
+              description="Positive: input arrives faster than the group processes it. Uses the recording rule of deploy/prometheus/alertstream-rules.yml."),
+        row("Throughput"),
+        panel("Records taken per stage (records/s)", [("sum by (stage) (rate(alertstream_records_received_total[1m]))", "{{stage}}")]),
+        panel("Alerts per outcome (alerts/s)", [("sum by (outcome) (rate(alertstream_alerts_total[1m]))", "{{outcome}}")], stack=True),
+        panel("Alerts per tenant (alerts/s)", [("sum by (tenant) (rate(alertstream_alerts_total[1m]))", "{{tenant}}")], stack=True),
+        panel("End-to-end latency to Postgres", [
+            ("histogram_quantile(0.5, sum by (le) (rate(alertstream_e2e_ingest_latency_seconds_bucket[5m])))", "p50 from ingest"),
+            ("histogram_quantile(0.99, sum by (le) (rate(alertstream_e2e_ingest_latency_seconds_bucket[5m])))", "p99 from ingest"),
+            ("histogram_quantile(0.99, sum by (le) (rate(alertstream_e2e_event_latency_seconds_bucket[5m])))", "p99 from event time")], unit="s"),
+        row("Workers"),
+        panel("Event-loop lag", [("max by (instance) (alertstream_event_loop_lag_seconds)", "{{instance}}")], unit="s"),
+        panel("Event loop blocked (per 5 min)", [("sum by (instance) (increase(alertstream_event_loop_blocked_total[5m]))", "{{instance}}")]),
+        panel("Worker RSS", [("alertstream_worker_rss_bytes", "{{instance}}")], unit="bytes"),
+        panel("Lag poll errors (per 5 min)", [("sum by (group) (increase(alertstream_consumer_lag_poll_errors_total[5m]))", "{{group}}")]),
+    ], [variable("group", "label_values(alertstream_consumer_lag, group)", "consumer group")])
+
+
+def dedup_dashboard() -> dict:
+    sel = 'tenant=~"$tenant", provider=~"$provider"'
+    return dashboard("alertstream-dedup", "alertstream / Dedup and noise reduction",
+                     "How much of the incoming alert stream is repetition that alertstream does not store.", [
+        panel("Exact duplicates (share of alerts, 1h)", [
+            (f'sum(increase(alertstream_alerts_total{{{sel}, outcome="duplicate"}}[1h])) / sum(increase(alertstream_alerts_total{{{sel}}}[1h]))', "duplicates")],
+              kind="stat", unit="percentunit", w=6),
+        panel("Noise reduction (alerts seen per alert stored, 1h)", [
+            (f'sum(increase(alertstream_alerts_total{{{sel}}}[1h])) / sum(increase(alertstream_alerts_total{{{sel}, outcome!="duplicate"}}[1h]))', "x")],
+              kind="stat", unit="x", w=6),
+        panel("Alerts stored vs seen (alerts/s)", [
+            (f"sum(rate(alertstream_alerts_total{{{sel}}}[5m]))", "seen"),
+            (f'sum(rate(alertstream_alerts_total{{{sel}, outcome!="duplicate"}}[5m]))', "stored (new + changed)")], w=12),
+        panel("Dedup ratio per tenant and provider (30 min)", [(f"alertstream:dedup_ratio:30m{{{sel}}}", "{{tenant}}/{{provider}}")],
+              unit="percentunit", description="Recording rule; AlertstreamDedupRatioChanged fires when it moves 25 points from its 6h level."),
+        panel("Dedup ratio since worker start", [(f"max by (tenant, provider) (alertstream_dedup_ratio{{{sel}}})", "{{tenant}}/{{provider}}")],
+              unit="percentunit"),
+        panel("Outcomes per provider (alerts/s)", [(f"sum by (provider, outcome) (rate(alertstream_alerts_total{{{sel}}}[5m]))", "{{provider}} {{outcome}}")], stack=True),
+        panel("Dedup cache hit ratio", [("alertstream_dedup_cache_hit_ratio", "{{instance}}")], unit="percentunit"),
+        panel("State expired by TTL (per hour)", [("sum(increase(alertstream_dedup_state_expired_total[1h]))", "identities")]),
+        panel("Table reads skipped by the Bloom filter", [("sum(alertstream_dedup_bloom_skipped_reads)", "reads")]),
+    ], [variable("tenant", "label_values(alertstream_alerts_total, tenant)", "tenant"),
+        variable("provider", "label_values(alertstream_alerts_total, provider)", "provider")])
+
+
+def sinks_dashboard() -> dict:
+    return dashboard("alertstream-sinks", "alertstream / Sinks, retries and DLQ",
+                     "Postgres and search-store writes, their circuits, the retry tiers and the dead-letter topic.", [
+        panel("Circuit state (0 closed, 1 open, 2 half-open)", [("max by (sink) (alertstream_sink_circuit_state)", "{{sink}}")], kind="stat", w=8,
+              thresholds=[{"color": "green", "value": None}, {"color": "red", "value": 1}, {"color": "orange", "value": 2}]),
+        panel("Rows written (rows/s)", [("sum by (sink) (rate(alertstream_sink_rows_written_total[1m]))", "{{sink}}")], w=16),
+        panel("Flush time", [("histogram_quantile(0.5, sum by (sink, le) (rate(alertstream_sink_flush_seconds_bucket[5m])))", "{{sink}} p50"),
+                             ("histogram_quantile(0.99, sum by (sink, le) (rate(alertstream_sink_flush_seconds_bucket[5m])))", "{{sink}} p99")], unit="s"),
+        panel("Batch size (alerts per write)", [("sum by (sink) (rate(alertstream_sink_batch_size_sum[5m])) / sum by (sink) (rate(alertstream_sink_batch_size_count[5m]))", "{{sink}} mean")]),
+        panel("Failed write attempts (per second)", [("sum by (sink, error) (rate(alertstream_sink_errors_total[5m]))", "{{sink}} {{error}}")]),
+        panel("Alerts refused for good (to the DLQ)", [("sum by (sink) (rate(alertstream_sink_rejected_total[5m]))", "{{sink}}")]),
+        panel("Dead letters by reason (records/s)", [("sum by (reason) (rate(alertstream_dlq_records_total[5m]))", "{{reason}}")], stack=True),
+        panel("Records parked on retry tiers (records/s)", [("sum by (topic) (rate(alertstream_retry_records_total[5m]))", "{{topic}}")], stack=True),
+        panel("Retry-tier and indexer lag", [('sum by (group, topic) (max by (group, topic, partition) '
+                                              '(alertstream_consumer_lag{group=~".*-retry-.*|.*-index"}))', "{{group}} {{topic}}")]),
+    ], [])
+
+
+def gateway_dashboard() -> dict:
+    sel = 'tenant=~"$tenant", provider=~"$provider"'
+    return dashboard("alertstream-gateway", "alertstream / Gateway and providers",
+                     "Webhooks per provider and tenant: accepted, rejected by reason, deferred, bytes and latency.", [
+        panel("Webhooks accepted (req/s)", [(f"sum by (provider) (rate(alertstream_gateway_requests_accepted_total{{{sel}}}[1m]))", "{{provider}}")], stack=True),
+        panel("Alerts accepted (alerts/s)", [(f"sum by (tenant) (rate(alertstream_gateway_alerts_accepted_total{{{sel}}}[1m]))", "{{tenant}}")], stack=True),
+        panel("Rejected by reason (req/s)", [(f"sum by (reason) (rate(alertstream_gateway_requests_rejected_total{{{sel}}}[1m]))", "{{reason}}")], stack=True),
+        panel("Rate-limited share per provider", [
+            (f'sum by (tenant, provider) (rate(alertstream_gateway_requests_rejected_total{{{sel}, reason="rate_limited"}}[5m])) / '
+             f'(sum by (tenant, provider) (rate(alertstream_gateway_requests_accepted_total{{{sel}}}[5m])) + '
+             f'sum by (tenant, provider) (rate(alertstream_gateway_requests_rejected_total{{{sel}, reason="rate_limited"}}[5m])))', "{{tenant}}/{{provider}}")],
+              unit="percentunit", description="AlertstreamProviderRateLimited fires over 5% for 10 minutes."),
+        panel("Throttled by the normalizer (records/s)", [("sum by (tenant, provider) (rate(alertstream_normalizer_throttled_records_total[1m]))", "{{tenant}}/{{provider}}")],
+              description="Records over their provider's processing rate, parked on the first retry tier. AlertstreamProviderThrottled fires over 1/s for 10 minutes."),
+        panel("Deferred to the retry tier (req/s)", [(f"sum by (provider) (rate(alertstream_gateway_requests_deferred_total{{{sel}}}[1m]))", "{{provider}}")]),
+        panel("Bytes received", [(f"sum by (provider) (rate(alertstream_gateway_received_bytes_total{{{sel}}}[1m]))", "{{provider}}")], unit="Bps"),
+        panel("Request latency", [
+            (f"histogram_quantile(0.5, sum by (le) (rate(alertstream_gateway_request_duration_seconds_bucket{{{sel}}}[5m])))", "p50"),
+            (f"histogram_quantile(0.99, sum by (le) (rate(alertstream_gateway_request_duration_seconds_bucket{{{sel}}}[5m])))", "p99")], unit="s"),
+        panel("Broker reachable / bytes in flight", [("min(alertstream_gateway_broker_up)", "broker up"),
+                                                     ("sum(alertstream_gateway_inflight_bytes)", "in-flight bytes")]),
+        panel("Input lag seen by the gateway", [("max(alertstream_gateway_consumer_lag_records)", "records")]),
+        panel("Alerts per provider after normalization (alerts/s)", [("sum by (provider) (rate(alertstream_alerts_total[1m]))", "{{provider}}")], stack=True),
+    ], [variable("tenant", "label_values(alertstream_gateway_requests_accepted_total, tenant)", "tenant"),
+        variable("provider", "label_values(alertstream_gateway_requests_accepted_total, provider)", "provider")])
+
+
+DASHBOARDS = {"alertstream-lag.json": lag_dashboard, "alertstream-dedup.json": dedup_dashboard,
+              "alertstream-sinks.json": sinks_dashboard, "alertstream-gateway.json": gateway_dashboard}
+
+
+def render(name: str) -> str:
+    return json.dumps(DASHBOARDS[name](), indent=2) + "\n"
+
+
+if __name__ == "__main__":
+    for name in DASHBOARDS:
+        (HERE / name).write_text(render(name))
+        print(f"wrote {HERE / name}")

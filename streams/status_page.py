@@ -1,0 +1,147 @@
+"""The worker's observability endpoints, beside `/metrics` on its Faust web server:
+
+- `/healthz`, `/readyz`: liveness and readiness (streams/health.py), JSON, 200 or 503;
+- `/status`: a self-contained HTML page (streams/static/status.html, no CDN) for `make run` users
+  without Grafana: lag per partition, throughput, dedup ratio, DLQ, sink circuits; it polls
+- `/status.json`: a snapshot of this process's metrics, read from its own Prometheus registry, so
+  the page shows exactly what `/metrics` exports.
+
+`install(app, settings)` also starts the consumer-lag poller (streams/lag.py).
+
+With several worker processes, lag is complete on every process (each polls every partition) but
+counters are per process: the page of process i shows process i (docs/metrics.md).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict, deque
+from importlib import resources
+
+import faust
+from confluent_kafka.admin import AdminClient
+from prometheus_client import REGISTRY
+
+from streams.health import broker_check, circuit_checks, lag_check, loop_check, report
+from streams.lag import LagMonitor
+from streams.settings import Settings
+
+LOOP_PROBE_INTERVAL_S = 0.1  # the interval streams/app.py gives watch_event_loop
+
+
+def _samples(name: str) -> list:
+    """Samples of one metric family (name without _total) from the default registry."""
+    return [s for family in REGISTRY.collect() if family.name == name for s in family.samples
+            if not s.name.endswith("_created")]
+
+
+def _sum_by(name: str, *labels: str, suffix: str = "") -> dict[str, float]:
+    totals: dict[str, float] = defaultdict(float)
+    for s in _samples(name):
+        if suffix and not s.name.endswith(suffix):
+            continue
+        totals["/".join(s.labels.get(label, "") for label in labels)] += s.value
+    return dict(totals)
+
+
+def _value(name: str) -> float | None:
+    return REGISTRY.get_sample_value(name)
+
+
+RATE_WINDOW_S = 5.0
+
+
+class RateWindow:
+    """Per-second rates of a few counters over the last RATE_WINDOW_S, sampled by the worker itself
+    once a second, so the page's rates do not depend on how often (or when) a browser polls."""
+
+    def __init__(self) -> None:
+        self.samples: deque[tuple[float, dict[str, dict[str, float]]]] = deque(maxlen=int(RATE_WINDOW_S) + 1)
+
+    def sample(self, now: float | None = None) -> None:
+        self.samples.append((time.time() if now is None else now, _rate_counters()))
+
+    def rates(self) -> dict[str, dict[str, float]]:
+        if len(self.samples) < 2:
+            return {}
+        (t0, first), (t1, last) = self.samples[0], self.samples[-1]
+        return {kind: {k: max(0.0, v - first.get(kind, {}).get(k, 0.0)) / (t1 - t0) for k, v in values.items()}
+                for kind, values in last.items()}
+
+
+def _rate_counters() -> dict[str, dict[str, float]]:
+    return {"stage": _sum_by("alertstream_records_received", "stage"),
+            "provider": _sum_by("alertstream_alerts", "provider"),
+            "outcome": _sum_by("alertstream_alerts", "outcome")}
+
+
+def snapshot(window: RateWindow | None = None) -> dict:
+    """Everything the status page shows: counters as totals, rates over the last few seconds."""
+    outcomes = _sum_by("alertstream_alerts", "outcome")
+    seen = sum(outcomes.values())
+    return {
+        "time": time.time(),
+        "rates": window.rates() if window is not None else {},
+        "lag": sorted(({"group": s.labels["group"], "topic": s.labels["topic"],
+                        "partition": int(s.labels["partition"]), "lag": s.value}
+                       for s in _samples("alertstream_consumer_lag")),
+                      key=lambda r: (r["group"], r["topic"], r["partition"])),
+        "lag_polled_at": _value("alertstream_consumer_lag_last_poll_timestamp_seconds"),
+        "records_received": _sum_by("alertstream_records_received", "stage"),
+        "alerts_by_outcome": outcomes,
+        "alerts_by_provider": _sum_by("alertstream_alerts", "provider"),
+        "alerts_by_tenant": _sum_by("alertstream_alerts", "tenant"),
+        "dedup_ratio": (outcomes.get("duplicate", 0) / seen) if seen else None,
+        "dlq_by_reason": _sum_by("alertstream_dlq_records", "reason"),
+        "retries_by_topic": _sum_by("alertstream_retry_records", "topic"),
+        "sinks": {sink: {"circuit": int(state),
+                         "written": _sum_by("alertstream_sink_rows_written", "sink").get(sink, 0),
+                         "errors": sum(v for k, v in _sum_by("alertstream_sink_errors", "sink", "error").items()
+                                       if k.startswith(sink + "/"))}
+                  for sink, state in _sum_by("alertstream_sink_circuit_state", "sink").items()},
+        "event_loop_lag_s": _value("alertstream_event_loop_lag_seconds"),
+        "event_loop_blocked": _value("alertstream_event_loop_blocked_total"),
+        "rss_bytes": _value("alertstream_worker_rss_bytes"),
+    }
+
+
+def status_html() -> bytes:
+    return (resources.files("streams") / "static" / "status.html").read_bytes()
+
+
+def install(app: faust.App, settings: Settings) -> LagMonitor:
+    monitor = LagMonitor(settings)
+    admin = AdminClient({"bootstrap.servers": settings.require_kafka()})
+
+    @app.task
+    async def poll_consumer_lag() -> None:
+        await monitor.run_forever(settings.lag_poll_interval_s)
+
+    window = RateWindow()
+
+    @app.timer(1.0)
+    async def sample_rates() -> None:
+        window.sample()
+
+    @app.page("/healthz")
+    async def healthz(web, request):  # noqa: ANN001
+        status, body = report([loop_check(settings.health_blocked_window_s, LOOP_PROBE_INTERVAL_S)])
+        return web.json(body, status=status)
+
+    @app.page("/readyz")
+    async def readyz(web, request):  # noqa: ANN001
+        checks = [await broker_check(admin), *circuit_checks(),
+                  lag_check(monitor.max_lag(), settings.ready_max_lag, monitor.last_success,
+                            stale_after_s=3 * settings.lag_poll_interval_s + 10)]
+        status, body = report(checks)
+        return web.json(body, status=status)
+
+    @app.page("/status")
+    async def status(web, request):  # noqa: ANN001
+        return web.bytes(status_html(), content_type="text/html")
+
+    @app.page("/status.json")
+    async def status_json(web, request):  # noqa: ANN001
+        return web.json(snapshot(window))
+
+    return monitor
