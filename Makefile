@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install system-packages run test test-unit docs bench bench-short stack-up stack-down clean
+.PHONY: install system-packages run test test-unit docs bench bench-short stack-up stack-down clean image compose-up compose-down
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,9 +32,22 @@ bench: install  ## the target: 600 GB/day for 10 minutes on a fresh local stack;
 bench-short: install  ## a few minutes: capacity against the ceilings, flags a large regression against benchmarks/baseline.json
 	$(BIN)/alertstream bench --short
 
-docs: install  ## regenerate the settings table in README.md and the alert JSON Schema from the code
-	$(BIN)/alertstream config --update README.md
+docs: install  ## regenerate the configuration reference (docs/configuration.md) and the alert JSON Schema from the code
+	$(BIN)/alertstream config --update docs/configuration.md
+	$(BIN)/python docs/architecture_diagram.py
 	$(BIN)/python -c "import json; from schemas.alert import alert_json_schema as s; open('schemas/alert.schema.json', 'w').write(json.dumps(s(), indent=2, sort_keys=True) + '\n')"
+
+# Beyond one machine (docs/runbook.md). These need Docker, which the CI machines do not have: the
+# files they use are checked against the code by tests/unit/test_deploy_*.py instead.
+WORKERS ?= 2
+image:  ## the container image: worker, gateway and every command (Dockerfile)
+	docker build -t alertstream:dev .
+
+compose-up:  ## Kafka (KRaft), PostgreSQL, Elasticsearch, Prometheus, Grafana, WORKERS workers and the gateway
+	docker compose -f deploy/docker-compose.yml up -d --build --scale worker=$(WORKERS)
+
+compose-down:
+	docker compose -f deploy/docker-compose.yml down
 
 stack-up: install
 	@$(BIN)/alertstream stack up

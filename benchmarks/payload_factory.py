@@ -183,10 +183,11 @@ _PAD_WORDS = ("observed", "threshold", "window", "replica", "latency", "upstream
 
 def _pad_source() -> str:
     """~128 KB of word-like ASCII, fixed (no seed): padding that compresses like prose, not like zeros."""
-    state, words = 12345, []
-    while sum(map(len, words)) + len(words) < 131_072:
+    state, words, length = 12345, [], 0
+    while length < 131_072:  # joined length so far (a running total: summing each time was quadratic)
         state = (state * 1103515245 + 12345) & 0x7FFFFFFF
         words.append(_PAD_WORDS[state % len(_PAD_WORDS)])
+        length += len(words[-1]) + 1
     return " ".join(words)
 
 

@@ -598,7 +598,7 @@ class Bench:
         for w in self.workers:
             path = self.opts.out / f"{self.run_id}-{w.name}.collapsed.txt"
             # raw = collapsed stacks (speedscope and flamegraph.pl read them); nonblocking: the worker is not paused
-            cmd = [py_spy, "record", "--pid", str(w.proc.pid), "--rate", str(self.opts.profile_rate), "--format", "raw",
+            cmd = [py_spy, "record", "--subprocesses", "--pid", str(w.proc.pid), "--rate", str(self.opts.profile_rate), "--format", "raw",
                    "--nolineno", "--nonblocking", "--duration", str(int(self.opts.duration_s)), "--output", str(path)]
             log = open(self.run_dir / "logs" / f"py-spy-{w.name}.log", "wb")
             self.profilers.append((w, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), path))

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 import time
 from collections import defaultdict
 
 import faust
 import msgspec
 from faust.transport.producer import ProducerBuffer
+from mode.utils.logging import cry
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.deduplicator import PackedRecord, StageTwoPlan, plan_batch
 from agents.normalizer import StageOneResult, dead_letter_headers, pack, process_records, unpack
+from agents.throttle import THROTTLED_RECORDS, ConsumerThrottle, parked_headers
 from schemas.alert import NormalizedAlert
 from schemas.rules import load_rules
 from sinks.base import CircuitBreaker, WriteBatch
@@ -30,7 +34,9 @@ from sinks.raw_storage import RawBatch, RawPolicy, RawSink, raw_rows_for
 from sinks.search import SearchSink, make_client
 from streams.batch_consumer import BatchConsumer
 from streams.loop_monitor import watch_event_loop
+from streams.status_page import install as install_observability
 from streams.priority import PriorityGate
+from streams.stall_watchdog import EXIT_STALLED, AgentWatchdog, queue_size
 from streams.retry import TARGET, due_in_s, retry_headers, route_for, tier_topics
 from streams.metrics import (
     ALERTS,
@@ -39,6 +45,7 @@ from streams.metrics import (
     DEDUP_EXPIRED,
     DEDUP_RATIO,
     DLQ_RECORDS,
+    observe_end_to_end,
     RECORDS_RECEIVED,
     RETRIES,
 )
@@ -63,7 +70,7 @@ def build_search_sink(settings: Settings) -> SearchSink:
         password=settings.search_password.get_secret_value() if settings.search_password else None,
         api_key=settings.search_api_key.get_secret_value() if settings.search_api_key else None,
     )
-    return SearchSink(client, settings.search_index)
+    return SearchSink(client, settings.search_index, settings)
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -132,6 +139,11 @@ def create_app(settings: Settings) -> faust.App:
                 key=letter.record.key, value=letter.record.value or b"",
                 headers=dead_letter_headers(letter, now_ms), force=True,
             ))
+        for record in result.throttled:  # consumer-side throttling: wait on the first tier, come back (docs/gateway.md)
+            THROTTLED_RECORDS.labels((record.headers.get("tenant") or settings.default_tenant.encode()).decode(errors="replace"),
+                                     (record.headers.get("provider") or b"keep").decode(errors="replace")).inc()
+            pending.append(await topic_named(tier_topics(settings)[0]).send(
+                key=record.key, value=record.value or b"", headers=parked_headers(record.headers, record.topic), force=True))
         await asyncio.gather(*pending)
 
     gate = PriorityGate()
@@ -141,6 +153,7 @@ def create_app(settings: Settings) -> faust.App:
         machinery, which caps an agent at ~5k records/s on this hardware (docs/decisions.md)."""
         consumer = BatchConsumer(settings, group_id=group_id, topic=topic)
         await consumer.start()
+        throttle = None if critical else ConsumerThrottle(settings.consumer_provider_rate_limits)
         raw_sink = None if raw_policy.stores_nothing else RawSink(PostgresSink(settings.require_database_url(), pool_size=1))
         raw_circuit = None
         if raw_sink is not None:
@@ -156,6 +169,7 @@ def create_app(settings: Settings) -> faust.App:
                     max_payload_bytes=settings.max_payload_bytes,
                     rules=rules,
                     max_age_ms=int(settings.record_max_age_s * 1000),
+                    throttle=throttle, clock_s=time.monotonic(),
                 )
                 gate.begin(sum(map(len, result.critical_by_partition.values())))
                 raw_rows = raw_rows_for(records, result.dead_letters, raw_policy, default_tenant=settings.default_tenant) \
@@ -195,7 +209,10 @@ def create_app(settings: Settings) -> faust.App:
     async def deduplicate_stream(stream, stage: str, critical: bool) -> None:  # noqa: ANN001 - a Faust stream
         # blocking this agent is the backpressure: Faust stops fetching once its buffers are full
         circuit = CircuitBreaker(postgres, settings.sink_retry, dead_letter_alert)
+        watchdog = AgentWatchdog(stage, queue_size(stream), settings.worker_stall_timeout_s)
+        watchdogs.append(watchdog)
         async for events in stream.take_events(settings.dedup_batch.max_events, settings.dedup_batch.timeout_s):
+            watchdog.busy()
             if not critical:
                 await gate.wait_idle()
             RECORDS_RECEIVED.labels(stage).inc(len(events))
@@ -203,6 +220,7 @@ def create_app(settings: Settings) -> faust.App:
             plan = plan_batch(records, store.get, rules, refresh_after_ms=ttl_ms // 2 or None)
             # durable first (Postgres, and the stored alerts handed to the indexer), then state
             await asyncio.gather(circuit.write(plan.batch), hand_to_indexer(plan))
+            observe_end_to_end(plan.batch)
             for key, (state, event) in plan.state_writes.items():
                 store.put(key, state, event)
             if ttl_ms:
@@ -212,6 +230,26 @@ def create_app(settings: Settings) -> faust.App:
             record_outcomes(plan)
             if critical:
                 gate.end(len(plan.batch.sightings))
+            watchdog.idle()
+
+    watchdogs: list[AgentWatchdog] = []
+
+    if settings.worker_stall_timeout_s:
+        @app.timer(interval=5.0)
+        async def watch_for_stalled_agents() -> None:
+            """A stalled agent never recovers in-process: exit, and the supervisor restarts us."""
+            if app.rebalancing or not app.consumer.flow_active or \
+                    app.producer.buffer.size > ProducerBuffer.max_messages:
+                for watchdog in watchdogs:  # waiting is expected now: start counting afresh
+                    watchdog.idle()
+                return
+            for watchdog in watchdogs:
+                if watchdog.is_stalled():
+                    log.error("agent %s has waited %.0f s with records queued for it and takes none: "
+                              "exiting for a fresh process (offsets are committed only after the sinks wrote)",
+                              watchdog.name, watchdog.stalled_for())
+                    cry(file=sys.stderr)  # every task's stack, for the bug report
+                    os._exit(EXIT_STALLED)
 
     @app.agent(normalized_topic, name="deduplicate")
     async def deduplicate(stream):  # noqa: ANN001
@@ -324,6 +362,14 @@ def create_app(settings: Settings) -> faust.App:
         """Partitions ahead, retention, last_alert TTL: every worker tries, an advisory lock lets one run."""
         await run_maintenance_forever(settings)
 
+    if settings.archive_enabled:
+        @app.task
+        async def archive_to_search() -> None:
+            """Old alerts from Postgres to the search store (sinks/archiver.py); an advisory lock lets one worker run it."""
+            from sinks.archiver import run_archiver_forever
+
+            await run_archiver_forever(settings)
+
     @app.task
     async def monitor_event_loop() -> None:
         await watch_event_loop(0.1, settings.loop_blocked_threshold_s)
@@ -331,6 +377,8 @@ def create_app(settings: Settings) -> faust.App:
     @app.page("/metrics")
     async def metrics(web, request):  # noqa: ANN001
         return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    install_observability(app, settings)  # lag poller, /healthz, /readyz, /status
 
     return app
 

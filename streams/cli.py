@@ -38,15 +38,15 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     import faust
 
     from streams.app import create_app
-    from streams.supervisor import Supervisor, resolve_worker_processes
+    from streams.supervisor import Supervisor, die_with_parent, resolve_worker_processes
     from streams.topics import ensure_topics
 
-    ensure_topics(settings)
-    processes = resolve_worker_processes(settings)
-    if processes > 1:
+    if not args.child:
+        ensure_topics(settings)
         logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        return Supervisor(settings, processes).run()
+        return Supervisor(settings, resolve_worker_processes(settings)).run()
+    die_with_parent()
     app = create_app(settings)
     worker = faust.Worker(app, loglevel=settings.log_level.lower())
     worker.execute_from_commandline()  # handles SIGTERM/SIGINT: agents stop, offsets are committed
@@ -133,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("action", choices=["up", "status", "down"])
     stack.set_defaults(func=_cmd_stack)
     sub.add_parser("migrate", help="create or upgrade the Postgres schema").set_defaults(func=_cmd_migrate)
-    sub.add_parser("worker", help="run the stream worker: one Faust process per CPU core (ALERTSTREAM_WORKER_PROCESSES)").set_defaults(func=_cmd_worker)
+    worker = sub.add_parser("worker", help="run the stream worker: a supervisor and one Faust process per CPU core (ALERTSTREAM_WORKER_PROCESSES)")
+    worker.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # one Faust process, started by the supervisor
+    worker.set_defaults(func=_cmd_worker)
     sub.add_parser("demo", help="produce the demo stream to the input topic").set_defaults(func=_cmd_demo)
     run = sub.add_parser("run", help="stack up, migrate, worker, demo stream and a live summary")
     run.add_argument("--exit-after-demo", action="store_true", help="stop everything once the demo is processed")
@@ -146,12 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
     suggest.add_argument("--min-change-ratio", type=float, default=0.5)
     suggest.set_defaults(func=_cmd_dedup_suggest)
     from benchmarks.cli import add_parser as add_bench
+    from gateway.cli import add_parsers as add_gateway_parsers
     from sinks.cli import add_parsers as add_store_parsers
+    from sinks.archiver import add_parser as add_archive
     from streams.dlq_cli import add_parser as add_dlq
 
     add_dlq(sub)
     add_store_parsers(sub)
+    add_archive(sub)
     add_bench(sub)
+    add_gateway_parsers(sub)
     config = sub.add_parser("config", help="print every setting with its default and meaning")
     config.add_argument("--update", metavar="FILE", help="rewrite the reference between the settings markers of FILE (docs/configuration.md)")
     config.set_defaults(func=_cmd_config)

@@ -193,6 +193,7 @@ def run_local(settings: Settings, *, stay: bool) -> int:
     with open(log_path, "ab") as log_file:
         worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], stdout=log_file, stderr=log_file, env=os.environ.copy())
     console.print(f"worker started (pid {worker.pid}), log: {log_path}")
+    console.print(f"status page: http://127.0.0.1:{settings.worker_web_port}/status (lag, throughput, dedup, DLQ, sinks)")
     try:
         expected = produce_demo(settings)
         return _watch(console, settings, worker, expected, stay)
@@ -234,6 +235,7 @@ def _watch(console: Console, settings: Settings, worker: subprocess.Popen, expec
 def _where_next(settings: Settings) -> str:
     return (
         "[green]demo processed.[/green] Where to look next:\n"
+        f"  status:    http://127.0.0.1:{settings.worker_web_port}/status (refreshes by itself; docs/metrics.md)\n"
         f"  metrics:   curl http://127.0.0.1:{settings.worker_web_port}/metrics | grep alertstream_\n"
         f"  postgres:  psql '{_masked(settings)}' -c 'select tenant, fingerprint, status, received_count from last_alert'\n"
         f"             (password in {settings.data_dir}/stack/postgres/password)\n"

@@ -31,6 +31,13 @@ class RetryConfig(BaseModel):
     attempt_timeout_s: float = Field(60.0, gt=0, description="One write attempt is abandoned (and retried) after this long.")
 
 
+class RateLimit(BaseModel):
+    """A token bucket: `rate_per_s` requests per second on average, bursts of up to `burst`."""
+
+    rate_per_s: float = Field(gt=0, description="Requests per second the bucket refills.")
+    burst: float = Field(ge=1, description="Bucket size: requests that may arrive at once after a quiet period.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="ALERTSTREAM_", env_nested_delimiter="__", extra="ignore"
@@ -64,6 +71,7 @@ class Settings(BaseSettings):
     worker_web_port: int = Field(6066, ge=1, le=65535, description="Port of the worker's web server (/metrics).")
     worker_web_bind: str = Field("127.0.0.1", description="Address the worker's web server binds to.")
     worker_processes: int = Field(0, ge=0, description="Worker processes that `alertstream worker` runs, each a member of the consumer group on web port `worker_web_port + i`; 0 = one per CPU core. Never more than `topic_partitions`. In containers set 1 and scale with replicas.")
+    worker_stall_timeout_s: float = Field(60.0, ge=0, description="A dedup agent that waits this long with records queued for it, taking none (a Faust stall, not a slow sink), makes its process exit; the supervisor starts a fresh one, which resumes from committed offsets. 0 = never.")
     worker_stop_timeout_s: float = Field(60.0, gt=0, description="On SIGTERM, how long the worker's processes get to flush their batches and commit before they are killed.")
     broker_session_timeout_s: float = Field(30.0, gt=0, description="Kafka consumer session timeout; a dead worker's partitions move after this long.")
     stream_batch: BatchConfig = Field(default_factory=lambda: BatchConfig(max_events=1000, timeout_s=0.2), description="Input records taken per normalizer iteration.")
@@ -83,6 +91,9 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(1_048_576, ge=1024, description="A record larger than this goes to the DLQ with reason `too_large`.")
     db_pool_size: int = Field(4, ge=1, description="Connections in the worker's Postgres pool.")
 
+    loop_blocked_threshold_s: float = Field(0.5, gt=0, description="An event loop that did not run a 0.1 s timer for this much longer is logged and counted as blocked.")
+    log_level: str = Field("INFO", description="Python log level of the worker and the CLI.")
+
     # --- the Postgres store: partitions, retention, maintenance, raw payloads (docs/postgres.md)
     pg_partition_premake_days: int = Field(3, ge=1, description="Daily partitions (UTC) of `alert` and `alert_raw` that the maintenance job keeps created ahead of today.")
     pg_alert_retention_days: int = Field(30, ge=0, description="Daily partitions of `alert` older than this many days are dropped (or detached, see `ALERTSTREAM_PG_RETENTION_ACTION`); 0 keeps them forever.")
@@ -91,8 +102,45 @@ class Settings(BaseSettings):
     pg_last_alert_ttl_days: float | None = Field(None, ge=0, description="A `last_alert` row whose identity was not seen for this many days is deleted; 0 keeps rows forever. Unset: the dedup state TTL plus one day. Never shorter than that: a row deleted while the dedup state remembers its identity could not be re-created by a duplicate sighting.")
     pg_maintenance_interval_s: float = Field(600.0, gt=0, description="How often each worker tries the Postgres maintenance jobs (partitions ahead, retention, `last_alert` TTL); an advisory lock lets one worker at a time run each.")
     raw_storage_policy_path: Path | None = Field(None, description="YAML policy for storing raw payloads in `alert_raw`, per tenant and provider: off, all, sample:<rate> or errors, with allow/deny field lists (docs/postgres.md has an example). Unset: only records that went to the DLQ are kept (Keep keeps its error alerts too).")
-    loop_blocked_threshold_s: float = Field(0.5, gt=0, description="An event loop that did not run a 0.1 s timer for this much longer is logged and counted as blocked.")
-    log_level: str = Field("INFO", description="Python log level of the worker and the CLI.")
+    # --- search store, lifecycle, archiver, federated search (issue #8; docs/search.md)
+    search_flavour: Literal["auto", "elasticsearch", "opensearch"] = Field("auto", description="Search store flavour, for the index template and lifecycle policy: `auto` reads `version.distribution` from `GET /`.")
+    search_shards: int = Field(1, ge=1, description="Primary shards of each alert index (index template).")
+    search_replicas: int = Field(1, ge=0, description="Replicas of each alert index (index template).")
+    search_lifecycle_enabled: bool = Field(True, description="Install the lifecycle policy (Elasticsearch ILM / OpenSearch ISM: hot, warm, cold, delete) and roll the write alias over; a store without lifecycle support is reported, not fatal.")
+    search_rollover_max_age: str = Field("1d", description="Roll the write index over once it is this old (lifecycle hot phase).")
+    search_rollover_max_primary_shard_size: str = Field("50gb", description="Roll the write index over once a primary shard is this large (lifecycle hot phase).")
+    search_warm_after: str = Field("7d", description="Age after rollover at which an index moves to the warm phase (force-merged, lower priority).")
+    search_cold_after: str = Field("30d", description="Age after rollover at which an index moves to the cold phase (read-only, lowest priority).")
+    search_delete_after: str = Field("365d", description="Age after rollover at which an index is deleted; the end of the searchable history.")
+    search_throttle_retries: int = Field(5, ge=0, description="Times a bulk request answered 429, or its documents answered 429/503, is retried within one write (jittered backoff from the sink retry policy) before the documents go to a retry topic.")
+    archive_enabled: bool = Field(False, description="Run the archiver in the worker: move alerts older than `archive_after_days` from Postgres to the search store. While on, retention never drops a day of `alert` that is not verified archived.")
+    archive_after_days: int = Field(7, ge=1, description="Alerts of UTC days older than this many days are archived (copied to the search store, verified, then deleted from Postgres).")
+    archive_batch_size: int = Field(1000, ge=1, le=10000, description="Alerts read, indexed, verified and deleted per archiver step (one checkpoint each).")
+    archive_interval_s: float = Field(3600.0, gt=0, description="How often each worker tries the archiver; an advisory lock lets one worker at a time run it.")
+    search_query_max_limit: int = Field(500, ge=1, description="Largest page `GET /alerts/search` returns.")
+    search_cursor_secret: SecretStr | None = Field(None, description="Key that signs `GET /alerts/search` cursors; every gateway replica needs the same one. Unset: derived from the database URL.")
+
+    # --- observability (issue #9): consumer lag, health and readiness, status page (docs/metrics.md)
+    lag_poll_interval_s: float = Field(5.0, gt=0, description="How often the worker measures consumer lag (committed vs end offsets) of its consumer groups for `alertstream_consumer_lag`.")
+    lag_extra_groups: dict[str, list[str]] = Field(default_factory=dict, description="More consumer groups whose lag the worker exports, with the topics each reads (JSON: `{\"group\": [\"topic\"]}`), e.g. a downstream reader of `alerts.stored`.")
+    ready_max_lag: int = Field(100_000, ge=0, description="`/readyz` fails while any watched partition lags more records than this; 0 turns the lag check off.")
+    health_blocked_window_s: float = Field(30.0, gt=0, description="`/healthz` fails for this long after the event loop was seen blocked beyond `ALERTSTREAM_LOOP_BLOCKED_THRESHOLD_S`.")
+
+    # --- the HTTP gateway (issue #7, docs/gateway.md)
+    gateway_port: int = Field(8080, ge=1, le=65535, description="Port of the HTTP gateway (`alertstream gateway`): webhooks on /alerts/event[/{provider}], plus /healthz, /readyz, /metrics.")
+    gateway_bind: str = Field("127.0.0.1", description="Address the HTTP gateway binds to (0.0.0.0 to take webhooks from other hosts).")
+    gateway_max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest webhook body the gateway takes (413 above); never more than `max_payload_bytes`.")
+    gateway_tenant_rate_limit: RateLimit = Field(default_factory=lambda: RateLimit(rate_per_s=200, burst=400), description="Token bucket of every tenant (all its providers together).")
+    gateway_provider_rate_limit: RateLimit = Field(default_factory=lambda: RateLimit(rate_per_s=100, burst=200), description="Token bucket of each (tenant, provider) pair, so one noisy source cannot use up its tenant's bucket.")
+    gateway_tenant_rate_limits: dict[str, RateLimit] = Field(default_factory=dict, description='Per-tenant overrides of the tenant bucket (JSON: {"acme": {"rate_per_s": 50, "burst": 100}}).')
+    gateway_provider_rate_limits: dict[str, RateLimit] = Field(default_factory=dict, description='Per-provider overrides of the (tenant, provider) bucket (JSON: {"grafana": {"rate_per_s": 20, "burst": 40}}).')
+    gateway_lag_threshold: int = Field(1_000_000, ge=0, description="Consumer lag (records of the normalizer group on the input topics) above which the gateway pushes back (503/429 with Retry-After); 0 turns the check off.")
+    gateway_health_interval_s: float = Field(2.0, gt=0, description="How often the gateway checks broker metadata and consumer lag.")
+    gateway_max_inflight_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024, description="Bytes of webhooks produced but not yet acknowledged by the broker; above this the gateway answers 503 instead of buffering more.")
+    gateway_produce_timeout_s: float = Field(10.0, gt=0, description="A webhook whose record the broker has not acknowledged after this long gets 503 (the sender retries).")
+    gateway_retry_after_s: int = Field(5, ge=1, description="Retry-After (seconds) sent with 503 answers when the broker is unreachable, too slow or the pipeline lags.")
+    gateway_apikey_cache_ttl_s: float = Field(30.0, ge=0, description="How long the gateway caches an API key lookup; a revoked key stops working at most this long after `apikey revoke`.")
+    consumer_provider_rate_limits: dict[str, RateLimit] = Field(default_factory=dict, description='Consumer-side throttling: alerts per second (and burst, in alerts) that the normalizer processes per (tenant, provider), by provider (JSON: {"zabbix": {"rate_per_s": 500, "burst": 1000}}). Records over it wait on the first retry tier and come back, never dropped; critical input is never throttled. Empty: off (docs/gateway.md).')
 
     @field_validator("*", mode="before")
     @classmethod

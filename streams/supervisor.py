@@ -1,4 +1,4 @@
-"""`alertstream worker` with several processes: one Faust worker per CPU core.
+"""`alertstream worker`: a supervisor and one Faust worker process per CPU core.
 
 Python runs one core per process, and one worker process is CPU-bound well before the broker or
 Postgres are (docs/performance.md), so a worker machine runs one process per core. Each process is
@@ -8,16 +8,20 @@ exactly as it spreads them over machines. The supervisor only starts, restarts a
 
 - SIGTERM/SIGINT is forwarded to every child, which flushes its batches and commits; the
   supervisor waits for them (then kills what is left after `worker_stop_timeout_s`).
-- A child that dies is restarted after a growing delay; a child that keeps dying (crash loop) stops
-  the whole worker with a non-zero exit, so the orchestrator sees the failure instead of a worker
-  quietly running at a fraction of its capacity.
+- A child that dies, or exits because its stream stalled (streams/stall_watchdog.py), is restarted
+  after a growing delay; a child that keeps dying (crash loop) stops the whole worker with a
+  non-zero exit, so the orchestrator sees the failure instead of a worker quietly running at a
+  fraction of its capacity.
+- A child dies with its supervisor (PR_SET_PDEATHSIG): `kill -9` of the worker leaves no orphan
+  consuming in the background.
 
-In a container or pod, run one process (`ALERTSTREAM_WORKER_PROCESSES=1`) and scale with replicas:
-the orchestrator is then the supervisor.
+In a container or pod, run one process (`ALERTSTREAM_WORKER_PROCESSES=1`) and scale with replicas;
+the supervisor still restarts a stalled process faster than a pod restart would.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -33,6 +37,18 @@ log = logging.getLogger("alertstream.supervisor")
 
 CRASH_WINDOW_S = 300.0  # restarts counted over this window ...
 CRASH_LIMIT = 5  # ... and more than this many in it is a crash loop
+
+
+def die_with_parent() -> None:
+    """In a child: be killed when the supervisor dies, however it dies (Linux; elsewhere a no-op)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() == 1:  # the supervisor died before the call above: do not run unsupervised
+        os._exit(1)
 
 
 def resolve_worker_processes(settings: Settings) -> int:
@@ -66,7 +82,7 @@ class Supervisor:
         # the child is a one-process worker on its own port (and so its own RocksDB directory)
         env["ALERTSTREAM_WORKER_PROCESSES"] = "1"
         env["ALERTSTREAM_WORKER_WEB_PORT"] = str(child.port)
-        child.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env)
+        child.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--child"], env=env)
         log.info("worker process %d started (pid %d, web port %d)", child.index, child.proc.pid, child.port)
 
     def _on_signal(self, signum: int, _frame: object) -> None:

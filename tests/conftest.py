@@ -82,6 +82,8 @@ def isolated(settings: Settings, name: str) -> Settings:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a worker process see exactly `settings`."""
+    import json
+
     from pydantic import BaseModel, SecretStr
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("ALERTSTREAM_")}
@@ -91,6 +93,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             value = getattr(model, name)
             if isinstance(value, BaseModel):
                 add(f"{prefix}{name.upper()}__", value)
+            elif isinstance(value, (dict, list)):  # pydantic-settings reads these as JSON
+                env[f"{prefix}{name.upper()}"] = json.dumps(value)
             elif value is not None:
                 env[f"{prefix}{name.upper()}"] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
 
@@ -122,6 +126,12 @@ class WorkerProcess:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+    def faust_processes(self) -> list:
+        """The Faust worker processes under this worker's supervisor (psutil.Process objects)."""
+        import psutil
+
+        return psutil.Process(self.proc.pid).children()
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

@@ -42,6 +42,7 @@ def crash_settings(stack_env, data_dir, name: str):  # noqa: ANN001, ANN201
     return restart_settings(stack_env, data_dir, name).model_copy(update={
         "producer_one_record_batches": False, "table_recovery_consistency_check": False,
         "stream_batch": BatchConfig(max_events=100, timeout_s=0.2),  # many small batches: the kill lands mid-stream
+        "worker_stall_timeout_s": 20,  # a stalled restart is replaced well within the test's wait
     })
 
 
@@ -63,8 +64,76 @@ def stored(dsn: str, tenant: str) -> tuple[int, int, int]:
     return row["n"], row["ids"], row["fps"]
 
 
-def assert_exactly_once(dsn: str, tenant: str) -> None:
-    wait_until(lambda: stored(dsn, tenant)[2] >= COUNT, timeout=180, what="every alert stored")
+def group_report(settings) -> str:  # noqa: ANN001
+    """Committed vs end offsets of the worker's two stages: what a stalled restart is waiting for."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka import Consumer as KafkaConsumer
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": settings.require_kafka()})
+    reader = KafkaConsumer({"bootstrap.servers": settings.require_kafka(), "group.id": "crash-report"})
+    lines = []
+    try:
+        for group, topic in [(f"{settings.app_id}-normalize", settings.topic_alerts), (settings.app_id, settings.topic_normalized)]:
+            request = [ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in range(settings.topic_partitions)])]
+            for tp in next(iter(admin.list_consumer_group_offsets(request).values())).result().topic_partitions:
+                lo, hi = reader.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=5)
+                lines.append(f"{group} {topic}[{tp.partition}] committed={tp.offset} end={hi}")
+    finally:
+        reader.close()
+    return "\n".join(lines)
+
+
+def missing_report(settings, dsn: str, tenant: str) -> str:  # noqa: ANN001
+    """Where the alerts missing from Postgres are on the internal topic (offset, batch), if at all."""
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+    from confluent_kafka import Consumer as KafkaConsumer
+
+    from agents.normalizer import unpack
+
+    have = {r["fingerprint"] for r in sql(dsn, "SELECT fingerprint FROM alert WHERE tenant = $1", tenant)}
+    missing = {f"e2e-{200_000 + i}" for i in range(COUNT)} - have
+    reader = KafkaConsumer({"bootstrap.servers": settings.require_kafka(), "group.id": "crash-missing", "enable.auto.commit": False})
+    found: list[str] = []
+    try:
+        reader.assign([TopicPartition(settings.topic_normalized, p, OFFSET_BEGINNING) for p in range(settings.topic_partitions)])
+        idle = 0
+        while idle < 3:
+            messages = reader.consume(500, timeout=1.0)
+            idle = 0 if messages else idle + 1
+            for m in messages:
+                if m.error():
+                    continue
+                fps = {a.alert.fingerprint for a in unpack(m.value())}
+                if fps & missing:
+                    found.append(f"normalized[{m.partition()}]@{m.offset()}: {len(fps & missing)} missing of {len(fps)}")
+    finally:
+        reader.close()
+    sighted = sql(dsn, "SELECT count(*) AS n, min(alert_id::text) AS a FROM last_alert WHERE tenant = $1 AND fingerprint = ANY($2::text[])",
+                  tenant, sorted(missing))[0]
+    return (f"{len(missing)} missing, e.g. {sorted(missing)[:3]}; on the internal topic: {found or 'nowhere'}; "
+            f"in last_alert: {sighted['n']} (e.g. alert_id {sighted['a']})")
+
+
+def worker_counters(port: int) -> str:
+    import urllib.request
+
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3).read().decode()
+    except OSError as exc:
+        return f"metrics unavailable: {exc}"
+    return "\n".join(line for line in text.splitlines()
+                     if line.startswith(("alertstream_alerts_total", "alertstream_records_received_total", "alertstream_sink_rows")))
+
+
+def assert_exactly_once(dsn: str, tenant: str, settings=None, worker: WorkerProcess | None = None) -> None:  # noqa: ANN001
+    try:
+        wait_until(lambda: stored(dsn, tenant)[2] >= COUNT, timeout=180, what="every alert stored")
+    except TimeoutError:
+        report = f"{group_report(settings)}\n{missing_report(settings, dsn, tenant)}" if settings else ""
+        if worker is not None:
+            report += "\n" + worker_counters(worker.settings.worker_web_port)
+        raise AssertionError(f"stored {stored(dsn, tenant)} of {COUNT}\n{report}\n{worker.log_tail(80) if worker else ''}") from None
     assert stored(dsn, tenant) == (COUNT, COUNT, COUNT)
     sighted = sql(dsn, "SELECT sum(received_count) AS n, count(*) AS k FROM last_alert WHERE tenant = $1", tenant)[0]
     assert (sighted["n"], sighted["k"]) == (COUNT, COUNT)
@@ -97,7 +166,7 @@ def test_worker_stopped_mid_stream_then_restarted(stack_env, tmp_path, sig) -> N
     assert stored(dsn, name)[0] < COUNT, "the stop came too late to test anything"
     restarted = WorkerProcess(settings.model_copy(update={"worker_web_port": free_port()}), tmp_path / "second.log")
     try:
-        assert_exactly_once(dsn, name)  # the restart resumes from the committed offsets
+        assert_exactly_once(dsn, name, settings, restarted)  # the restart resumes from the committed offsets
     finally:
         restarted.stop()
 
