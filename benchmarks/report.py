@@ -18,7 +18,7 @@ import html
 import zlib
 import json
 import sys
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +122,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"| backlog max / mean | {_n(r['lag'].get('backlog_max_alerts'))} / {_n(r['lag'].get('backlog_mean_alerts'))} "
         f"alerts (produced − processed) |",
         f"| search indexer lag max | {_n(r['lag'].get('index_lag_max_alerts'))} alerts (stored − indexed) |",
-        f"| Kafka consumer lag max | "
+        "| Kafka consumer lag max | "
         + ", ".join(f"{g} {_n(v)}" for g, v in (r["lag"].get("kafka_lag_max_records") or {}).items())
         + " records (a lower bound: Tansu under-reports end offsets) |",
         f"| DLQ records | {_n(r['dlq_records'])} |",

@@ -77,7 +77,7 @@ def render(out: Path = OUT, settings: Settings | None = None) -> Path:
 
     postgres = _box(ax, (7.4, 1.3), "PostgreSQL\nalert, last_alert, alert_raw", "store", w=3.0, h=1.0)
     search = _box(ax, (13.4, 1.3), f"Elasticsearch / OpenSearch\n{s.search_index}", "store", w=3.0, h=1.0)
-    ops = _box(ax, (2.6, 1.3), "Prometheus scrapes /metrics\nprobes /healthz, /readyz\nGrafana, KEDA (lag)", "ext", w=3.2, h=1.0)
+    _box(ax, (2.6, 1.3), "Prometheus scrapes /metrics\nprobes /healthz, /readyz\nGrafana, KEDA (lag)", "ext", w=3.2, h=1.0)
 
     _arrow(ax, producers, alerts)
     _arrow(ax, producers, gateway, "webhooks")

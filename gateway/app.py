@@ -30,6 +30,8 @@ from gateway.auth import AUTH_RESPONSES, AuthError, Tenant, uses_auth
 from gateway.producer import Backpressure, GatewayProducer
 from gateway.ratelimit import RateLimiter
 from schemas.normalizers import PROVIDER_MODULES, InvalidPayload
+from streams.health import loop_check, report
+from streams.loop_monitor import PROBE_INTERVAL_S as LOOP_PROBE_INTERVAL_S
 from streams.retry import TARGET, tier_topics
 from streams.settings import Settings
 
@@ -100,8 +102,10 @@ def create_app(settings: Settings, producer: GatewayProducer, keystore: KeyStore
     for provider in sorted(PROVIDER_MODULES):
         app.add_api_route(f"/alerts/event/{provider}", _handler(provider), methods=["POST"], status_code=202,
                           summary=f"A {provider} webhook", **_route_doc(provider))
-    app.add_api_route("/healthz", _healthz, methods=["GET"], include_in_schema=True, summary="Liveness")
-    app.add_api_route("/readyz", _readyz, methods=["GET"], summary="Readiness: broker reachable, lag under threshold")
+    app.add_api_route("/healthz", _healthz, methods=["GET"], include_in_schema=True, summary="Liveness: the event loop runs",
+                      responses={503: {"description": "the event loop is, or just was, blocked (JSON names the failed check)"}})
+    app.add_api_route("/readyz", _readyz, methods=["GET"], summary="Readiness: broker reachable, lag under threshold",
+                      responses={503: {"description": "not ready: the JSON names the problems (broker_unavailable, lag)"}})
     app.add_api_route("/metrics", _metrics, methods=["GET"], summary="Prometheus metrics", response_class=Response)
     from gateway.search_routes import router as search_router  # federated search (docs/search.md)
 
@@ -223,8 +227,11 @@ async def _auth_failed(request: Request, exc: AuthError) -> JSONResponse:
     return JSONResponse({"detail": exc.detail, "reason": exc.reason}, exc.status_code, exc.headers)
 
 
-async def _healthz() -> dict[str, str]:
-    return {"status": "ok"}
+async def _healthz(request: Request) -> JSONResponse:
+    """Liveness: the event loop runs (the loop monitor probed recently and saw no long block)."""
+    window_s = request.app.state.gateway.settings.health_blocked_window_s
+    status, body = report([loop_check(window_s, LOOP_PROBE_INTERVAL_S)])
+    return JSONResponse(body, status)
 
 
 async def _readyz(request: Request) -> JSONResponse:

@@ -13,6 +13,8 @@ import uvicorn
 from gateway.apikeys import KeyStore
 from gateway.app import create_app
 from gateway.producer import GatewayProducer
+from streams.loop_monitor import PROBE_INTERVAL_S as LOOP_PROBE_INTERVAL_S
+from streams.loop_monitor import watch_event_loop
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,9 +40,12 @@ async def serve(settings: Settings) -> None:
                             limit_concurrency=4096, timeout_graceful_shutdown=15)
     server = _Server(config)
     log.info("gateway on http://%s:%d", settings.gateway_bind, settings.gateway_port)
+    # the same loop monitor as the worker's: /healthz fails while the loop is (or just was) blocked
+    monitor = asyncio.create_task(watch_event_loop(LOOP_PROBE_INTERVAL_S, settings.loop_blocked_threshold_s))
     try:
         await server.serve()  # SIGTERM/SIGINT: stops taking requests, lets those in flight finish
     finally:
+        monitor.cancel()
         # requests still waiting for an ack got their answer during the graceful shutdown; flush the rest
         await asyncio.to_thread(producer.close)
         await keystore.close()

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import random
 import sys
 import uuid
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from sinks.base import RejectedAlerts, WriteBatch
 from sinks.maintenance import DDL_LOCK_TIMEOUT_MS, LOCK_PARTITIONS, day_start, partitions_of, retire_partition
 from sinks.search import SearchSink, client_from_settings
 from streams.settings import Settings
+from streams.periodic import run_periodically
 
 log = logging.getLogger(__name__)
 
@@ -274,14 +274,7 @@ async def archive(settings: Settings, *, older_than_days: int | None = None, now
 async def run_archiver_forever(settings: Settings) -> None:
     """The worker's periodic archiver: at start, then every `archive_interval_s` (±10%). A failed
     run is logged and resumed from its checkpoint at the next interval."""
-    while True:
-        try:
-            await archive(settings)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("archiver run failed; resuming from its checkpoint in %.0fs", settings.archive_interval_s)
-        await asyncio.sleep(settings.archive_interval_s * random.uniform(0.9, 1.1))
+    await run_periodically(lambda: archive(settings), settings.archive_interval_s, "archiver run (resumes from its checkpoint)")
 
 
 # ------------------------------------------------------------------------------------------ CLI

@@ -18,9 +18,7 @@ the DDL. `alertstream maintain` runs both jobs once; the worker runs `run_mainte
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
@@ -28,6 +26,7 @@ from datetime import date, datetime, time, timedelta, timezone
 import asyncpg
 
 from streams.settings import Settings
+from streams.periodic import run_periodically
 
 log = logging.getLogger(__name__)
 
@@ -294,11 +293,4 @@ async def run_maintenance_forever(settings: Settings) -> None:
     A failed run (database down, a lock busy) is logged and retried at the next interval; the
     stream never waits on it.
     """
-    while True:
-        try:
-            await run_maintenance(settings)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("postgres maintenance failed; retrying in %.0fs", settings.pg_maintenance_interval_s)
-        await asyncio.sleep(settings.pg_maintenance_interval_s * random.uniform(0.9, 1.1))
+    await run_periodically(lambda: run_maintenance(settings), settings.pg_maintenance_interval_s, "postgres maintenance")

@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sys
 import time
 from collections import defaultdict
 
 import faust
 import msgspec
+from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka.admin import AdminClient
 from faust.transport.producer import ProducerBuffer
 from mode.utils.logging import cry
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -33,10 +36,11 @@ from sinks.postgres import PostgresSink
 from sinks.raw_storage import RawBatch, RawPolicy, RawSink, raw_rows_for
 from sinks.search import SearchSink, make_client
 from streams.batch_consumer import BatchConsumer
-from streams.loop_monitor import watch_event_loop
+from streams.loop_monitor import PROBE_INTERVAL_S, watch_event_loop
 from streams.status_page import install as install_observability
 from streams.priority import PriorityGate
-from streams.stall_watchdog import EXIT_STALLED, AgentWatchdog, queue_size
+from streams import stall_watchdog as stall_exit
+from streams.stall_watchdog import EXIT_STALLED, AgentWatchdog, OffsetTracker
 from streams.retry import TARGET, due_in_s, retry_headers, route_for, tier_topics
 from streams.metrics import (
     ALERTS,
@@ -45,6 +49,7 @@ from streams.metrics import (
     DEDUP_EXPIRED,
     DEDUP_RATIO,
     DLQ_RECORDS,
+    OFFSET_GAPS,
     observe_end_to_end,
     RECORDS_RECEIVED,
     RETRIES,
@@ -102,6 +107,7 @@ def create_app(settings: Settings) -> faust.App:
         # aiokafka's batch limit is in bytes: 1 byte means one record per batch (see the setting)
         producer_max_batch_size=1 if settings.producer_one_record_batches else 16384,
         recovery_consistency_check=settings.table_recovery_consistency_check,
+        consumer_group_instance_id=settings.group_instance_id,
         autodiscover=False,
     )
     normalized_topic = app.topic(settings.topic_normalized, partitions=settings.topic_partitions)
@@ -122,6 +128,7 @@ def create_app(settings: Settings) -> faust.App:
     async def forget_revoked(app, revoked, **kwargs) -> None:  # noqa: ANN001
         internal = {settings.topic_normalized, settings.topic_normalized_critical}
         store.forget_partitions({tp.partition for tp in revoked if tp.topic in internal})
+        offsets.forget(revoked)
 
     async def emit(result: StageOneResult) -> None:
         """Send packed alerts and dead letters; return once the broker has acked all of them."""
@@ -209,10 +216,12 @@ def create_app(settings: Settings) -> faust.App:
     async def deduplicate_stream(stream, stage: str, critical: bool) -> None:  # noqa: ANN001 - a Faust stream
         # blocking this agent is the backpressure: Faust stops fetching once its buffers are full
         circuit = CircuitBreaker(postgres, settings.sink_retry, dead_letter_alert)
-        watchdog = AgentWatchdog(stage, queue_size(stream), settings.worker_stall_timeout_s)
+        topic = settings.topic_normalized_critical if critical else settings.topic_normalized
+        watchdog = AgentWatchdog(stage, lambda: offsets.waiting(end_offsets(topic)), settings.worker_stall_timeout_s)
         watchdogs.append(watchdog)
         async for events in stream.take_events(settings.dedup_batch.max_events, settings.dedup_batch.timeout_s):
             watchdog.busy()
+            await refuse_skipped_offsets(stage, events)
             if not critical:
                 await gate.wait_idle()
             RECORDS_RECEIVED.labels(stage).inc(len(events))
@@ -232,7 +241,61 @@ def create_app(settings: Settings) -> faust.App:
                 gate.end(len(plan.batch.sightings))
             watchdog.idle()
 
+    # Faust's view of where each partition resumes (set when it seeks to the committed offsets)
+    offsets = OffsetTracker(lambda tp: app.consumer._committed_offset.get(tp))
     watchdogs: list[AgentWatchdog] = []
+
+    admin: list[AdminClient] = []  # made on first use
+
+    async def group_committed_offset(tp) -> int | None:  # noqa: ANN001
+        def ask() -> int | None:
+            if not admin:
+                admin.append(AdminClient({"bootstrap.servers": settings.require_kafka()}))
+            request = [ConsumerGroupTopicPartitions(settings.app_id, [TopicPartition(tp.topic, tp.partition)])]
+            answer = next(iter(admin[0].list_consumer_group_offsets(request).values())).result(timeout=10)
+            offset = answer.topic_partitions[0].offset
+            return offset if offset >= 0 else None
+        try:
+            return await asyncio.to_thread(ask)
+        except Exception as exc:  # noqa: BLE001 - unknown then; the stall check still applies
+            log.warning("could not read the committed offset of %s[%d]: %s", tp.topic, tp.partition, exc)
+            return None
+
+    def end_offsets(topic: str) -> dict:
+        return {tp: app.consumer.highwater(tp) for tp in app.consumer.assignment() if tp.topic == topic}
+
+    def exit_for_a_fresh_process(why: str) -> None:
+        """Stop gracefully (SIGTERM to ourselves: finished batches are committed and the group is left,
+        so the next process joins a clean group instead of waiting out this member's session, the
+        double rebalance that provokes the problem), then exit with EXIT_STALLED; nothing past the
+        problem was acked, so the next process resumes before it. A stop that hangs is cut short."""
+        if stall_exit.requested:
+            return
+        stall_exit.requested = True
+        log.error("%s: exiting for a fresh process", why)
+        cry(file=sys.stderr)  # every task's stack, for the bug report
+        # the refused records are never acked, so Faust's wait for in-flight events cannot end: bounded
+        asyncio.get_running_loop().call_later(min(15.0, settings.worker_stop_timeout_s), os._exit, EXIT_STALLED)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    async def refuse_skipped_offsets(stage: str, events) -> None:  # noqa: ANN001
+        for e in events:
+            tp, offset = e.message.tp, e.message.offset
+            if offsets.expected(tp) is None and (committed := await group_committed_offset(tp)) is not None:
+                offsets.start(tp, committed)  # Faust did not know it (seen after a crash): ask the broker
+            if (missing := offsets.gap(tp, offset)) is None:
+                offsets.took(tp, offset)  # handed over: the next one must follow it
+                continue
+            log_start = (await app.consumer.earliest_offsets(tp)).get(tp)
+            if log_start is not None and log_start > missing:
+                # retention deleted them before this group read them (a long outage): nothing to replay
+                log.error("%s[%d] offsets %d..%d expired before they were processed", tp.topic, tp.partition, missing, log_start - 1)
+                offsets.took(tp, offset)
+                continue
+            OFFSET_GAPS.labels(tp.topic).inc()
+            exit_for_a_fresh_process(f"agent {stage} was handed {tp.topic}[{tp.partition}] offset {offset} "
+                                     f"but never offset {missing} (Faust skipped records)")
+            await asyncio.Event().wait()  # take nothing more: the stop cancels this agent
 
     if settings.worker_stall_timeout_s:
         @app.timer(interval=5.0)
@@ -245,11 +308,8 @@ def create_app(settings: Settings) -> faust.App:
                 return
             for watchdog in watchdogs:
                 if watchdog.is_stalled():
-                    log.error("agent %s has waited %.0f s with records queued for it and takes none: "
-                              "exiting for a fresh process (offsets are committed only after the sinks wrote)",
-                              watchdog.name, watchdog.stalled_for())
-                    cry(file=sys.stderr)  # every task's stack, for the bug report
-                    os._exit(EXIT_STALLED)
+                    exit_for_a_fresh_process(f"agent {watchdog.name} has been idle {watchdog.stalled_for():.0f} s "
+                                             "with records on its partitions it was never handed")
 
     @app.agent(normalized_topic, name="deduplicate")
     async def deduplicate(stream):  # noqa: ANN001
@@ -372,7 +432,7 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.task
     async def monitor_event_loop() -> None:
-        await watch_event_loop(0.1, settings.loop_blocked_threshold_s)
+        await watch_event_loop(PROBE_INTERVAL_S, settings.loop_blocked_threshold_s)
 
     @app.page("/metrics")
     async def metrics(web, request):  # noqa: ANN001

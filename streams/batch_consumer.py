@@ -26,6 +26,7 @@ class BatchConsumer:
             topic,
             bootstrap_servers=settings.require_kafka(),
             group_id=group_id,
+            group_instance_id=settings.group_instance_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             session_timeout_ms=int(settings.broker_session_timeout_s * 1000),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 
 from streams.settings import Settings, settings_table
@@ -37,6 +38,7 @@ def _cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     import faust
 
+    from streams import stall_watchdog
     from streams.app import create_app
     from streams.supervisor import Supervisor, die_with_parent, resolve_worker_processes
     from streams.topics import ensure_topics
@@ -49,7 +51,11 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     die_with_parent()
     app = create_app(settings)
     worker = faust.Worker(app, loglevel=settings.log_level.lower())
-    worker.execute_from_commandline()  # handles SIGTERM/SIGINT: agents stop, offsets are committed
+    try:
+        worker.execute_from_commandline()  # handles SIGTERM/SIGINT: agents stop, offsets are committed
+    finally:
+        if stall_watchdog.requested:  # stopped to be replaced (streams/stall_watchdog.py): say so to the supervisor
+            os._exit(stall_watchdog.EXIT_STALLED)
     return 0
 
 

@@ -28,6 +28,9 @@ class LoopHealth:
 HEALTH = LoopHealth()  # one event loop per worker process
 
 
+PROBE_INTERVAL_S = 0.1  # how often the monitor's timer fires, in the worker and the gateway
+
+
 async def watch_event_loop(interval_s: float, blocked_threshold_s: float) -> None:
     loop = asyncio.get_running_loop()
     while True:

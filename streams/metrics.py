@@ -40,6 +40,10 @@ SINK_BATCH_SIZE = Histogram(
 DEDUP_EXPIRED = Counter(
     "alertstream_dedup_state_expired_total", "Identities removed from the dedup table after the state TTL without a sighting."
 )
+OFFSET_GAPS = Counter(
+    "alertstream_dedup_offset_gaps_total", "Times a dedup agent was handed an offset past the next one it expected on a partition "
+    "(records skipped by the consumer, or offsets the broker left out).", ["topic"],
+)
 DEDUP_RATIO = Gauge(
     "alertstream_dedup_ratio",
     "Exact duplicates / alerts seen since the worker started, per tenant and provider (use rate() of alertstream_alerts_total for windows).",

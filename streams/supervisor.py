@@ -82,6 +82,8 @@ class Supervisor:
         # the child is a one-process worker on its own port (and so its own RocksDB directory)
         env["ALERTSTREAM_WORKER_PROCESSES"] = "1"
         env["ALERTSTREAM_WORKER_WEB_PORT"] = str(child.port)
+        if self.settings.group_instance_id:  # each process is its own static member
+            env["ALERTSTREAM_GROUP_INSTANCE_ID"] = f"{self.settings.group_instance_id}-{child.index}"
         child.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--child"], env=env)
         log.info("worker process %d started (pid %d, web port %d)", child.index, child.proc.pid, child.port)
 

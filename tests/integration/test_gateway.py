@@ -293,3 +293,18 @@ def test_postgres_unreachable_gateway_starts_and_answers_503_for_keys_it_cannot_
             assert ready["ready"] is True and ready["keystore"] is False
     finally:
         process.stop()
+
+
+def test_healthz_fails_after_the_event_loop_was_frozen(gw, client) -> None:  # noqa: ANN001
+    """Liveness is the loop monitor's verdict, as on the worker: SIGSTOP freezes the process (and its
+    loop) for 1.5 s, three times the blocked threshold; after SIGCONT the monitor sees how late it woke."""
+    import signal as signals
+
+    assert client.get("/healthz").status_code == 200
+    gw.proc.send_signal(signals.SIGSTOP)
+    try:
+        time.sleep(1.5)
+    finally:
+        gw.proc.send_signal(signals.SIGCONT)
+    answer = wait_until(lambda: (r := client.get("/healthz")).status_code == 503 and r.json(), 10, what="/healthz 503")
+    assert answer["failed"] == ["event_loop"], answer

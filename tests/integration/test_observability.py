@@ -10,7 +10,6 @@ then end offsets, and so the lag, are exact.
 from __future__ import annotations
 
 import copy
-import os
 import signal
 import time
 import shutil

@@ -43,6 +43,8 @@ def crash_settings(stack_env, data_dir, name: str):  # noqa: ANN001, ANN201
         "producer_one_record_batches": False, "table_recovery_consistency_check": False,
         "stream_batch": BatchConfig(max_events=100, timeout_s=0.2),  # many small batches: the kill lands mid-stream
         "worker_stall_timeout_s": 20,  # a stalled restart is replaced well within the test's wait
+        # static membership, as a StatefulSet pod has: the restart takes the killed member's place
+        "group_instance_id": f"{name}-worker",
     })
 
 
@@ -139,14 +141,10 @@ def assert_exactly_once(dsn: str, tenant: str, settings=None, worker: WorkerProc
     assert (sighted["n"], sighted["k"]) == (COUNT, COUNT)
 
 
-# kill -9 + restart passes when run alone but, in about half of full-suite runs, the restarted
-# worker joins its groups and then processes nothing within 180 s on the local broker. Not yet
-# understood (the delivery-guarantees issue stays open for it); kept running, reported as xfail.
-KILL_9 = pytest.param(signal.SIGKILL, id="kill-9", marks=pytest.mark.xfail(
-    strict=False, reason="restart after kill -9 sometimes stalls on the local broker: under investigation"))
-
-
-@pytest.mark.parametrize("sig", [KILL_9, pytest.param(signal.SIGTERM, id="sigterm")])
+# After kill -9 the restarted worker's consumer sometimes loses track of fetched records (a skip or
+# a stall, docs/decisions.md); the stall/skip guard replaces that process and the test still sees
+# every alert exactly once.
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGKILL, id="kill-9"), pytest.param(signal.SIGTERM, id="sigterm")])
 def test_worker_stopped_mid_stream_then_restarted(stack_env, tmp_path, sig) -> None:  # noqa: ANN001
     name = f"stop{int(sig)}"
     settings = crash_settings(stack_env, tmp_path / "w", name)
@@ -173,7 +171,7 @@ def test_worker_stopped_mid_stream_then_restarted(stack_env, tmp_path, sig) -> N
 
 def test_two_workers_one_killed_the_other_takes_over(stack_env, tmp_path) -> None:  # noqa: ANN001
     first = crash_settings(stack_env, tmp_path / "a", "pair")
-    second = first.model_copy(update={"data_dir": tmp_path / "b", "worker_web_port": free_port()})
+    second = first.model_copy(update={"data_dir": tmp_path / "b", "worker_web_port": free_port(), "group_instance_id": "pair-b"})
     ensure_topics(first)
     dsn = first.require_database_url()
     a, b = WorkerProcess(first, tmp_path / "a.log"), WorkerProcess(second, tmp_path / "b.log")

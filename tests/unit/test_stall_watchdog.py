@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.stall_watchdog import AgentWatchdog
+from streams.stall_watchdog import AgentWatchdog, OffsetTracker
 
 
 class Clock:
@@ -57,3 +57,29 @@ def test_an_empty_queue_is_not_a_stall() -> None:
     for _ in range(10):
         clock.now += 60
         assert not w.is_stalled()
+
+
+def test_offsets_start_at_the_committed_offset_and_follow_the_agent() -> None:
+    committed = {("t", 0): 2, ("t", 1): None}
+    offsets = OffsetTracker(committed.get)
+    assert offsets.gap(("t", 0), 2) is None, "the committed offset is the first one expected"
+    assert offsets.gap(("t", 0), 3) == 2, "offset 2 was skipped"
+    offsets.took(("t", 0), 2)
+    assert offsets.gap(("t", 0), 3) is None
+    assert offsets.gap(("t", 1), 40) is None, "no commit yet: the first offset handed over is taken as the start"
+
+
+def test_waiting_counts_records_past_what_the_agent_was_handed() -> None:
+    offsets = OffsetTracker({("t", 0): 2, ("t", 1): None}.get)
+    assert offsets.waiting({("t", 0): 10, ("t", 1): 5}) == 8, "partition 1 has no known start: not counted"
+    offsets.took(("t", 0), 9)
+    assert offsets.waiting({("t", 0): 10}) == 0
+    assert offsets.waiting({("t", 0): None}) == 0, "an end offset not known yet"
+
+
+def test_a_revoked_partition_resumes_from_the_committed_offset() -> None:
+    committed = {("t", 0): 5}
+    offsets = OffsetTracker(committed.get)
+    offsets.took(("t", 0), 20)
+    offsets.forget([("t", 0)])
+    assert offsets.expected(("t", 0)) == 5
