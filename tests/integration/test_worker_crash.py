@@ -43,8 +43,6 @@ def crash_settings(stack_env, data_dir, name: str):  # noqa: ANN001, ANN201
         "producer_one_record_batches": False, "table_recovery_consistency_check": False,
         "stream_batch": BatchConfig(max_events=100, timeout_s=0.2),  # many small batches: the kill lands mid-stream
         "worker_stall_timeout_s": 20,  # a stalled restart is replaced well within the test's wait
-        # static membership, as a StatefulSet pod has: the restart takes the killed member's place
-        "group_instance_id": f"{name}-worker",
     })
 
 
@@ -171,7 +169,7 @@ def test_worker_stopped_mid_stream_then_restarted(stack_env, tmp_path, sig) -> N
 
 def test_two_workers_one_killed_the_other_takes_over(stack_env, tmp_path) -> None:  # noqa: ANN001
     first = crash_settings(stack_env, tmp_path / "a", "pair")
-    second = first.model_copy(update={"data_dir": tmp_path / "b", "worker_web_port": free_port(), "group_instance_id": "pair-b"})
+    second = first.model_copy(update={"data_dir": tmp_path / "b", "worker_web_port": free_port()})
     ensure_topics(first)
     dsn = first.require_database_url()
     a, b = WorkerProcess(first, tmp_path / "a.log"), WorkerProcess(second, tmp_path / "b.log")
