@@ -3,21 +3,25 @@
 - `/healthz`, `/readyz`: liveness and readiness (streams/health.py), JSON, 200 or 503;
 - `/status`: a self-contained HTML page (streams/static/status.html, no CDN) for `make run` users
   without Grafana: lag per partition, throughput, dedup ratio, DLQ, sink circuits; it polls
-- `/status.json`: a snapshot of this process's metrics, read from its own Prometheus registry, so
-  the page shows exactly what `/metrics` exports.
+- `/status.json`: a snapshot of the metrics, read from the process's own Prometheus registry, so
+  the page shows exactly what `/metrics` exports; merged with the sibling processes' snapshots
+  (their ports come from the supervisor), so the page shows the whole worker.
 
 `install(app, settings)` also starts the consumer-lag poller (streams/lag.py).
 
-With several worker processes, lag is complete on every process (each polls every partition) but
-counters are per process: the page of process i shows process i (docs/metrics.md).
+With several worker processes, lag is complete on every process (each polls every partition);
+counters are summed over the processes by `merge_snapshots` (`?local=1` asks for one process).
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 from collections import defaultdict, deque
 from importlib import resources
 
+import aiohttp
 import faust
 from confluent_kafka.admin import AdminClient
 from prometheus_client import REGISTRY
@@ -104,6 +108,59 @@ def snapshot(window: RateWindow | None = None) -> dict:
     }
 
 
+SIBLING_PORTS_ENV = "ALERTSTREAM_SIBLING_WEB_PORTS"  # set by the supervisor (streams/supervisor.py), not a setting
+
+_SUMMED = ("records_received", "alerts_by_outcome", "alerts_by_provider", "alerts_by_tenant", "dlq_by_reason",
+           "retries_by_topic")
+
+
+def merge_snapshots(own: dict, others: list[dict]) -> dict:
+    """One worker's page for all its processes: counters, rates and memory add up; circuits and
+    event-loop lag show the worst process; lag is the same in every process (each polls every
+    partition), so this process's view stands."""
+    merged = dict(own, processes=1 + len(others))
+    for other in others:
+        for key in _SUMMED:
+            merged[key] = _add(merged.get(key) or {}, other.get(key) or {})
+        rates = dict(merged.get("rates") or {})
+        for kind, values in (other.get("rates") or {}).items():
+            rates[kind] = _add(rates.get(kind, {}), values)
+        merged["rates"] = rates
+        sinks = dict(merged.get("sinks") or {})
+        for sink, state in (other.get("sinks") or {}).items():
+            mine = sinks.get(sink, {"circuit": 0, "written": 0, "errors": 0})
+            sinks[sink] = {"circuit": max(mine["circuit"], state["circuit"]), "written": mine["written"] + state["written"],
+                           "errors": mine["errors"] + state["errors"]}
+        merged["sinks"] = sinks
+        merged["rss_bytes"] = (merged.get("rss_bytes") or 0) + (other.get("rss_bytes") or 0)
+        for key in ("event_loop_lag_s", "event_loop_blocked"):
+            values = [v for v in (merged.get(key), other.get(key)) if v is not None]
+            merged[key] = max(values) if values else None
+    outcomes = merged.get("alerts_by_outcome") or {}
+    seen = sum(outcomes.values())
+    merged["dedup_ratio"] = (outcomes.get("duplicate", 0) / seen) if seen else None
+    return merged
+
+
+def _add(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    return {k: a.get(k, 0) + b.get(k, 0) for k in a.keys() | b.keys()}
+
+
+async def _sibling_snapshots() -> list[dict]:
+    """The other processes' own snapshots (a process still starting adds nothing)."""
+    ports = [int(p) for p in os.environ.get(SIBLING_PORTS_ENV, "").split(",") if p]
+    if not ports:
+        return []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        async def one(port: int) -> dict | None:
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/status.json?local=1") as response:
+                    return await response.json() if response.status == 200 else None
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+                return None
+        return [s for s in await asyncio.gather(*(one(p) for p in ports)) if s is not None]
+
+
 def status_html() -> bytes:
     return (resources.files("streams") / "static" / "status.html").read_bytes()
 
@@ -141,6 +198,9 @@ def install(app: faust.App, settings: Settings) -> LagMonitor:
 
     @app.page("/status.json")
     async def status_json(web, request):  # noqa: ANN001
-        return web.json(snapshot(window))
+        own = snapshot(window)
+        if request.query.get("local"):  # asked by a sibling: this process only
+            return web.json(own)
+        return web.json(merge_snapshots(own, await _sibling_snapshots()))
 
     return monitor

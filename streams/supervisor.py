@@ -82,6 +82,8 @@ class Supervisor:
         # the child is a one-process worker on its own port (and so its own RocksDB directory)
         env["ALERTSTREAM_WORKER_PROCESSES"] = "1"
         env["ALERTSTREAM_WORKER_WEB_PORT"] = str(child.port)
+        # the status page of each process shows the whole worker: it asks its siblings (streams/status_page.py)
+        env["ALERTSTREAM_SIBLING_WEB_PORTS"] = ",".join(str(c.port) for c in self.children if c is not child)
         if self.settings.group_instance_id:  # each process is its own static member
             env["ALERTSTREAM_GROUP_INSTANCE_ID"] = f"{self.settings.group_instance_id}-{child.index}"
         child.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--child"], env=env)

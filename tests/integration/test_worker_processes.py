@@ -3,6 +3,7 @@ the supervisor, and SIGTERM stops them all cleanly. Every alert is stored exactl
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import urllib.request
@@ -30,6 +31,15 @@ def processed(port: int) -> float:
         return 0.0
     return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
                if s.name == "alertstream_alerts_total")
+
+
+def status_total(port: int) -> float:
+    """Alerts deduplicated, as the status page of the process on `port` reports them."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status.json", timeout=5) as response:
+            return sum(json.loads(response.read())["alerts_by_outcome"].values())
+    except OSError:
+        return -1.0
 
 
 def two_free_ports() -> int:
@@ -73,6 +83,8 @@ def test_two_processes_share_partitions_restart_and_stop(pipeline_settings, tmp_
         produce(settings.require_kafka(), settings.topic_alerts, half, tenant=TENANT)
         wait_until(lambda: all(processed(p) > 0 for p in ports), timeout=180,
                    what=f"both processes took partitions; log:\n{supervisor.log_tail()}")
+        wait_until(lambda: status_total(ports[0]) == sum(processed(p) for p in ports) >= COUNT // 2, timeout=60,
+                   what="process 0's status page counts both processes' alerts")
 
         victim = child_on_port(supervisor.proc.pid, ports[1])
         victim.send_signal(signal.SIGKILL)

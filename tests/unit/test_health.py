@@ -125,3 +125,28 @@ def test_bulk_observe_equals_one_observe_per_value() -> None:
                       if not s.name.endswith("_created")}
                for fam in registry.collect() for name in [fam.name]}
     assert samples["one"] == samples["bulk"]
+
+
+def test_status_of_several_processes_adds_up() -> None:
+    from streams.status_page import merge_snapshots
+
+    own = {"records_received": {"deduplicate": 10}, "alerts_by_outcome": {"new": 6, "duplicate": 4},
+           "alerts_by_provider": {"keep": 10}, "alerts_by_tenant": {"a": 10}, "dlq_by_reason": {},
+           "retries_by_topic": {}, "rates": {"stage": {"deduplicate": 1.0}},
+           "sinks": {"postgres": {"circuit": 0, "written": 6, "errors": 0}},
+           "rss_bytes": 100, "event_loop_lag_s": 0.01, "event_loop_blocked": 0, "lag": [{"group": "g", "lag": 3}]}
+    other = {"records_received": {"deduplicate": 5, "normalize": 2}, "alerts_by_outcome": {"duplicate": 6},
+             "alerts_by_provider": {"keep": 6}, "alerts_by_tenant": {"a": 6}, "dlq_by_reason": {"malformed_json": 1},
+             "retries_by_topic": {}, "rates": {"stage": {"deduplicate": 2.0}, "provider": {"keep": 1.0}},
+             "sinks": {"postgres": {"circuit": 1, "written": 0, "errors": 2}},
+             "rss_bytes": 50, "event_loop_lag_s": 0.2, "event_loop_blocked": 1, "lag": [{"group": "g", "lag": 3}]}
+    merged = merge_snapshots(own, [other])
+    assert merged["processes"] == 2
+    assert merged["records_received"] == {"deduplicate": 15, "normalize": 2}
+    assert merged["alerts_by_outcome"] == {"new": 6, "duplicate": 10} and merged["dedup_ratio"] == 10 / 16
+    assert merged["dlq_by_reason"] == {"malformed_json": 1}
+    assert merged["rates"] == {"stage": {"deduplicate": 3.0}, "provider": {"keep": 1.0}}
+    assert merged["sinks"]["postgres"] == {"circuit": 1, "written": 6, "errors": 2}, "the worst circuit shows"
+    assert (merged["rss_bytes"], merged["event_loop_lag_s"], merged["event_loop_blocked"]) == (150, 0.2, 1)
+    assert merged["lag"] == own["lag"], "lag is polled whole by every process"
+    assert merge_snapshots(own, []) == {**own, "processes": 1, "dedup_ratio": 0.4}
