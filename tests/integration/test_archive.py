@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import date, datetime, timedelta, timezone
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -19,10 +18,10 @@ from query.search_reader import SearchReader
 from schemas.alert import Alert, NormalizedAlert
 from sinks.archiver import archive
 from sinks.maintenance import ensure_partition, partitions_of, run_maintenance_on
-from sinks.migrate import migrate
 from sinks.postgres import alert_rows
 from sinks.search import make_client
 from streams.settings import RetryConfig, Settings
+from tests.integration.test_postgres_maintenance import fresh_database as migrated_database
 
 pytestmark = pytest.mark.integration
 
@@ -32,15 +31,8 @@ PER_DAY = 25
 
 
 async def fresh_database(dsn: str) -> str:
-    name = f"archive_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
-    await migrate(url)
-    return url
+    """A new, migrated database of its own (archiving empties days: no other test's rows)."""
+    return await migrated_database(dsn, "archive")
 
 
 def alert_on(day: date, n: int, tenant: str) -> NormalizedAlert:
