@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import msgspec
+
 from agents.normalizer import unpack
 from schemas.rules import DEFAULT_RULES, RuleSet
 from sinks.base import Sighting, WriteBatch
@@ -32,6 +34,8 @@ class StageTwoPlan:
     batch: WriteBatch = field(default_factory=WriteBatch)
     state_writes: dict[bytes, tuple[DedupState, Any]] = field(default_factory=dict)
     outcomes: dict[tuple[str, str, Outcome], int] = field(default_factory=dict)
+    # internal records that do not decode (written by a foreign producer, or corrupted): to the DLQ
+    undecodable: list[tuple[PackedRecord, str]] = field(default_factory=list)
 
 
 def plan_batch(records: list[PackedRecord], read_state: Callable[[bytes, Any], DedupState | None],
@@ -40,7 +44,12 @@ def plan_batch(records: list[PackedRecord], read_state: Callable[[bytes, Any], D
     plan = StageTwoPlan()
     seen: dict[bytes, DedupState | None] = {}  # state as of earlier alerts in this batch
     for record in records:
-        for index, item in enumerate(unpack(record.value)):
+        try:
+            items = unpack(record.value)
+        except msgspec.DecodeError as exc:
+            plan.undecodable.append((record, f"{type(exc).__name__}: {exc}"))
+            continue
+        for index, item in enumerate(items):
             alert = item.alert
             key = state_key(alert.tenant, alert.fingerprint)
             previous = seen[key] if key in seen else read_state(key, record.event)

@@ -10,12 +10,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 import faust
 import msgspec
@@ -26,7 +28,7 @@ from mode.utils.logging import cry
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.deduplicator import PackedRecord, StageTwoPlan, plan_batch
-from agents.normalizer import StageOneResult, dead_letter_headers, pack, process_records, unpack
+from agents.normalizer import DeadLetter, RawRecord, StageOneResult, dead_letter_headers, pack, process_records, unpack
 from agents.throttle import THROTTLED_RECORDS, ConsumerThrottle, parked_headers
 from schemas.alert import NormalizedAlert
 from schemas.rules import load_rules
@@ -36,6 +38,7 @@ from sinks.postgres import PostgresSink
 from sinks.raw_storage import RawBatch, RawPolicy, RawSink, raw_rows_for
 from sinks.search import SearchSink, make_client
 from streams.batch_consumer import BatchConsumer
+from streams.failpoints import FailPoints
 from streams.loop_monitor import PROBE_INTERVAL_S, watch_event_loop
 from streams.status_page import install as install_observability
 from streams.priority import PriorityGate
@@ -44,6 +47,7 @@ from streams.stall_watchdog import EXIT_STALLED, AgentWatchdog, OffsetTracker
 from streams.retry import TARGET, due_in_s, retry_headers, route_for, tier_topics
 from streams.metrics import (
     ALERTS,
+    DEDUP_BATCH_FAILURES,
     DEDUP_BLOOM_SKIPPED_READS,
     DEDUP_CACHE_HIT_RATIO,
     DEDUP_EXPIRED,
@@ -64,6 +68,25 @@ log = logging.getLogger(__name__)
 
 _encode_json = msgspec.json.Encoder().encode
 MAX_RECORD_BYTES = 16 * 1024 * 1024  # the largest input record alertstream can read and dead-letter
+
+
+def refuse_acks_once_failed(stream) -> Callable[[], None]:  # noqa: ANN001 - a Faust stream
+    """faust-streaming 0.15.3's `take_events` acks every event of a batch in a `finally`, also when
+    the batch failed: Faust would then commit offsets whose alerts were never written. Calling the
+    returned function makes this stream refuse every later ack, so the committed offsets stay before
+    the failed batch and the next owner of its partitions processes it again."""
+    ack = stream.ack
+    failed = False
+
+    async def ack_unless_failed(event) -> bool:  # noqa: ANN001
+        return False if failed else await ack(event)
+
+    def refuse() -> None:
+        nonlocal failed
+        failed = True
+
+    stream.ack = ack_unless_failed
+    return refuse
 
 
 def build_search_sink(settings: Settings) -> SearchSink:
@@ -109,6 +132,12 @@ def create_app(settings: Settings) -> faust.App:
         recovery_consistency_check=settings.table_recovery_consistency_check,
         consumer_group_instance_id=settings.group_instance_id,
         autodiscover=False,
+        # Faust's own pages show dedup state (/table/), routing (/router/) and the topology without
+        # auth; the worker serves only its own endpoints (/metrics, /healthz, /readyz, /status)
+        web_router_enabled=False,
+        web_tables_enabled=False,
+        web_graph_enabled=False,
+        web_stats_enabled=False,
     )
     normalized_topic = app.topic(settings.topic_normalized, partitions=settings.topic_partitions)
     dlq_topic = app.topic(settings.topic_dlq, partitions=settings.topic_partitions)
@@ -123,6 +152,7 @@ def create_app(settings: Settings) -> faust.App:
         if settings.dedup_bloom_capacity else None,
     )
     ttl_ms = int(settings.dedup_state_ttl_s * 1000)
+    failpoints = FailPoints(settings.failpoints_path)
 
     @app.on_partitions_revoked.connect
     async def forget_revoked(app, revoked, **kwargs) -> None:  # noqa: ANN001
@@ -169,22 +199,23 @@ def create_app(settings: Settings) -> faust.App:
         try:
             async for records in consumer.batches(settings.stream_batch):
                 RECORDS_RECEIVED.labels("normalize").inc(len(records))
-                result = process_records(
-                    records,
-                    partitions=settings.topic_partitions,
-                    default_tenant=settings.default_tenant,
-                    max_payload_bytes=settings.max_payload_bytes,
-                    rules=rules,
-                    max_age_ms=int(settings.record_max_age_s * 1000),
-                    throttle=throttle, clock_s=time.monotonic(),
-                )
-                gate.begin(sum(map(len, result.critical_by_partition.values())))
-                raw_rows = raw_rows_for(records, result.dead_letters, raw_policy, default_tenant=settings.default_tenant) \
-                    if raw_circuit is not None else []
-                await asyncio.gather(emit(result), raw_circuit.write(RawBatch(raw_rows)) if raw_rows else asyncio.sleep(0))
-                await consumer.commit(records)  # only after the broker acked the output
+                # critical work holds this process's bulk stages back while it runs (streams/priority.py)
+                with gate.holding(len(records)) if critical else contextlib.nullcontext():
+                    result = process_records(
+                        records,
+                        partitions=settings.topic_partitions,
+                        default_tenant=settings.default_tenant,
+                        max_payload_bytes=settings.max_payload_bytes,
+                        rules=rules,
+                        max_age_ms=int(settings.record_max_age_s * 1000),
+                        throttle=throttle, clock_s=time.monotonic(),
+                    )
+                    raw_rows = raw_rows_for(records, result.dead_letters, raw_policy, default_tenant=settings.default_tenant) \
+                        if raw_circuit is not None else []
+                    await asyncio.gather(emit(result), raw_circuit.write(RawBatch(raw_rows)) if raw_rows else asyncio.sleep(0))
+                    await consumer.commit(records)  # only after the broker acked the output
                 if not critical:
-                    await gate.wait_idle()  # let critical alerts in flight go first
+                    await gate.wait_idle()  # let critical work in flight go first
         finally:
             await consumer.stop()
             if raw_sink is not None:
@@ -202,6 +233,7 @@ def create_app(settings: Settings) -> faust.App:
     async def dead_letter_alert(item: NormalizedAlert, reason: str) -> None:
         """An alert a sink refused: to the DLQ as canonical JSON (a Keep generic alert), so that
         `alertstream dlq replay` can send it through the pipeline again after a fix."""
+        failpoints.hit("dedup.dead_letter")
         DLQ_RECORDS.labels("sink_rejected").inc()
         fut = await dlq_topic.send(key=item.alert.fingerprint.encode(), value=_encode_json(item.alert), force=True, headers={
             "provider": b"keep", "tenant": item.alert.tenant.encode(),
@@ -219,27 +251,62 @@ def create_app(settings: Settings) -> faust.App:
         topic = settings.topic_normalized_critical if critical else settings.topic_normalized
         watchdog = AgentWatchdog(stage, lambda: offsets.waiting(end_offsets(topic)), settings.worker_stall_timeout_s)
         watchdogs.append(watchdog)
+        refuse_acks = refuse_acks_once_failed(stream)
         async for events in stream.take_events(settings.dedup_batch.max_events, settings.dedup_batch.timeout_s):
             watchdog.busy()
-            await refuse_skipped_offsets(stage, events)
             if not critical:
                 await gate.wait_idle()
             RECORDS_RECEIVED.labels(stage).inc(len(events))
-            records = [PackedRecord(e.message.partition, e.message.offset, e.value, e) for e in events]
-            plan = plan_batch(records, store.get, rules, refresh_after_ms=ttl_ms // 2 or None)
-            # durable first (Postgres, and the stored alerts handed to the indexer), then state
-            await asyncio.gather(circuit.write(plan.batch), hand_to_indexer(plan))
-            observe_end_to_end(plan.batch)
-            for key, (state, event) in plan.state_writes.items():
-                store.put(key, state, event)
-            if ttl_ms:
-                now_ms = int(time.time() * 1000)
-                for event in {e.message.partition: e for e in events}.values():
-                    DEDUP_EXPIRED.inc(store.sweep_expired(event, now_ms, ttl_ms, settings.dedup_sweep_budget))
-            record_outcomes(plan)
-            if critical:
-                gate.end(len(plan.batch.sightings))
+            for attempt in range(1, settings.dedup_batch_attempts + 1):
+                try:
+                    with gate.holding(len(events)) if critical else contextlib.nullcontext():
+                        await deduplicate_batch(stage, events, circuit)
+                    break
+                except Exception as exc:  # noqa: BLE001 - any failure: the batch is not done, so not acked
+                    DEDUP_BATCH_FAILURES.labels(stage).inc()
+                    log.exception("agent %s: batch of %d records failed (attempt %d of %d)",
+                                  stage, len(events), attempt, settings.dedup_batch_attempts)
+                    if attempt == settings.dedup_batch_attempts:
+                        refuse_acks()  # take_events acks the batch in a `finally` even now: refuse it
+                        exit_for_a_fresh_process(f"agent {stage}: a batch failed {attempt} times ({type(exc).__name__}: {exc})")
+                        await asyncio.Event().wait()  # take nothing more: the stop cancels this agent
+                    await asyncio.sleep(min(settings.sink_retry.initial_backoff_s * 2 ** attempt, settings.sink_retry.max_backoff_s))
             watchdog.idle()
+
+    async def deduplicate_batch(stage: str, events, circuit: CircuitBreaker) -> None:  # noqa: ANN001
+        """One batch, in the order that makes at-least-once safe (agents/deduplicator.py). Safe to
+        run again after a failure at any step: the sinks and the topics' consumers are idempotent."""
+        failpoints.hit("dedup.offsets")
+        await refuse_skipped_offsets(stage, events)
+        records = [PackedRecord(e.message.partition, e.message.offset, e.value, e) for e in events]
+        plan = plan_batch(records, store.get, rules, refresh_after_ms=ttl_ms // 2 or None)
+        # durable first (Postgres, the stored alerts handed to the indexer, undecodable records
+        # dead-lettered), then state; a TaskGroup cancels the others when one fails
+        async with asyncio.TaskGroup() as durable:
+            durable.create_task(circuit.write(plan.batch))
+            durable.create_task(hand_to_indexer(plan))
+            for record, why in plan.undecodable:
+                durable.create_task(dead_letter_record(record, topic=stage_topic(stage), reason="undecodable", detail=why))
+        observe_end_to_end(plan.batch)
+        failpoints.hit("dedup.state")
+        for key, (state, event) in plan.state_writes.items():
+            store.put(key, state, event)
+        if ttl_ms:
+            now_ms = int(time.time() * 1000)
+            for event in {e.message.partition: e for e in events}.values():
+                DEDUP_EXPIRED.inc(store.sweep_expired(event, now_ms, ttl_ms, settings.dedup_sweep_budget))
+        record_outcomes(plan)
+
+    def stage_topic(stage: str) -> str:
+        return settings.topic_normalized_critical if stage.endswith("critical") else settings.topic_normalized
+
+    async def dead_letter_record(record: PackedRecord, *, topic: str, reason: str, detail: str) -> None:
+        """An internal record the stage cannot read: its bytes to the DLQ, named by its position."""
+        DLQ_RECORDS.labels(reason).inc()
+        log.error("DLQ %s[%d]@%d: %s (%s)", topic, record.partition, record.offset, reason, detail[:200])
+        raw = RawRecord(topic, record.partition, record.offset, 0, None, record.value, {})
+        await (await dlq_topic.send(value=record.value, headers=dead_letter_headers(
+            DeadLetter(raw, reason, detail), int(time.time() * 1000)), force=True))
 
     # Faust's view of where each partition resumes (set when it seeks to the committed offsets)
     offsets = OffsetTracker(lambda tp: app.consumer._committed_offset.get(tp))
@@ -341,6 +408,7 @@ def create_app(settings: Settings) -> faust.App:
     async def hand_to_indexer(plan: StageTwoPlan) -> None:
         if not settings.search_enabled:
             return
+        failpoints.hit("dedup.send_stored")
         by_partition: dict[int, list[NormalizedAlert]] = defaultdict(list)
         for sighting in plan.batch.sightings:
             if sighting.stored is not None:

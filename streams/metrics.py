@@ -44,6 +44,14 @@ OFFSET_GAPS = Counter(
     "alertstream_dedup_offset_gaps_total", "Times a dedup agent was handed an offset past the next one it expected on a partition "
     "(records skipped by the consumer, or offsets the broker left out).", ["topic"],
 )
+DEDUP_BATCH_FAILURES = Counter(
+    "alertstream_dedup_batch_failures_total", "Dedup batches that failed and were not acked: retried in-process, then the "
+    "process exits for a fresh one that resumes from the committed offsets.", ["stage"],
+)
+PRIORITY_IN_FLIGHT = Gauge(
+    "alertstream_priority_in_flight_records", "Critical records (input or internal) this process is working on right now; while "
+    "non-zero, its bulk stages wait (at most 0.5 s) before their next batch.",
+)
 DEDUP_RATIO = Gauge(
     "alertstream_dedup_ratio",
     "Exact duplicates / alerts seen since the worker started, per tenant and provider (use rate() of alertstream_alerts_total for windows).",

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     search_username: str | None = Field(None, description="Basic-auth user for the search store, if it needs one.")
     search_password: SecretStr | None = Field(None, description="Basic-auth password for the search store.")
     search_api_key: SecretStr | None = Field(None, description="Elasticsearch API key (sent as `Authorization: ApiKey ...`), instead of user/password.")
+    local_broker: Literal["auto", "kafka", "tansu"] = Field("auto", description="Broker that `alertstream stack up` starts when `kafka_bootstrap` is unset: `kafka` (Apache Kafka in KRaft mode from Maven Central, needs Java 17+ and Maven), `tansu` (the in-memory stand-in), or `auto` (Kafka where Java and Maven are found, else Tansu, said in one line).")
+    local_search: Literal["auto", "opensearch", "elasticsearch", "osmem"] = Field("auto", description="Search server that `alertstream stack up` starts when `search_url` is unset: a real OpenSearch/Elasticsearch from Maven Central (needs Java), `osmem` (the in-memory stand-in), or `auto` (the real one where Java and Maven are found, else osmem, said in one line).")
+    local_stack_clean: bool = Field(False, description="`stack up` wipes the local broker's and search server's data first (a clean start); by default their data survives `stack down` / `stack up`.")
     search_enabled: bool = Field(True, description="Write alerts to the search store as well as Postgres.")
     search_index: str = Field("alertstream-alerts", description="Index (or write alias) that alert documents are written to.")
 
@@ -92,6 +95,8 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(1_048_576, ge=1024, description="A record larger than this goes to the DLQ with reason `too_large`.")
     db_pool_size: int = Field(4, ge=1, description="Connections in the worker's Postgres pool.")
 
+    dedup_batch_attempts: int = Field(3, ge=1, description="Times a dedup batch that failed (a produce, an offset query) is tried in-process, with a growing wait, before the process exits for a fresh one. A failed batch is never acked.")
+    failpoints_path: Path | None = Field(None, description="Testing: a JSON file of fail points to trigger and how often (streams/failpoints.py), e.g. `{\"dedup.send_stored\": 2}`. Unset in production.")
     loop_blocked_threshold_s: float = Field(0.5, gt=0, description="An event loop that did not run a 0.1 s timer for this much longer is logged and counted as blocked.")
     log_level: str = Field("INFO", description="Python log level of the worker and the CLI.")
 

@@ -178,6 +178,15 @@ def test_healthz_and_readyz(obs, prometheus) -> None:
     assert checks["broker"]["ok"] and checks["lag"]["ok"] and checks["sink:postgres"]["detail"] == "circuit closed"
 
 
+def test_faust_pages_that_show_state_and_topology_are_off(obs) -> None:
+    """Faust's /table/ (dedup state by key), /router/ and /graph/ need no auth: the worker does not serve them."""
+    settings, _ = obs
+    base = f"http://127.0.0.1:{settings.worker_web_port}"
+    assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200  # the server is up
+    for path in ("/table/", "/router/", "/graph/", "/stats/"):
+        assert httpx.get(f"{base}{path}", timeout=5).status_code == 404, path
+
+
 def test_healthz_fails_after_the_event_loop_was_frozen(obs) -> None:
     """A real freeze: SIGSTOP holds the whole process (its loop included) for 1.5 s, well over the
     0.5 s threshold and well under the 10 s session timeout; after SIGCONT the loop monitor sees
