@@ -35,6 +35,7 @@ bench-short: install  ## a few minutes: capacity against the ceilings, flags a l
 docs: install  ## regenerate the configuration reference (docs/configuration.md) and the alert JSON Schema from the code
 	$(BIN)/alertstream config --update docs/configuration.md
 	$(BIN)/python docs/architecture_diagram.py
+	$(BIN)/python deploy/grafana/generate.py
 	$(BIN)/python -c "import json; from schemas.alert import alert_json_schema as s; open('schemas/alert.schema.json', 'w').write(json.dumps(s(), indent=2, sort_keys=True) + '\n')"
 
 # Beyond one machine (docs/runbook.md). These need Docker, which the CI machines do not have: the

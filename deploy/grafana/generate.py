@@ -1,91 +1,133 @@
-"""Generates the Grafana dashboards of this folder (Grafana 10+ JSON model, importable with the
-`${DS_PROMETHEUS}` data-source input). Edit here, then run `python deploy/grafana/generate.py`;
-tests/unit/test_metrics_docs.py checks that the committed files are current and that every
-metric they query is documented in docs/metrics.md.
+"""Generates the Grafana dashboards of this folder with Grafana's own typed builders
+(`grafana-foundation-sdk`, its Grafana 10.1 models): panel, field-config, query and variable shapes
+are the SDK's classes and enums, not hand-written dicts. The output is importable with the
+`${DS_PROMETHEUS}` data-source input and works file-provisioned through the data-source variable.
+
+Edit here, then run `python deploy/grafana/generate.py`; tests/unit/test_metrics_docs.py checks
+that the committed files are current, read back into the SDK's models unchanged, and query only
+metrics documented in docs/metrics.md.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from grafana_foundation_sdk.builders import common as common_builders
+from grafana_foundation_sdk.builders import dashboard as dashboard_builders
+from grafana_foundation_sdk.builders import prometheus, stat, timeseries
+from grafana_foundation_sdk.builders.dashboard import Dashboard, DashboardLink, DatasourceVariable, QueryVariable, Row
+from grafana_foundation_sdk.cog import builder as cogbuilder
+from grafana_foundation_sdk.cog import variants as cogvariants
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.common import (
+    GraphDrawStyle,
+    LegendDisplayMode,
+    LegendPlacement,
+    SortOrder,
+    StackingMode,
+    TooltipDisplayMode,
+)
+from grafana_foundation_sdk.models.dashboard import (
+    DashboardCursorSync,
+    DashboardLinkType,
+    DataSourceRef,
+    Threshold,
+    ThresholdsMode,
+    VariableOption,
+    VariableRefresh,
+)
 
 HERE = Path(__file__).resolve().parent
-DS = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
+DS = DataSourceRef(type_val="prometheus", uid="${DS_PROMETHEUS}")
 # every worker process reports every partition: lag is always deduplicated with max by partition
 
-
-def panel(title: str, targets: list[tuple[str, str]], *, unit: str = "short", kind: str = "timeseries",
-          w: int = 12, h: int = 8, description: str = "", stack: bool = False, thresholds: list | None = None) -> dict:
-    config: dict = {"unit": unit}
-    if thresholds:
-        config["thresholds"] = {"mode": "absolute", "steps": thresholds}
-    if kind == "timeseries":
-        config["custom"] = {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 20 if stack else 0,
-                            "stacking": {"mode": "normal" if stack else "none", "group": "A"}}
-    return {
-        "type": kind, "title": title, "description": description, "datasource": DS,
-        "gridPos": {"w": w, "h": h},
-        "fieldConfig": {"defaults": config, "overrides": []},
-        "options": {"legend": {"displayMode": "table", "placement": "right", "calcs": ["lastNotNull", "max"]}}
-        if kind == "timeseries" else {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}},
-        "targets": [{"datasource": DS, "expr": expr, "legendFormat": legend, "refId": chr(65 + i)}
-                    for i, (expr, legend) in enumerate(targets)],
-    }
+Query = tuple[str, str]  # (PromQL, legend)
+PanelBuilder = timeseries.Panel | stat.Panel | Row
 
 
-def row(title: str) -> dict:
-    return {"type": "row", "title": title, "collapsed": False, "gridPos": {"w": 24, "h": 1}, "panels": []}
+def _targets(queries: list[Query]) -> list[cogbuilder.Builder[cogvariants.Dataquery]]:
+    return [prometheus.Dataquery().datasource(DS).expr(expr).legend_format(legend).ref_id(chr(65 + i))
+            for i, (expr, legend) in enumerate(queries)]
 
 
-def layout(panels: list[dict]) -> list[dict]:
-    """Grafana needs x/y: fill rows of 24 columns left to right."""
-    x = y = row_h = 0
-    for i, p in enumerate(panels):
-        w, h = p["gridPos"]["w"], p["gridPos"]["h"]
-        if x + w > 24:
-            x, y, row_h = 0, y + row_h, 0
-        p["gridPos"].update(x=x, y=y)
-        p["id"] = i + 1
-        x, row_h = x + w, max(row_h, h)
-    return panels
+def _thresholds(steps: list[tuple[float | None, str]]) -> dashboard_builders.ThresholdsConfig:
+    return dashboard_builders.ThresholdsConfig().mode(ThresholdsMode.ABSOLUTE).steps(
+        [Threshold(value=value, color=color) for value, color in steps])
 
 
-def dashboard(uid: str, title: str, description: str, panels: list[dict], variables: list[dict]) -> dict:
-    return {
-        "__inputs": [{"name": "DS_PROMETHEUS", "label": "Prometheus", "description": "Prometheus that scrapes the alertstream workers and gateways",
-                      "type": "datasource", "pluginId": "prometheus", "pluginName": "Prometheus"}],
-        "__requires": [{"type": "grafana", "id": "grafana", "name": "Grafana", "version": "10.0.0"},
-                       {"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"}],
-        "uid": uid, "title": title, "description": description, "tags": ["alertstream"],
-        "schemaVersion": 38, "version": 1, "editable": True, "graphTooltip": 1,
-        "time": {"from": "now-1h", "to": "now"}, "refresh": "10s", "timezone": "utc",
-        # the data-source variable makes the same file work both imported by hand (`__inputs`) and
-        # file-provisioned, where Grafana never fills `__inputs` in
-        "templating": {"list": [DATASOURCE_VARIABLE, *variables]}, "annotations": {"list": []}, "links": [
-            {"type": "dashboards", "tags": ["alertstream"], "title": "alertstream", "asDropdown": True}],
-        "panels": layout(panels),
-    }
+def panel(title: str, queries: list[Query], *, unit: str = "short", w: int = 12, h: int = 8, description: str = "",
+          stack: bool = False, thresholds: list[tuple[float | None, str]] | None = None) -> timeseries.Panel:
+    """A time series: one line per series, legend as a table on the right with last and max."""
+    p = (timeseries.Panel().title(title).description(description).datasource(DS).span(w).height(h).unit(unit)
+         .draw_style(GraphDrawStyle.LINE).line_width(1).fill_opacity(20 if stack else 0)
+         .stacking(common_builders.StackingConfig().mode(StackingMode.NORMAL if stack else StackingMode.NONE).group("A"))
+         .legend(common_builders.VizLegendOptions().show_legend(True).display_mode(LegendDisplayMode.TABLE)
+                 .placement(LegendPlacement.RIGHT).calcs(["lastNotNull", "max"]))
+         .tooltip(common_builders.VizTooltipOptions().mode(TooltipDisplayMode.SINGLE).sort(SortOrder.NONE))
+         .targets(_targets(queries)))
+    return p.thresholds(_thresholds(thresholds)) if thresholds else p
 
 
-DATASOURCE_VARIABLE = {"name": "DS_PROMETHEUS", "label": "Prometheus", "type": "datasource", "query": "prometheus",
-                       "current": {}, "hide": 0, "refresh": 1, "regex": "", "skipUrlSync": False}
+def stat_panel(title: str, queries: list[Query], *, unit: str = "short", w: int = 12, h: int = 8, description: str = "",
+               thresholds: list[tuple[float | None, str]] | None = None) -> stat.Panel:
+    """A single value: the last one of each series."""
+    p = (stat.Panel().title(title).description(description).datasource(DS).span(w).height(h).unit(unit)
+         .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]).fields("").values(False))
+         .targets(_targets(queries)))
+    return p.thresholds(_thresholds(thresholds)) if thresholds else p
 
 
-def variable(name: str, query: str, label: str) -> dict:
-    return {"name": name, "label": label, "type": "query", "datasource": DS, "query": {"query": query, "refId": name},
-            "definition": query, "refresh": 2, "includeAll": True, "multi": True, "allValue": ".*",
-            "current": {"selected": True, "text": ["All"], "value": ["$__all"]}}
+def row(title: str) -> Row:
+    """An expanded row: the panels after it, up to the next row, are under it."""
+    return Row(title).collapsed(False)
 
 
-def lag_dashboard() -> dict:
+def variable(name: str, query: str, label: str) -> QueryVariable:
+    """A multi-value label filter, `All` (`.*`) by default."""
+    return (QueryVariable(name).label(label).datasource(DS).query({"query": query, "refId": name})
+            .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).include_all(True).multi(True).all_value(".*")
+            .current(VariableOption(selected=True, text=["All"], value=["$__all"])))
+
+
+# The data-source variable makes the same file work both imported by hand (`__inputs`) and
+# file-provisioned, where Grafana never fills `__inputs` in.
+DATASOURCE_VARIABLE = DatasourceVariable("DS_PROMETHEUS").label("Prometheus").type("prometheus")
+
+# Grafana's export envelope (what "Import" asks for): not part of the dashboard model, so not in the SDK.
+ENVELOPE = {
+    "__inputs": [{"name": "DS_PROMETHEUS", "label": "Prometheus", "description": "Prometheus that scrapes the alertstream workers and gateways",
+                  "type": "datasource", "pluginId": "prometheus", "pluginName": "Prometheus"}],
+    "__requires": [{"type": "grafana", "id": "grafana", "name": "Grafana", "version": "10.0.0"},
+                   {"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"}],
+}
+
+
+def dashboard(uid: str, title: str, description: str, panels: list[PanelBuilder], variables: list[QueryVariable]) -> Dashboard:
+    board = (Dashboard(title).uid(uid).description(description).tags(["alertstream"]).version(1).editable()
+             .tooltip(DashboardCursorSync.CROSSHAIR).time("now-1h", "now").refresh("10s").timezone("utc")
+             .variables([DATASOURCE_VARIABLE, *variables]).annotations([])
+             .link(DashboardLink("alertstream").type(DashboardLinkType.DASHBOARDS).tags(["alertstream"]).as_dropdown(True)))
+    for i, p in enumerate(panels):  # the SDK lays the panels out left to right in rows of 24 columns
+        p.id(i + 1)
+        if isinstance(p, Row):
+            board.with_row(p)
+        else:
+            board.with_panel(p)
+    return board
+
+
+def lag_dashboard() -> Dashboard:
     g = 'group=~"$group"'
     return dashboard("alertstream-lag", "alertstream / Consumer lag and throughput",
                      "Backlog per consumer group, topic and partition (end offset minus committed offset), and how fast the stages work through it.", [
         row("Lag"),
         panel("Lag per group and topic", [(f"sum by (group, topic) (max by (group, topic, partition) (alertstream_consumer_lag{{{g}}}))", "{{group}} {{topic}}")],
               w=16, description="Records behind, summed over partitions."),
-        panel("Total lag", [(f"sum(max by (group, topic, partition) (alertstream_consumer_lag{{{g}}}))", "records")], kind="stat", w=8,
-              thresholds=[{"color": "green", "value": None}, {"color": "orange", "value": 10000}, {"color": "red", "value": 100000}]),
+        stat_panel("Total lag", [(f"sum(max by (group, topic, partition) (alertstream_consumer_lag{{{g}}}))", "records")], w=8,
+                   thresholds=[(None, "green"), (10000, "orange"), (100000, "red")]),
         panel("Lag per partition", [(f"max by (group, topic, partition) (alertstream_consumer_lag{{{g}}})", "{{group}} {{topic}}/{{partition}}")], w=16),
         panel("Lag growth (records/s)", [(f"sum by (group, topic) (deriv(alertstream:consumer_lag:sum{{{g}}}[5m]))", "{{group}} {{topic}}")], w=8,
               description="Positive: input arrives faster than the group processes it. Uses the recording rule of deploy/prometheus/alertstream-rules.yml."),
@@ -105,16 +147,16 @@ def lag_dashboard() -> dict:
     ], [variable("group", "label_values(alertstream_consumer_lag, group)", "consumer group")])
 
 
-def dedup_dashboard() -> dict:
+def dedup_dashboard() -> Dashboard:
     sel = 'tenant=~"$tenant", provider=~"$provider"'
     return dashboard("alertstream-dedup", "alertstream / Dedup and noise reduction",
                      "How much of the incoming alert stream is repetition that alertstream does not store.", [
-        panel("Exact duplicates (share of alerts, 1h)", [
+        stat_panel("Exact duplicates (share of alerts, 1h)", [
             (f'sum(increase(alertstream_alerts_total{{{sel}, outcome="duplicate"}}[1h])) / sum(increase(alertstream_alerts_total{{{sel}}}[1h]))', "duplicates")],
-              kind="stat", unit="percentunit", w=6),
-        panel("Noise reduction (alerts seen per alert stored, 1h)", [
+                   unit="percentunit", w=6),
+        stat_panel("Noise reduction (alerts seen per alert stored, 1h)", [
             (f'sum(increase(alertstream_alerts_total{{{sel}}}[1h])) / sum(increase(alertstream_alerts_total{{{sel}, outcome!="duplicate"}}[1h]))', "x")],
-              kind="stat", unit="x", w=6),
+                   unit="x", w=6),
         panel("Alerts stored vs seen (alerts/s)", [
             (f"sum(rate(alertstream_alerts_total{{{sel}}}[5m]))", "seen"),
             (f'sum(rate(alertstream_alerts_total{{{sel}, outcome!="duplicate"}}[5m]))', "stored (new + changed)")], w=12),
@@ -130,11 +172,11 @@ def dedup_dashboard() -> dict:
         variable("provider", "label_values(alertstream_alerts_total, provider)", "provider")])
 
 
-def sinks_dashboard() -> dict:
+def sinks_dashboard() -> Dashboard:
     return dashboard("alertstream-sinks", "alertstream / Sinks, retries and DLQ",
                      "Postgres and search-store writes, their circuits, the retry tiers and the dead-letter topic.", [
-        panel("Circuit state (0 closed, 1 open, 2 half-open)", [("max by (sink) (alertstream_sink_circuit_state)", "{{sink}}")], kind="stat", w=8,
-              thresholds=[{"color": "green", "value": None}, {"color": "red", "value": 1}, {"color": "orange", "value": 2}]),
+        stat_panel("Circuit state (0 closed, 1 open, 2 half-open)", [("max by (sink) (alertstream_sink_circuit_state)", "{{sink}}")], w=8,
+                   thresholds=[(None, "green"), (1, "red"), (2, "orange")]),
         panel("Rows written (rows/s)", [("sum by (sink) (rate(alertstream_sink_rows_written_total[1m]))", "{{sink}}")], w=16),
         panel("Flush time", [("histogram_quantile(0.5, sum by (sink, le) (rate(alertstream_sink_flush_seconds_bucket[5m])))", "{{sink}} p50"),
                              ("histogram_quantile(0.99, sum by (sink, le) (rate(alertstream_sink_flush_seconds_bucket[5m])))", "{{sink}} p99")], unit="s"),
@@ -148,7 +190,7 @@ def sinks_dashboard() -> dict:
     ], [])
 
 
-def gateway_dashboard() -> dict:
+def gateway_dashboard() -> Dashboard:
     sel = 'tenant=~"$tenant", provider=~"$provider"'
     return dashboard("alertstream-gateway", "alertstream / Gateway and providers",
                      "Webhooks per provider and tenant: accepted, rejected by reason, deferred, bytes and latency.", [
@@ -175,12 +217,19 @@ def gateway_dashboard() -> dict:
         variable("provider", "label_values(alertstream_gateway_requests_accepted_total, provider)", "provider")])
 
 
-DASHBOARDS = {"alertstream-lag.json": lag_dashboard, "alertstream-dedup.json": dedup_dashboard,
-              "alertstream-sinks.json": sinks_dashboard, "alertstream-gateway.json": gateway_dashboard}
+DASHBOARDS: dict[str, Callable[[], Dashboard]] = {
+    "alertstream-lag.json": lag_dashboard, "alertstream-dedup.json": dedup_dashboard,
+    "alertstream-sinks.json": sinks_dashboard, "alertstream-gateway.json": gateway_dashboard}
+
+
+def model(name: str) -> dict[str, Any]:
+    """The dashboard as Grafana's JSON model (the SDK's own encoding), in its import envelope."""
+    board = json.loads(json.dumps(DASHBOARDS[name]().build(), cls=JSONEncoder))
+    return {**ENVELOPE, **board}
 
 
 def render(name: str) -> str:
-    return json.dumps(DASHBOARDS[name](), indent=2) + "\n"
+    return json.dumps(model(name), indent=2) + "\n"
 
 
 if __name__ == "__main__":

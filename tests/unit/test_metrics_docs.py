@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -114,12 +115,41 @@ def test_dashboards_are_grafana_10_models() -> None:
     for name, board in boards.items():
         assert board["schemaVersion"] >= 36, name
         assert [i["name"] for i in board["__inputs"]] == ["DS_PROMETHEUS"], name
+        assert board["templating"]["list"][0]["type"] == "datasource", f"{name}: no data-source variable"
         ids = [p["id"] for p in board["panels"]]
         assert len(ids) == len(set(ids)), f"{name}: duplicate panel ids"
+        cells: dict[tuple[int, int], str] = {}
         for p in board["panels"]:
-            assert {"x", "y", "w", "h"} <= set(p["gridPos"]), (name, p["title"])
+            pos = p["gridPos"]
+            assert {"x", "y", "w", "h"} <= set(pos), (name, p["title"])
+            assert pos["x"] + pos["w"] <= 24, f"{name}: {p['title']} runs off the 24-column grid"
+            for cell in ((x, y) for x in range(pos["x"], pos["x"] + pos["w"]) for y in range(pos["y"], pos["y"] + pos["h"])):
+                assert cell not in cells, f"{name}: {p['title']} overlaps {cells[cell]}"
+                cells[cell] = p["title"]
             for t in p.get("targets", []):
                 assert t["datasource"]["uid"] == "${DS_PROMETHEUS}", (name, p["title"])
+
+
+def test_dashboards_read_back_into_the_sdk_models_unchanged() -> None:
+    """Each file is exactly what Grafana's own models (grafana-foundation-sdk) encode: a field the
+    models do not know, or a value of the wrong shape, would not survive the round trip."""
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.cog.plugins import register_default_plugins
+    from grafana_foundation_sdk.models.dashboard import Dashboard
+
+    register_default_plugins()  # panel options and queries decode into their plugin's types
+    for name, board in dashboards().items():
+        model = {k: v for k, v in board.items() if k not in ("__inputs", "__requires")}  # the import envelope
+        assert json.loads(json.dumps(Dashboard.from_json(model), cls=JSONEncoder)) == model, name
+
+
+def test_dashboard_generator_type_checks(tmp_path: Path) -> None:
+    """The generator's builder calls checked against the SDK's types: a wrong field name, enum or
+    shape (e.g. a str where the panel width is an int) fails here, before Grafana ever sees it."""
+    pytest.importorskip("mypy", reason="mypy is not installed (pyproject test extras)")
+    result = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent", "--cache-dir", str(tmp_path),
+                             str(DASHBOARDS / "generate.py")], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_dashboards_are_generated_from_the_script() -> None:
