@@ -105,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = isolated(Settings(kafka_bootstrap=env["ALERTSTREAM_KAFKA_BOOTSTRAP"], database_url=env["ALERTSTREAM_DATABASE_URL"],
                                      search_url=env["ALERTSTREAM_SEARCH_URL"], data_dir=work), "gwload").model_copy(update={
             "gateway_port": free_port(), "gateway_lag_threshold": 0, "log_level": "WARNING",
-            "gateway_tenant_rate_limit": roomy, "gateway_provider_rate_limit": roomy})
+            "gateway_tenant_rate_limit": roomy, "gateway_provider_rate_limit": roomy,
+            # the gateway's capacity is measured, not its byte bucket or per-tenant validation queue
+            "gateway_tenant_byte_rate_limit": {"rate_per_s": 1e12, "burst": 1e12},
+            "gateway_validation_tenant_pending": 4096})
         ensure_topics(settings)
         gateway = GatewayProcess(settings, work / "gateway.log")
         key = create_key(settings.require_database_url(), "load")[1]
@@ -113,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         results = {}
         for n in args.alerts:
             body = webhook(n)
-            check = httpx.post(url, content=body, headers={"X-API-KEY": key}, timeout=10)
+            check = httpx.post(url, content=body, headers={"X-API-KEY": key, "Content-Type": "application/json"}, timeout=10)
             assert check.status_code == 202, check.text
             time.sleep(1)
             spy = None

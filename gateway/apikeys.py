@@ -4,11 +4,13 @@ A key is `as_<key_id>_<secret>`: `key_id` (public, 12 hex) names the key in
 listings and revocations; the secret is 32 random bytes (256 bits), so a plain
 sha256 is enough: there is nothing to brute-force, unlike a password, and a
 lookup by hash is one index probe. The gateway compares by hash only and caches
-lookups for `ttl_s` (a revoked key stops working at most that long after).
+lookups for `ttl_s` (a revoked key stops working at most that long after); keys that
+authenticated and keys that did not are cached apart (see KeyStore).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -75,44 +77,83 @@ async def revoke_key(conn: asyncpg.Connection, key_id: str) -> bool:
     return status.endswith(" 1")
 
 
-class KeyStore:
-    """Key → tenant, from Postgres, with a bounded TTL cache (hits and misses).
+@dataclass(frozen=True, slots=True)
+class Cached:
+    """What the cache knows of a key, without asking Postgres."""
 
-    While Postgres is unreachable an expired entry is still used: ingestion goes on for every key
-    seen recently (a revocation then waits for Postgres); an unknown key gets KeyStoreUnavailable.
+    known: bool  # an entry exists (fresh or not)
+    fresh: bool  # within its TTL: the answer stands
+    tenant: str | None  # None: unknown or revoked (a negative entry), or no entry
+
+
+class KeyStore:
+    """Key → tenant, from Postgres, with two bounded TTL caches.
+
+    Keys that authenticated are kept in one LRU (`max_entries`); keys Postgres did not know in another
+    (`max_negative_entries`), so a flood of random keys can evict only other unknown keys, never a
+    sender's valid one. While Postgres is unreachable an expired valid entry is still used: ingestion
+    goes on for every key seen recently (a revocation then waits for Postgres); an unknown key gets
+    KeyStoreUnavailable. Who may cause a lookup at all is decided before (gateway/ratelimit.py AuthGuard).
     """
 
-    def __init__(self, pool: asyncpg.Pool | None, *, ttl_s: float = 30.0, max_entries: int = 10_000) -> None:
+    READY_CACHE_S = 5.0  # /readyz asks Postgres at most this often, however often it is called
+
+    def __init__(self, pool: asyncpg.Pool | None, *, ttl_s: float = 30.0, max_entries: int = 10_000,
+                 max_negative_entries: int = 10_000) -> None:
         self._pool = pool
         self._ttl_s = ttl_s
         self._max = max_entries
-        self._cache: OrderedDict[bytes, tuple[float, str | None]] = OrderedDict()
+        self._max_negative = max_negative_entries
+        self._cache: OrderedDict[bytes, tuple[float, str]] = OrderedDict()  # authenticated keys only
+        self._negative: OrderedDict[bytes, float] = OrderedDict()  # unknown or revoked keys: expiry
+        self._ready: tuple[float, bool] | None = None
+        self._ready_lock: asyncio.Lock | None = None
 
     @classmethod
     async def connect(cls, dsn: str, *, ttl_s: float = 30.0) -> "KeyStore":
         # min_size=0: the gateway starts (and answers 503 for unknown keys) while Postgres is down
-        return cls(await asyncpg.create_pool(dsn, min_size=0, max_size=4), ttl_s=ttl_s)
+        return cls(await asyncpg.create_pool(dsn, min_size=0, max_size=4, timeout=5), ttl_s=ttl_s)
 
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.close()
 
+    def cached(self, key: str) -> Cached:
+        digest = key_hash(key)
+        now = time.monotonic()
+        entry = self._cache.get(digest)
+        if entry is not None:
+            self._cache.move_to_end(digest)
+            return Cached(True, entry[0] > now, entry[1])
+        expiry = self._negative.get(digest)
+        if expiry is not None:
+            return Cached(True, expiry > now, None)
+        return Cached(False, False, None)
+
     async def tenant_for(self, key: str) -> str | None:
+        """The cache's answer while fresh, else Postgres' (see `lookup`)."""
         if not looks_like_key(key):
+            return None
+        hit = self.cached(key)
+        if hit.fresh:
+            return hit.tenant
+        return await self.lookup(key)
+
+    async def lookup(self, key: str) -> str | None:
+        """Ask Postgres (the caller decided it may) and cache the answer. Postgres unreachable: an
+        expired valid entry is used, else KeyStoreUnavailable."""
+        if not looks_like_key(key):  # garbage never costs a database round trip or a cache slot
             return None
         digest = key_hash(key)
         now = time.monotonic()
-        cached = self._cache.get(digest)
-        if cached is not None and cached[0] > now:
-            self._cache.move_to_end(digest)
-            return cached[1]
         try:
             tenant = await self._lookup(digest)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-            if cached is not None:
+            stale = self._cache.get(digest)
+            if stale is not None:
                 log.warning("key store unreachable (%s); using a cached entry past its TTL", type(exc).__name__)
-                self._remember(digest, cached[1], now)  # ask again after a TTL, not on every request
-                return cached[1]
+                self._remember(digest, stale[1], now)  # ask again after a TTL, not on every request
+                return stale[1]
             raise KeyStoreUnavailable(f"{type(exc).__name__}: {exc}") from None
         self._remember(digest, tenant, now)
         return tenant
@@ -123,17 +164,38 @@ class KeyStore:
             return await conn.fetchval("SELECT tenant FROM api_key WHERE key_sha256 = $1 AND revoked_at IS NULL", digest)
 
     def _remember(self, digest: bytes, tenant: str | None, now: float) -> None:
-        self._cache[digest] = (now + self._ttl_s, tenant)
+        expiry = now + self._ttl_s
+        if tenant is None:
+            self._cache.pop(digest, None)  # revoked
+            self._negative[digest] = expiry
+            self._negative.move_to_end(digest)
+            while len(self._negative) > self._max_negative:
+                self._negative.popitem(last=False)
+            return
+        self._negative.pop(digest, None)
+        self._cache[digest] = (expiry, tenant)
         self._cache.move_to_end(digest)
         while len(self._cache) > self._max:
             self._cache.popitem(last=False)
 
     async def ready(self) -> bool:
+        """Whether Postgres answers, asked at most once per READY_CACHE_S (concurrent callers share
+        one probe): /readyz needs no authentication, so it must not be a way to load Postgres."""
         if self._pool is None:
             return True
-        try:
-            async with self._pool.acquire(timeout=2) as conn:
-                await conn.fetchval("SELECT 1")
-            return True
-        except Exception:  # noqa: BLE001 - readiness reports any failure as "not ready"
-            return False
+        now = time.monotonic()
+        if self._ready is not None and now - self._ready[0] < self.READY_CACHE_S:
+            return self._ready[1]
+        if self._ready_lock is None:
+            self._ready_lock = asyncio.Lock()
+        async with self._ready_lock:
+            if self._ready is not None and time.monotonic() - self._ready[0] < self.READY_CACHE_S:
+                return self._ready[1]
+            try:
+                async with self._pool.acquire(timeout=2) as conn:
+                    await conn.fetchval("SELECT 1")
+                ok = True
+            except Exception:  # noqa: BLE001 - readiness reports any failure as "not ready"
+                ok = False
+            self._ready = (time.monotonic(), ok)
+            return ok

@@ -4,10 +4,15 @@
 (the federated search route) are added with `app.include_router(...)`.
 
 Each webhook goes through, in this order (cheapest refusal first):
-auth (401) → backpressure: broker down or lag over threshold (503/429) →
-rate limits (429/503, or deferred for senders that never retry) → body cap
-(413) → validation by the pipeline's own normalizer (400 with its reason) →
+auth (401/403; 429/503 when unknown keys from its address or key lookups are over their limits) →
+media type (415 unless JSON) → backpressure: broker down or lag over threshold (503/429) → body cap
+(413) → rate limits on requests and body bytes (429/503, or deferred up to a debt cap for senders
+that never retry) → validation by the pipeline's own normalizer, in a validation process, fair
+between tenants (400 with its reason; 429/503 when the tenant has too many waiting) →
 produce the sender's original bytes, headers `provider`/`tenant` → 202.
+
+`/metrics` is not served here: it names tenants, so it has a listener of its own
+(`gateway_metrics_bind`/`_port`, gateway/server.py), never the public webhook port.
 """
 
 from __future__ import annotations
@@ -21,15 +26,14 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.routing import APIRoute
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from agents.normalizer import RawRecord, normalize_record
 from gateway import metrics
 from gateway.apikeys import KeyStore
-from gateway.auth import AUTH_RESPONSES, AuthError, Tenant, uses_auth
+from gateway.auth import AUTH_RESPONSES, SNS_MESSAGE_TYPE, SNS_PATH, AuthError, Tenant, uses_auth
 from gateway.producer import Backpressure, GatewayProducer
-from gateway.ratelimit import RateLimiter
-from schemas.normalizers import PROVIDER_MODULES, InvalidPayload
+from gateway.ratelimit import AuthGuard, RateLimiter
+from gateway.validation import PoolBusy, ValidationPool, ValidatorFailed
+from schemas.normalizers import PROVIDER_MODULES
 from streams.health import loop_check, report
 from streams.loop_monitor import PROBE_INTERVAL_S as LOOP_PROBE_INTERVAL_S
 from streams.retry import TARGET, tier_topics
@@ -37,8 +41,6 @@ from streams.settings import Settings
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "schemas" / "examples"
 GENERIC = "keep"  # POST /alerts/event: Keep's AlertDto, no `provider` header (the pipeline's default provider)
-# a body the pipeline parks in the DLQ on purpose, for an operator: accepted, so it is not lost
-ACCEPTED_INVALID = {"sns_subscription_confirmation"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,7 @@ class Gateway:
     settings: Settings
     producer: GatewayProducer
     limiter: RateLimiter
+    validator: ValidationPool  # started by gateway/server.py before the first request
 
     @property
     def body_cap(self) -> int:
@@ -90,12 +93,14 @@ class Refused(Exception):
 
 
 def create_app(settings: Settings, producer: GatewayProducer, keystore: KeyStore,
-               limiter: RateLimiter | None = None) -> FastAPI:
+               limiter: RateLimiter | None = None, validator: ValidationPool | None = None) -> FastAPI:
     app = FastAPI(title="alertstream gateway", version="1",
                   description="Keep-compatible webhook ingestion into Kafka. Answers 202 only once the broker acknowledged "
                               "the record; pushes back with 429/503 and Retry-After (docs/gateway.md).")
     app.state.keystore = keystore
-    app.state.gateway = Gateway(settings, producer, limiter or RateLimiter.from_settings(settings))
+    app.state.auth_guard = AuthGuard.from_settings(settings)
+    app.state.gateway = Gateway(settings, producer, limiter or RateLimiter.from_settings(settings),
+                                validator or ValidationPool.from_settings(settings))
     app.add_exception_handler(AuthError, _auth_failed)
     app.add_api_route("/alerts/event", _handler(GENERIC), methods=["POST"], status_code=202,
                       summary="Keep's generic alert (AlertDto or a list of them)", **_route_doc(GENERIC))
@@ -106,7 +111,6 @@ def create_app(settings: Settings, producer: GatewayProducer, keystore: KeyStore
                       responses={503: {"description": "the event loop is, or just was, blocked (JSON names the failed check)"}})
     app.add_api_route("/readyz", _readyz, methods=["GET"], summary="Readiness: broker reachable, lag under threshold",
                       responses={503: {"description": "not ready: the JSON names the problems (broker_unavailable, lag)"}})
-    app.add_api_route("/metrics", _metrics, methods=["GET"], summary="Prometheus metrics", response_class=Response)
     from gateway.search_routes import router as search_router  # federated search (docs/search.md)
 
     app.include_router(search_router)
@@ -143,22 +147,29 @@ def _handler(provider: str):  # noqa: ANN202 - a route function per provider: it
 
 async def _ingest(gw: Gateway, request: Request, provider: str, tenant: str, provider_id: str | None) -> Response:
     policy = sender_policy(provider)
+    _check_media_type(request)
     retry_after = str(gw.settings.gateway_retry_after_s)
     overload = gw.overloaded()
     if overload is not None:
         status = 503 if overload == "broker_unavailable" else policy.throttle_status
         raise Refused(status, overload, "the pipeline cannot take more now; retry later", {"Retry-After": retry_after})
-    decision = gw.limiter.acquire(tenant, provider, time.monotonic())
-    deferred = False
-    if not decision.allowed:
-        if not policy.defer_over_limit:
-            raise Refused(policy.throttle_status, "rate_limited", f"over the {decision.limited_by} rate limit",
-                          {**decision.headers, "Retry-After": str(decision.retry_after_s)})
-        deferred = True
-    body = await _read_body(request, gw.body_cap)
+    cap = gw.body_cap
+    # the buckets charge the body's bytes too: known up front from Content-Length, else once read (bounded by the cap)
+    body: bytes | None = None
+    size = _declared_length(request, cap)
+    if size is None:
+        body = await _read_body(request, cap)
+        size = len(body)
+    decision = gw.limiter.acquire(tenant, provider, time.monotonic(), size=size, defer=policy.defer_over_limit)
+    if not decision.allowed and not decision.deferred:
+        raise Refused(policy.throttle_status, "rate_limited", f"over the {decision.limited_by} rate limit",
+                      {**decision.headers, "Retry-After": str(decision.retry_after_s)})
+    deferred = decision.deferred
+    if body is None:
+        body = await _read_body(request, cap)
     metrics.RECEIVED_BYTES.labels(tenant, provider).inc(len(body))
     headers = _record_headers(provider, tenant, provider_id)
-    count, key, critical = _validate(gw.settings, body, headers, tenant)
+    count, key, critical = await _validate(gw, body, headers, tenant, policy)
     topic = _topic(gw.settings, deferred, critical)
     if deferred:
         headers[TARGET] = (gw.settings.topic_critical if critical else gw.settings.topic_alerts).encode()
@@ -175,11 +186,33 @@ async def _ingest(gw: Gateway, request: Request, provider: str, tenant: str, pro
                          "offset": delivered.offset, "deferred": deferred}, 202, decision.headers)
 
 
+def _check_media_type(request: Request) -> None:
+    """Bodies are JSON, declared as such. A web page can make a browser POST `text/plain`, a form or a
+    multipart body to any site without asking it first (a CORS "simple" request), but never
+    `application/json`: requiring it means no page can post alerts with a visitor's credentials.
+    Amazon SNS sends `text/plain` unless its subscription says otherwise; its deliveries carry
+    `x-amz-sns-message-type`, a header no page can add without the preflight the gateway never grants."""
+    raw = request.headers.get("content-type", "")
+    media = raw.split(";", 1)[0].strip().lower()
+    if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
+        return
+    if media == "text/plain" and request.url.path == SNS_PATH and SNS_MESSAGE_TYPE in request.headers:
+        return
+    shown = f"{raw[:64]!r}" if raw else "none"
+    raise Refused(415, "unsupported_media_type", f"Content-Type must be application/json (got {shown})")
+
+
+def _declared_length(request: Request, cap: int) -> int | None:
+    declared = request.headers.get("content-length")
+    if declared is None or not declared.isascii() or not declared.isdigit():
+        return None
+    if len(declared) > 12 or int(declared) > cap:
+        raise Refused(413, "too_large", f"body of {declared[:16]} bytes > limit {cap}")
+    return int(declared)
+
+
 async def _read_body(request: Request, cap: int) -> bytes:
     """The raw bytes, refused as soon as they pass the cap (never read a huge body to the end)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > cap:
-        raise Refused(413, "too_large", f"body of {declared} bytes > limit {cap}")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -198,20 +231,23 @@ def _record_headers(provider: str, tenant: str, provider_id: str | None) -> dict
     return headers
 
 
-def _validate(settings: Settings, body: bytes, headers: dict[str, bytes], tenant: str) -> tuple[int, bytes, bool]:
-    """(alert count, record key, any critical) by the pipeline's own stage-one code; 400 for what it would DLQ."""
-    record = RawRecord("gateway", 0, 0, int(time.time() * 1000), None, body, headers)
+async def _validate(gw: Gateway, body: bytes, headers: dict[str, bytes], tenant: str,
+                    policy: SenderPolicy) -> tuple[int, bytes, bool]:
+    """(alert count, record key, any critical) by the pipeline's own stage-one code, run in a validation
+    process (gateway/validation.py); 400 for what the pipeline would dead-letter."""
     try:
-        alerts = normalize_record(record, default_tenant=settings.default_tenant, max_payload_bytes=settings.max_payload_bytes)
-    except InvalidPayload as exc:
-        if exc.reason in ACCEPTED_INVALID:
-            return 0, tenant.encode(), False
-        raise Refused(400, exc.reason, exc.detail) from None
-    except Exception as exc:  # a normalizer bug: the pipeline would park it as internal_error; the sender gets 400
-        raise Refused(400, "internal_error", f"{type(exc).__name__}: {exc}") from None
-    # key: the first alert's identity, so repeats of one alert keep their order on the input topic
-    key = f"{tenant}\x00{alerts[0].alert.fingerprint}".encode() if alerts else tenant.encode()
-    return len(alerts), key, any(item.alert.severity == "critical" for item in alerts)
+        outcome = await gw.validator.validate(tenant, body, headers)
+    except PoolBusy as exc:
+        raise Refused(policy.throttle_status, "validation_busy", f"{exc}; retry later", {"Retry-After": "1"}) from None
+    except TimeoutError:
+        limit = gw.validator.timeout_s
+        raise Refused(400, "validation_timeout", f"validating this body took over {limit:g} s; the pipeline would not "
+                                                 "take it either: send smaller webhooks") from None
+    except ValidatorFailed as exc:
+        raise Refused(503, "validator_failed", f"{exc}; retry later", {"Retry-After": "5"}) from None
+    if outcome.reason is not None:
+        raise Refused(400, outcome.reason, outcome.detail)
+    return outcome.alerts, outcome.key, outcome.critical
 
 
 def _topic(settings: Settings, deferred: bool, critical: bool) -> str:
@@ -221,10 +257,14 @@ def _topic(settings: Settings, deferred: bool, critical: bool) -> str:
 
 
 async def _auth_failed(request: Request, exc: AuthError) -> JSONResponse:
-    provider = request.url.path.rsplit("/", 1)[-1] if request.url.path.startswith("/alerts/event/") else GENERIC
+    path = request.url.path
+    provider = path.rsplit("/", 1)[-1] if path.startswith("/alerts/event/") else GENERIC
     provider = provider if provider in PROVIDER_MODULES else "unknown"
     metrics.REQUESTS_REJECTED.labels("unknown", provider, exc.reason).inc()
-    return JSONResponse({"detail": exc.detail, "reason": exc.reason}, exc.status_code, exc.headers)
+    status = exc.status_code
+    if status == 429 and path.startswith("/alerts/event"):
+        status = sender_policy(provider).throttle_status  # Alertmanager & co. retry on 5xx only
+    return JSONResponse({"detail": exc.detail, "reason": exc.reason}, status, exc.headers)
 
 
 async def _healthz(request: Request) -> JSONResponse:
@@ -244,16 +284,13 @@ async def _readyz(request: Request) -> JSONResponse:
     return JSONResponse(body, 200 if not problems else 503)
 
 
-async def _metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-
 # ---------------------------------------------------------------- OpenAPI: the body each path takes
 _ERRORS = {
-    400: "Invalid payload: the pipeline would dead-letter it (`reason` says why).",
+    400: "Invalid payload: the pipeline would dead-letter it (`reason` says why), or validating it ran over its time or memory.",
     413: "Body over the size limit.",
+    415: "Content-Type is not application/json (`reason`: unsupported_media_type).",
     422: "Invalid query parameter.",
-    429: "Rate limited or backpressure (senders that honour 429); see Retry-After.",
+    429: "Rate limited (requests or body bytes), too many validations of the tenant waiting, or backpressure (senders that honour 429); see Retry-After.",
     503: "Broker unreachable or slow, pipeline lagging, or rate limited (senders that retry only on 5xx); see Retry-After.",
 }
 

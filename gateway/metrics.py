@@ -1,4 +1,5 @@
-"""Prometheus metrics of the HTTP gateway, `alertstream_gateway_*`.
+"""Prometheus metrics of the HTTP gateway, `alertstream_gateway_*`, served on the gateway's metrics
+listener only (gateway/server.py): they name tenants.
 
 Labels are bounded: `tenant` comes from API keys ("unknown" before
 authentication), `provider` from the fixed provider list ("unknown" for any
@@ -18,8 +19,9 @@ ALERTS_ACCEPTED = Counter(
     "Alerts in accepted webhooks (as the normalizer counts them).", ["tenant", "provider"])
 REQUESTS_REJECTED = Counter(
     "alertstream_gateway_requests_rejected_total",
-    "Webhooks refused, by reason: unauthenticated, bad_key, rate_limited, too_large, broker_unavailable, lag, "
-    "the normalizer's invalid-payload codes, ...", ["tenant", "provider", "reason"])
+    "Webhooks refused, by reason: unauthenticated, bad_key, auth_rate_limited, keystore_busy, rate_limited, too_large, "
+    "unsupported_media_type, validation_busy, validation_timeout, broker_unavailable, lag, the normalizer's "
+    "invalid-payload codes, ...", ["tenant", "provider", "reason"])
 REQUESTS_DEFERRED = Counter(
     "alertstream_gateway_requests_deferred_total",
     "Webhooks over their rate limit from senders that never retry, accepted onto the first retry tier (delayed, not lost).",

@@ -7,7 +7,9 @@ the same query (docs/search.md).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,7 +17,8 @@ from datetime import datetime, timezone
 from typing import Annotated, Any
 
 import asyncpg
-from elasticsearch import ApiError, ConnectionError as SearchConnectionError
+from elastic_transport import TransportError
+from elasticsearch import ApiError
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from prometheus_client import Histogram
 
@@ -47,8 +50,10 @@ class FederatedSearch:
     async def open(cls, settings: Settings) -> FederatedSearch:
         from sinks.search import client_from_settings
 
-        # min_size=0: the gateway starts and takes webhooks while Postgres is down (docs/gateway.md)
-        pool = await asyncpg.create_pool(settings.require_database_url(), min_size=0, max_size=4)
+        # min_size=0: the gateway starts and takes webhooks while Postgres is down (docs/gateway.md);
+        # a connection attempt gives up after 5 s, a query after QUERY_TIMEOUT_S: 503, never a hung request
+        pool = await asyncpg.create_pool(settings.require_database_url(), min_size=0, max_size=4, timeout=5,
+                                         command_timeout=QUERY_TIMEOUT_S)
         client = client_from_settings(settings) if settings.search_enabled and settings.search_url else None
         return cls(settings, pool, client)
 
@@ -69,18 +74,39 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 router = APIRouter(lifespan=_lifespan)
 
+QUERY_TIMEOUT_S = 30.0  # one page, both stores: past this the answer is 503, not a request hanging on a store
+RETRY_AFTER_S = "5"
+# the times both stores can hold and Python can convert back: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999Z
+MIN_MS = int(datetime(1, 1, 1, tzinfo=timezone.utc).timestamp() * 1000)
+MAX_MS = int(datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=timezone.utc).timestamp() * 1000)
+_EPOCH_MS = re.compile(r"[0-9]{1,15}")  # ASCII digits only: str.isdigit() also takes '²' and other digits int() refuses
+
+# a store that cannot answer now: the client should retry (asyncpg's connection-class errors and the
+# search client's transport errors: refused, reset, timed out, DNS)
+_UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
+                asyncpg.TooManyConnectionsError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError,
+                asyncpg.QueryCanceledError, asyncpg.InterfaceError, TransportError)
+
 
 def parse_time(value: str | None, name: str) -> int | None:
-    """ISO 8601 (UTC without an offset) or epoch milliseconds → epoch ms; 400 otherwise."""
+    """ISO 8601 (UTC without an offset) or epoch milliseconds → epoch ms; 400 with the reason otherwise."""
     if value is None:
         return None
-    if value.isdigit():
-        return int(value)
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise HTTPException(400, detail=f"{name}: not an ISO 8601 time or epoch milliseconds: {value[:64]!r}") from None
-    return int((parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp() * 1000)
+    if len(value) > 64:  # the longest ISO 8601 form Python reads, 2025-01-15T10:05:00.123456+05:30:00.123456, has 42
+        raise HTTPException(400, detail=f"{name}: too long for a time ({len(value)} characters)")
+    if value.isascii() and value.isdigit():
+        if not _EPOCH_MS.fullmatch(value):
+            raise HTTPException(400, detail=f"{name}: epoch milliseconds have at most 15 digits: {value[:64]!r}")
+        ms = int(value)
+    else:
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            ms = int((parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp() * 1000)
+        except (ValueError, OverflowError):
+            raise HTTPException(400, detail=f"{name}: not an ISO 8601 time or epoch milliseconds: {value[:64]!r}") from None
+    if not MIN_MS <= ms <= MAX_MS:
+        raise HTTPException(400, detail=f"{name}: out of range: times from year 1 to 9999 only ({value[:64]!r})")
+    return ms
 
 
 def _check(values: list[str], allowed: tuple[str, ...], name: str) -> tuple[str, ...]:
@@ -120,12 +146,14 @@ async def search_alerts(
         raise HTTPException(400, detail=f"cursor: {exc}") from None
     started = time.perf_counter()
     try:
-        page = await search(fed.readers, flt, after, limit)
-    except (OSError, asyncpg.PostgresConnectionStatusError, asyncpg.CannotConnectNowError, SearchConnectionError) as exc:
-        raise HTTPException(503, detail=f"a store is unavailable: {type(exc).__name__}", headers={"Retry-After": "5"}) from None
+        page = await asyncio.wait_for(search(fed.readers, flt, after, limit), QUERY_TIMEOUT_S)
+    except _UNAVAILABLE as exc:
+        raise HTTPException(503, detail=f"a store is unavailable: {type(exc).__name__}",
+                            headers={"Retry-After": RETRY_AFTER_S}) from None
     except ApiError as exc:
-        if exc.meta.status in (429, 502, 503, 504):
-            raise HTTPException(503, detail=f"search store answered {exc.meta.status}", headers={"Retry-After": "5"}) from None
+        if exc.meta.status == 429 or exc.meta.status >= 500:  # throttling or failing: both are "retry later"
+            raise HTTPException(503, detail=f"the search store answered {exc.meta.status}; retry later",
+                                headers={"Retry-After": RETRY_AFTER_S}) from None
         raise
     QUERY_SECONDS.labels(tenant).observe(time.perf_counter() - started)
     return {

@@ -1,4 +1,6 @@
-"""Running the gateway: producer, key store and app under uvicorn (`alertstream gateway`)."""
+"""Running the gateway: producer, key store, validation processes and app under uvicorn
+(`alertstream gateway`), and `/metrics` on a listener of its own (`gateway_metrics_bind`/`_port`):
+the metrics name tenants, so they are never served on the public webhook port."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import uvicorn
 from gateway.apikeys import KeyStore
 from gateway.app import create_app
 from gateway.producer import GatewayProducer
+from gateway.validation import ValidationPool
 from streams.loop_monitor import PROBE_INTERVAL_S as LOOP_PROBE_INTERVAL_S
 from streams.loop_monitor import watch_event_loop
 from streams.settings import Settings
@@ -29,12 +32,33 @@ def _ensure_topics(settings: Settings) -> None:
         log.warning("could not check the topics (%s); the gateway answers 503 while the broker is unreachable", exc)
 
 
+def start_metrics_listener(settings: Settings):  # noqa: ANN201 - (server, thread) or None
+    """prometheus_client's own HTTP server on its own thread: a scrape never waits for the event loop
+    (nor the loop for it). Port 0: none. A port already taken is logged, not fatal: webhooks matter more."""
+    from prometheus_client import start_http_server
+
+    bind, port = settings.gateway_metrics_bind, settings.gateway_metrics_port
+    if not port:
+        log.info("no metrics listener (gateway_metrics_port is 0)")
+        return None
+    try:
+        listener = start_http_server(port, addr=bind)
+    except OSError as exc:
+        log.error("metrics listener on %s:%d failed (%s): /metrics is not served", bind, port, exc)
+        return None
+    log.info("gateway metrics on http://%s:%d/metrics", bind, port)
+    return listener
+
+
 async def serve(settings: Settings) -> None:
     _ensure_topics(settings)
     keystore = await KeyStore.connect(settings.require_database_url(), ttl_s=settings.gateway_apikey_cache_ttl_s)
+    validator = ValidationPool.from_settings(settings)
+    await validator.start()
     producer = GatewayProducer(settings)
     producer.start()
-    app = create_app(settings, producer, keystore)
+    metrics_listener = start_metrics_listener(settings)
+    app = create_app(settings, producer, keystore, validator=validator)
     config = uvicorn.Config(app, host=settings.gateway_bind, port=settings.gateway_port, log_level=settings.log_level.lower(),
                             access_log=False, server_header=False,
                             limit_concurrency=4096, timeout_graceful_shutdown=15)
@@ -48,7 +72,10 @@ async def serve(settings: Settings) -> None:
         monitor.cancel()
         # requests still waiting for an ack got their answer during the graceful shutdown; flush the rest
         await asyncio.to_thread(producer.close)
+        await validator.close()
         await keystore.close()
+        if metrics_listener is not None:
+            metrics_listener[0].shutdown()
 
 
 class _Server(uvicorn.Server):

@@ -286,7 +286,8 @@ def create_app(settings: Settings) -> faust.App:
             durable.create_task(circuit.write(plan.batch))
             durable.create_task(hand_to_indexer(plan))
             for record, why in plan.undecodable:
-                durable.create_task(dead_letter_record(record, topic=stage_topic(stage), reason="undecodable", detail=why))
+                raw = RawRecord(stage_topic(stage), record.partition, record.offset, 0, None, record.value, {})
+                durable.create_task(dead_letter_record(raw, reason="undecodable", detail=why))
         observe_end_to_end(plan.batch)
         failpoints.hit("dedup.state")
         for key, (state, event) in plan.state_writes.items():
@@ -300,13 +301,12 @@ def create_app(settings: Settings) -> faust.App:
     def stage_topic(stage: str) -> str:
         return settings.topic_normalized_critical if stage.endswith("critical") else settings.topic_normalized
 
-    async def dead_letter_record(record: PackedRecord, *, topic: str, reason: str, detail: str) -> None:
-        """An internal record the stage cannot read: its bytes to the DLQ, named by its position."""
+    async def dead_letter_record(record: RawRecord, *, reason: str, detail: str) -> None:
+        """A record a stage cannot read: its bytes and headers to the DLQ, named by its position."""
         DLQ_RECORDS.labels(reason).inc()
-        log.error("DLQ %s[%d]@%d: %s (%s)", topic, record.partition, record.offset, reason, detail[:200])
-        raw = RawRecord(topic, record.partition, record.offset, 0, None, record.value, {})
-        await (await dlq_topic.send(value=record.value, headers=dead_letter_headers(
-            DeadLetter(raw, reason, detail), int(time.time() * 1000)), force=True))
+        log.error("DLQ %s[%d]@%d: %s (%s)", record.topic, record.partition, record.offset, reason, detail[:200])
+        await (await dlq_topic.send(key=record.key, value=record.value or b"", headers=dead_letter_headers(
+            DeadLetter(record, reason, detail), int(time.time() * 1000)), force=True))
 
     # Faust's view of where each partition resumes (set when it seeks to the committed offsets)
     offsets = OffsetTracker(lambda tp: app.consumer._committed_offset.get(tp))
@@ -432,7 +432,12 @@ def create_app(settings: Settings) -> faust.App:
             try:
                 async for records in consumer.batches(settings.stream_batch):
                     RECORDS_RECEIVED.labels("index").inc(len(records))
-                    batch = WriteBatch(stored=[a for r in records for a in unpack(r.value)])
+                    batch = WriteBatch()
+                    for record in records:
+                        try:
+                            batch.stored.extend(unpack(record.value))
+                        except msgspec.DecodeError as exc:  # foreign bytes on the internal topic
+                            await dead_letter_record(record, reason="undecodable", detail=f"{type(exc).__name__}: {exc}")
                     await circuit.write(batch)
                     await consumer.commit(records)
             finally:

@@ -5,7 +5,8 @@
   without Grafana: lag per partition, throughput, dedup ratio, DLQ, sink circuits; it polls
 - `/status.json`: a snapshot of the metrics, read from the process's own Prometheus registry, so
   the page shows exactly what `/metrics` exports; merged with the sibling processes' snapshots
-  (their ports come from the supervisor), so the page shows the whole worker.
+  (their ports come from the supervisor), so the page shows the whole worker. Neither page needs a
+  login, so neither names a tenant: no per-tenant numbers, only totals per provider, outcome, stage.
 
 `install(app, settings)` also starts the consumer-lag poller (streams/lag.py).
 
@@ -93,7 +94,8 @@ def snapshot(window: RateWindow | None = None) -> dict:
         "records_received": _sum_by("alertstream_records_received", "stage"),
         "alerts_by_outcome": outcomes,
         "alerts_by_provider": _sum_by("alertstream_alerts", "provider"),
-        "alerts_by_tenant": _sum_by("alertstream_alerts", "tenant"),
+        # no tenant breakdown: this page needs no login, and tenant names are not for everyone who can
+        # reach the port (per-tenant numbers are in /metrics, for Prometheus and Grafana's login)
         "dedup_ratio": (outcomes.get("duplicate", 0) / seen) if seen else None,
         "dlq_by_reason": _sum_by("alertstream_dlq_records", "reason"),
         "retries_by_topic": _sum_by("alertstream_retry_records", "topic"),
@@ -110,8 +112,7 @@ def snapshot(window: RateWindow | None = None) -> dict:
 
 SIBLING_PORTS_ENV = "ALERTSTREAM_SIBLING_WEB_PORTS"  # set by the supervisor (streams/supervisor.py), not a setting
 
-_SUMMED = ("records_received", "alerts_by_outcome", "alerts_by_provider", "alerts_by_tenant", "dlq_by_reason",
-           "retries_by_topic")
+_SUMMED = ("records_received", "alerts_by_outcome", "alerts_by_provider", "dlq_by_reason", "retries_by_topic")
 
 
 def merge_snapshots(own: dict, others: list[dict]) -> dict:

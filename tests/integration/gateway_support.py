@@ -1,10 +1,13 @@
-"""Helpers of the gateway tests: a real `alertstream gateway` process, keys, reading records back."""
+"""Helpers of the gateway tests: a real `alertstream gateway` process, keys, reading records back, and a
+TCP proxy in front of Postgres that a test can cut (Postgres "down" for the gateway only)."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +24,8 @@ EXAMPLES = REPO / "schemas" / "examples"
 
 
 def gateway_settings(settings: Settings, **update) -> Settings:  # noqa: ANN003
-    return settings.model_copy(update={"gateway_port": free_port(), "gateway_health_interval_s": 0.5,
-                                       "gateway_apikey_cache_ttl_s": 0.0, **update})
+    return settings.model_copy(update={"gateway_port": free_port(), "gateway_metrics_port": free_port(),
+                                       "gateway_health_interval_s": 0.5, "gateway_apikey_cache_ttl_s": 0.0, **update})
 
 
 class GatewayProcess:
@@ -31,6 +34,7 @@ class GatewayProcess:
     def __init__(self, settings: Settings, log_path: Path, wait_ready: bool = True) -> None:
         self.settings = settings
         self.url = f"http://127.0.0.1:{settings.gateway_port}"
+        self.metrics_url = f"http://127.0.0.1:{settings.gateway_metrics_port}/metrics"
         self.log_path = log_path
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "gateway"], cwd=REPO,
@@ -110,3 +114,62 @@ def read_record(bootstrap: str, topic: str, partition: int, offset: int, timeout
         raise TimeoutError(f"no record at {topic}/{partition}@{offset}")
     finally:
         consumer.close()
+
+
+class TcpProxy:
+    """127.0.0.1:<port> → target, byte for byte, one thread pair per connection. `cut()` closes the
+    listener and every connection: to the client it is the server going away."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._cut = False
+        threading.Thread(target=self._accept, name="tcp-proxy", daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if self._cut:
+                    client.close()
+                    upstream.close()
+                    return
+                self._sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        with self._lock:
+            self._cut = True
+            self._listener.close()
+            for s in self._sockets:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()

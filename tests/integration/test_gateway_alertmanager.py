@@ -90,7 +90,7 @@ def test_alertmanager_webhooks_land_in_postgres(worker, pipeline_settings, alert
         assert {r["severity"] for r in rows} == {"warning", "critical"}
         assert {r["status"] for r in rows} == {"firing"}
         assert {r["provider_type"] for r in rows} == {"prometheus"}
-        metrics = httpx.get(f"{gateway.url}/metrics").text
+        metrics = httpx.get(gateway.metrics_url).text  # the metrics listener, not the webhook port
         assert 'alertstream_gateway_requests_accepted_total{provider="prometheus",tenant="gw-am"}' in metrics
         # one webhook for the group (group_by alertname), critical inside: it went to the critical topic
         assert 'alertstream_gateway_alerts_accepted_total{provider="prometheus",tenant="gw-am"} 3.0' in metrics

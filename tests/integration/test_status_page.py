@@ -124,3 +124,12 @@ def test_status_page_screenshot(status_url: str, pipeline_settings, tmp_path: Pa
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000  # a rendered page, not a blank one
     if os.environ.get("ALERTSTREAM_UPDATE_SCREENSHOT"):
         shutil.copy(png, REPO / "docs" / "img" / "status-page.png")
+
+
+def test_status_json_names_no_tenant(status_url: str) -> None:
+    """Issue 14, finding 10: /status and /status.json need no login, so they carry no tenant names (they
+    listed them under `alerts_by_tenant`); per-tenant numbers are in /metrics, for Prometheus."""
+    text = httpx.get(status_url + ".json", timeout=5).text
+    snap = orjson.loads(text)
+    assert snap["alerts_by_provider"] and snap["alerts_by_outcome"]  # the page still has its numbers
+    assert TENANT not in text and "alerts_by_tenant" not in snap

@@ -211,9 +211,11 @@ def test_empty_batch_and_empty_record() -> None:
     assert (plan.batch.stored, plan.batch.sightings, plan.state_writes, plan.outcomes) == ([], [], {}, {})
 
 
-def test_a_record_that_is_not_a_batch_raises() -> None:
-    with pytest.raises(msgspec.DecodeError):
-        plan_batch([PackedRecord(0, 1, b"\xc1 not msgpack", Event("x"))], State())
+def test_a_record_that_is_not_a_batch_is_set_aside_for_the_dlq_and_the_rest_planned() -> None:
+    bad = PackedRecord(0, 1, b"\xc1 not msgpack", Event("x"))
+    plan = plan_batch([bad, record(0, 2, [item("u1", "fp-1", "h1")])], State())
+    assert [(r.offset, why.split(":")[0]) for r, why in plan.undecodable] == [(1, "DecodeError")]
+    assert [s.fingerprint for s in plan.batch.sightings] == ["fp-1"]
 
 
 def test_duplicate_refreshes_seen_only_after_half_the_ttl() -> None:

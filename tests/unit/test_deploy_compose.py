@@ -26,7 +26,13 @@ from tests.unit.deploy_checks import (
 )
 
 COMPOSE_FILE = DEPLOY / "docker-compose.yml"
-COMPOSE = interpolate(yaml.safe_load(COMPOSE_FILE.read_text()))
+ENV_EXAMPLE = DEPLOY / ".env.example"
+COMPOSE_TEXT = COMPOSE_FILE.read_text()
+_REQUIRED = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):\?[^}]*\}")  # compose's "${VAR:?message}": set and non-empty, or no start
+REQUIRED_VARS = sorted(set(_REQUIRED.findall(COMPOSE_TEXT)))
+# what an operator puts in deploy/.env (the checks below must not depend on a real secret)
+FILLED_IN = {name: f"filled-in-{name.lower().replace('_', '-')}" for name in REQUIRED_VARS}
+COMPOSE = interpolate(yaml.safe_load(_REQUIRED.sub(lambda m: FILLED_IN[m.group(1)], COMPOSE_TEXT)))
 SERVICES: dict[str, dict] = COMPOSE["services"]
 PROMETHEUS = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
 
@@ -84,7 +90,9 @@ def test_published_and_probed_ports_match_the_settings() -> None:
 
 def test_prometheus_scrapes_the_ports_the_processes_serve_metrics_on() -> None:
     jobs = {job["job_name"]: job for job in PROMETHEUS["scrape_configs"]}
-    expected = {"worker": _settings("worker").worker_web_port, "gateway": _settings("gateway").gateway_port}
+    # the gateway serves /metrics on its own listener, not on the webhook port (issue 14, finding 10)
+    expected = {"worker": _settings("worker").worker_web_port,
+                "gateway": _settings("gateway").gateway_metrics_port}
     for service, port in expected.items():
         job = jobs[f"alertstream-{service}"]
         assert job["metrics_path"] == "/metrics"
@@ -232,3 +240,59 @@ def test_postgres_takes_the_connections_of_as_many_workers_as_partitions() -> No
     settings = _settings("worker")
     needed = settings.topic_partitions * (settings.db_pool_size + 2) + 10
     assert max_connections >= needed, f"max_connections {max_connections} < {needed}"
+
+
+# ---------------------------------------------------------------- secrets and exposure (issue 14, finding 10)
+
+def _env_example() -> dict[str, str]:
+    pairs = [line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def test_every_secret_comes_from_the_env_file_without_a_default() -> None:
+    """No password is written in the compose file, and none has a fallback: a missing one stops
+    compose (`${VAR:?}`) instead of starting Postgres or Grafana with a password everybody knows."""
+    assert {"POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD"} <= set(REQUIRED_VARS)
+    secret_like = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEY", re.I)
+    for ref in re.findall(r"\$\{[^}]*\}", COMPOSE_TEXT):
+        name = re.match(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", ref).group(1)
+        if secret_like.search(name):
+            assert _REQUIRED.fullmatch(ref), f"{ref}: a secret must be required (${{{name}:?...}}), never defaulted"
+    raw = yaml.safe_load(COMPOSE_TEXT)
+    for name, service in raw["services"].items():
+        for key, value in _env(service).items():
+            if secret_like.search(key):
+                assert _REQUIRED.fullmatch(value), f"{name}: {key} is written in the compose file ({value!r})"
+    assert "ALERTSTREAM_DATABASE_URL" in raw["x-alertstream-env"]
+    assert "${POSTGRES_PASSWORD:?" in raw["x-alertstream-env"]["ALERTSTREAM_DATABASE_URL"]
+
+
+def test_the_env_file_example_names_every_required_variable_and_fills_in_none() -> None:
+    """`cp deploy/.env.example deploy/.env` alone must not start anything: every secret is empty there."""
+    example = _env_example()
+    assert set(REQUIRED_VARS) <= set(example), f"deploy/.env.example lacks {sorted(set(REQUIRED_VARS) - set(example))}"
+    assert all(example[name] == "" for name in REQUIRED_VARS), {n: example[n] for n in REQUIRED_VARS if example[n]}
+    optional = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*):-", COMPOSE_TEXT))
+    assert optional <= set(example), f"deploy/.env.example does not mention {sorted(optional - set(example))}"
+
+
+def test_only_the_webhook_port_is_published_beyond_the_host() -> None:
+    """Grafana and Prometheus (no login; its metrics name tenants) are on the host's loopback unless an
+    operator opens them; Kafka, Postgres, Elasticsearch and the workers are not published at all."""
+    gateway_port = _settings("gateway").gateway_port
+    for name, service in SERVICES.items():
+        for port in service.get("ports", []):
+            parts = str(port).split(":")
+            if name == "gateway" and parts == [str(gateway_port), str(gateway_port)]:
+                continue
+            assert len(parts) == 3 and parts[0] == "127.0.0.1", f"{name} publishes {port} on every interface"
+    assert not {"kafka", "postgres", "elasticsearch", "worker", "migrate"} & {n for n, s in SERVICES.items() if s.get("ports")}
+
+
+def test_the_gateway_metrics_port_is_not_published() -> None:
+    gateway = _settings("gateway")
+    metrics_port = gateway.gateway_metrics_port
+    assert metrics_port and metrics_port != gateway.gateway_port
+    assert gateway.gateway_metrics_bind == "0.0.0.0"  # for Prometheus on the compose network
+    published = {int(str(p).split(":")[-1]) for p in SERVICES["gateway"].get("ports", [])}
+    assert metrics_port not in published

@@ -48,9 +48,9 @@ def test_lookups_are_cached_for_the_ttl_misses_too_and_garbage_never_looked_up()
     assert store.lookups == 2
 
 
-def test_ttl_zero_always_asks_and_the_cache_is_bounded() -> None:
+def test_ttl_zero_always_asks_and_both_caches_are_bounded() -> None:
     _, key = new_key()
-    store = CountingStore({key_hash(key): "acme"}, ttl_s=0, max_entries=10)
+    store = CountingStore({key_hash(key): "acme"}, ttl_s=0, max_entries=10, max_negative_entries=10)
 
     async def go() -> None:
         for _ in range(3):
@@ -59,7 +59,7 @@ def test_ttl_zero_always_asks_and_the_cache_is_bounded() -> None:
             await store.tenant_for(new_key()[1])
     asyncio.run(go())
     assert store.lookups == 53
-    assert len(store._cache) == 10
+    assert len(store._cache) == 1 and len(store._negative) == 10
 
 
 def test_gateway_settings_from_the_environment() -> None:
@@ -97,3 +97,76 @@ def test_known_keys_keep_working_while_postgres_is_down_unknown_ones_get_unavail
         with pytest.raises(KeyStoreUnavailable):
             await store.tenant_for(new_key()[1])
     asyncio.run(go())
+
+
+def test_unknown_keys_never_evict_a_valid_one_so_it_works_while_postgres_is_down() -> None:
+    """Issue 14, finding 5: 10,001 random well-formed keys used to fill the one LRU and evict the valid
+    key; with Postgres down that key then got 503. Unknown keys now have a cache of their own."""
+    from gateway.apikeys import KeyStoreUnavailable
+
+    _, key = new_key()
+    store = CountingStore({key_hash(key): "acme"}, ttl_s=0)  # every entry expired at once: only the stale fallback helps
+    down = False
+
+    async def lookup(digest: bytes) -> str | None:
+        if down:
+            raise ConnectionRefusedError("postgres is down")
+        return store.table.get(digest)
+
+    store._lookup = lookup  # type: ignore[method-assign]
+
+    async def go() -> None:
+        nonlocal down
+        assert await store.tenant_for(key) == "acme"
+        for _ in range(10_001):
+            assert await store.tenant_for(new_key()[1]) is None
+        down = True
+        assert await store.tenant_for(key) == "acme"
+        import pytest
+
+        with pytest.raises(KeyStoreUnavailable):
+            await store.tenant_for(new_key()[1])
+    asyncio.run(go())
+
+
+class _Conn:
+    def __init__(self, pool: "_Pool") -> None:
+        self.pool = pool
+
+    async def fetchval(self, sql: str) -> int:
+        self.pool.queries += 1
+        return 1
+
+
+class _Pool:
+    """An asyncpg pool as far as KeyStore.ready uses it: counts the queries it is asked."""
+
+    def __init__(self) -> None:
+        self.queries = 0
+
+    def acquire(self, timeout: float | None = None):  # noqa: ANN201
+        pool = self
+
+        class _Ctx:
+            async def __aenter__(self) -> _Conn:
+                return _Conn(pool)
+
+            async def __aexit__(self, *exc: object) -> None:
+                return None
+        return _Ctx()
+
+
+def test_readiness_asks_postgres_at_most_once_per_interval_however_often_it_is_called() -> None:
+    """/readyz needs no key: 1,000 calls (100 of them at once) must not be 1,000 queries."""
+    pool = _Pool()
+    store = KeyStore(pool)  # type: ignore[arg-type]
+
+    async def go() -> None:
+        for _ in range(900):
+            assert await store.ready() is True
+        assert all(await asyncio.gather(*(store.ready() for _ in range(100))))
+    asyncio.run(go())
+    assert pool.queries == 1
+    store._ready = (store._ready[0] - KeyStore.READY_CACHE_S - 1, True)  # the interval is over
+    asyncio.run(store.ready())
+    assert pool.queries == 2
