@@ -42,6 +42,8 @@ from multiprocessing.connection import Connection
 
 import orjson
 
+from schemas.normalizers import DEFAULT_LIMITS, NormalizeLimits
+
 log = logging.getLogger(__name__)
 
 MEMORY_LIMIT_BYTES = 1024 * 1024 * 1024  # address space of one validation process (the body, parsed, normalized)
@@ -70,6 +72,9 @@ class ValidatorFailed(Exception):
     """The validation process died under the job (not killed by its timeout): not the body's fault, as far as we know."""
 
 
+_LIMITS = DEFAULT_LIMITS  # the worker's normalizer limits, set once in a validation process (`_child_main`)
+
+
 def validate_body(body: bytes, headers: dict[str, bytes], default_tenant: str, max_payload_bytes: int) -> Outcome:
     """(alert count, record key, any critical) by the pipeline's own stage-one code, or the reason it
     would dead-letter the body. Runs in a validation process."""
@@ -79,15 +84,13 @@ def validate_body(body: bytes, headers: dict[str, bytes], default_tenant: str, m
     tenant = headers.get("tenant", b"").decode() or default_tenant
     record = RawRecord("gateway", 0, 0, int(time.time() * 1000), None, body, headers)
     try:
-        alerts = normalize_record(record, default_tenant=default_tenant, max_payload_bytes=max_payload_bytes)
+        alerts = normalize_record(record, default_tenant=default_tenant, max_payload_bytes=max_payload_bytes, limits=_LIMITS)
     except InvalidPayload as exc:
         if exc.reason in ACCEPTED_INVALID:
             return Outcome(0, tenant.encode())
         return Outcome(reason=exc.reason, detail=exc.detail[:DETAIL_MAX])
     except MemoryError:
         raise
-    except RecursionError:
-        return Outcome(reason="invalid_shape", detail="the JSON is nested too deeply")
     except Exception as exc:  # noqa: BLE001 - a normalizer bug: the pipeline would park it as internal_error
         return Outcome(reason="internal_error", detail=f"{type(exc).__name__}: {exc}"[:DETAIL_MAX])
     # key: the first alert's identity, so repeats of one alert keep their order on the input topic
@@ -95,8 +98,11 @@ def validate_body(body: bytes, headers: dict[str, bytes], default_tenant: str, m
     return Outcome(len(alerts), key, any(item.alert.severity == "critical" for item in alerts))
 
 
-def _child_main(conn: Connection, validator: str, default_tenant: str, max_payload_bytes: int, memory_limit: int) -> None:
+def _child_main(conn: Connection, validator: str, default_tenant: str, max_payload_bytes: int, memory_limit: int,
+                limits: dict | None = None) -> None:
     """A validation process: bodies in, Outcomes out, until the gateway closes the socket."""
+    global _LIMITS
+    _LIMITS = NormalizeLimits(**limits) if limits else DEFAULT_LIMITS  # refuse exactly what the worker refuses
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the gateway's to handle; it ends us by closing the socket
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if memory_limit:
@@ -149,7 +155,7 @@ def main(argv: list[str]) -> None:
     """`python -m gateway.validation FD CONFIG_JSON`: the process side of ValidationPool."""
     fd, config = int(argv[0]), json.loads(argv[1])
     _child_main(Connection(fd), config["validator"], config["default_tenant"], config["max_payload_bytes"],
-                config["memory_limit"])
+                config["memory_limit"], config.get("limits"))
 
 
 @dataclass(eq=False)
@@ -179,7 +185,8 @@ class _Stats:
 
 class ValidationPool:
     def __init__(self, *, processes: int, timeout_s: float, tenant_pending: int, default_tenant: str,
-                 max_payload_bytes: int, validator: str = VALIDATOR, memory_limit: int = MEMORY_LIMIT_BYTES) -> None:
+                 max_payload_bytes: int, validator: str = VALIDATOR, memory_limit: int = MEMORY_LIMIT_BYTES,
+                 limits: dict | None = None) -> None:
         if processes < 1:
             raise ValueError("at least one validation process")
         self.processes = processes
@@ -188,7 +195,8 @@ class ValidationPool:
         # one tenant never holds every process: the last one is always left to the others
         self.tenant_running = max(1, processes - 1)
         self._config = json.dumps({"validator": validator, "default_tenant": default_tenant,
-                                   "max_payload_bytes": max_payload_bytes, "memory_limit": memory_limit})
+                                   "max_payload_bytes": max_payload_bytes, "memory_limit": memory_limit,
+                                   "limits": limits})
         self._startup_failures = 0  # processes in a row that died before they were ready
         self._workers: list[_Worker] = []
         self._queues: OrderedDict[str, deque[_Job]] = OrderedDict()
@@ -203,7 +211,8 @@ class ValidationPool:
         return cls(processes=settings.gateway_validation_processes,
                    timeout_s=settings.gateway_validation_timeout_s,
                    tenant_pending=settings.gateway_validation_tenant_pending,
-                   default_tenant=settings.default_tenant, max_payload_bytes=settings.max_payload_bytes)
+                   default_tenant=settings.default_tenant, max_payload_bytes=settings.max_payload_bytes,
+                   limits=settings.normalizer_limits.model_dump())
 
     # ------------------------------------------------------------ life cycle
     async def start(self, timeout_s: float = 60.0) -> None:

@@ -50,9 +50,21 @@ def content_hash(alert: Alert, ignore_fields: Iterable[str] = DEFAULT_IGNORE_FIE
     ignored nested key is removed. The default rule (ignore lastReceived) takes a
     fast path that encodes the struct directly, without an intermediate dict.
     """
+    return content_hash_and_document(alert, ignore_fields)[0]
+
+
+def content_hash_and_document(alert: Alert, ignore_fields: Iterable[str] = DEFAULT_IGNORE_FIELDS) -> tuple[str, bytes | None]:
+    """`content_hash`, and the JSON it hashed when that JSON holds every field of the alert but
+    `lastReceived` (the default rule's fast path), else None. The normalizer stage checks the
+    alert's strings and nesting on that JSON instead of encoding the alert once more."""
     ignore = tuple(ignore_fields)
     if ignore == DEFAULT_IGNORE_FIELDS:
-        return sha256_hex(_hash_encoder.encode(msgspec.structs.replace(alert, last_received=None)))[:32]
+        document = _hash_encoder.encode(msgspec.structs.replace(alert, last_received=None))
+        return sha256_hex(document)[:32], document
+    return _custom_content_hash(alert, ignore), None
+
+
+def _custom_content_hash(alert: Alert, ignore: tuple[str, ...]) -> str:
     document = msgspec.to_builtins(alert)
     for path in ignore:
         if "." not in path:

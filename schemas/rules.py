@@ -32,7 +32,14 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from schemas.alert import Alert
-from schemas.fingerprint import DEFAULT_IGNORE_FIELDS, canonical_json, content_hash, fingerprint_of, sha256_hex
+from schemas.fingerprint import (
+    DEFAULT_IGNORE_FIELDS,
+    canonical_json,
+    content_hash,
+    content_hash_and_document,
+    fingerprint_of,
+    sha256_hex,
+)
 from schemas.normalizers import PROVIDER_MODULES
 
 RULES_PATH_ENV = "ALERTSTREAM_FINGERPRINT_RULES_PATH"
@@ -233,7 +240,7 @@ class ResolvedRule:
     """What applies to one (tenant, provider): how to fingerprint and hash its alerts."""
 
     __slots__ = ("spec", "origin", "fingerprint_fields", "ignore_fields", "dedup_enabled", "fallbacks",
-                 "_getters", "_verbatim")
+                 "_getters", "_verbatim", "hashes_whole_alert")
 
     def __init__(self, spec: RuleSpec, origin: str) -> None:
         self.spec = spec
@@ -246,6 +253,9 @@ class ResolvedRule:
         self.fallbacks = 0  # alerts that had none of the fingerprint fields: they kept the default identity
         self._getters = tuple(_getter(p) for p in spec.fingerprint_fields)
         self._verbatim = spec.fingerprint_fields in ((), ("fingerprint",))
+        # the default identity and ignore fields: the hash encodes the whole alert but lastReceived,
+        # and nothing before it walks into the alert's nested fields
+        self.hashes_whole_alert = self._verbatim and self.ignore_fields == DEFAULT_IGNORE_FIELDS
 
     def fingerprint(self, alert: Alert) -> str:
         """The alert's identity under this rule (`alert.fingerprint` as the normalizer set it is an input).
@@ -265,6 +275,9 @@ class ResolvedRule:
 
     def content_hash(self, alert: Alert) -> str:
         return content_hash(alert, self.ignore_fields)
+
+    def content_hash_and_document(self, alert: Alert) -> tuple[str, bytes | None]:
+        return content_hash_and_document(alert, self.ignore_fields)
 
     def __repr__(self) -> str:
         return (f"ResolvedRule({self.origin}: fingerprint_fields={list(self.fingerprint_fields)}, "

@@ -17,20 +17,23 @@ import signal
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import faust
 import msgspec
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
+from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.producer import ProducerBuffer
 from mode.utils.logging import cry
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.deduplicator import PackedRecord, StageTwoPlan, plan_batch
-from agents.normalizer import DeadLetter, RawRecord, StageOneResult, dead_letter_headers, pack, process_records, unpack
+from agents.normalizer import DeadLetter, RawRecord, StageOneResult, dead_letter_headers, iter_process_records, pack, unpack
 from agents.throttle import THROTTLED_RECORDS, ConsumerThrottle, parked_headers
 from schemas.alert import NormalizedAlert
+from schemas.normalizers import NormalizeLimits
+from schemas.normalizers.canonical import PROVIDER as CANONICAL_PROVIDER
 from schemas.rules import load_rules
 from sinks.base import CircuitBreaker, WriteBatch
 from sinks.maintenance import run_maintenance_forever
@@ -60,13 +63,14 @@ from streams.metrics import (
 )
 from streams.settings import Settings
 from tables.bloom import PartitionBlooms
-from tables.dedup_state import DedupStore, Outcome, make_table
+from tables.dedup_state import DedupStore, Outcome, make_table, state_key
 from tables.hot_cache import HotCache
 
 log = logging.getLogger(__name__)
 
 
 _encode_json = msgspec.json.Encoder().encode
+_decode_canonical = msgspec.json.Decoder(NormalizedAlert).decode  # a dead-lettered alert, replayed
 MAX_RECORD_BYTES = 16 * 1024 * 1024  # the largest input record alertstream can read and dead-letter
 
 
@@ -89,6 +93,19 @@ def refuse_acks_once_failed(stream) -> Callable[[], None]:  # noqa: ANN001 - a F
     return refuse
 
 
+async def _refuse_offset_gaps(consumer, tp, offset_from: int, offset_to: int) -> None:  # noqa: ANN001
+    """Faust takes a jump in the offsets it reads for a run of transaction markers or compacted
+    records and commits over it (`Consumer._add_gap`). alertstream's acked topics have neither (no
+    transactions; inputs and internal topics are not compacted): a jump there is Faust losing
+    records it fetched (faust-streaming issues 175, 640), and filling it committed past alerts that
+    were never written (seen on Apache Kafka after a kill -9 under load). Refused: the missing
+    offsets stay unacked, nothing past them is committed, and the skip/stall guard replaces the
+    process (streams/stall_watchdog.py)."""
+    OFFSET_GAPS.labels(tp.topic).inc()
+    log.error("%s[%d]: the consumer jumped from offset %d to %d; not committing past the gap",
+              tp.topic, tp.partition, offset_from - 1, offset_to)
+
+
 def build_search_sink(settings: Settings) -> SearchSink:
     if not settings.search_url:
         raise RuntimeError("ALERTSTREAM_SEARCH_URL is not set (or set ALERTSTREAM_SEARCH_ENABLED=false)")
@@ -107,6 +124,7 @@ def create_app(settings: Settings) -> faust.App:
     # flushed, so the size changes the pacing, not the guarantees. (A class attribute: Faust has
     # no setting for it.)
     ProducerBuffer.max_messages = settings.changelog_buffer_max_messages
+    FaustConsumer._add_gap = _refuse_offset_gaps
     datadir = settings.data_dir / f"worker-{settings.worker_web_port}"
     datadir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     app = faust.App(
@@ -153,6 +171,7 @@ def create_app(settings: Settings) -> faust.App:
     )
     ttl_ms = int(settings.dedup_state_ttl_s * 1000)
     failpoints = FailPoints(settings.failpoints_path)
+    limits = NormalizeLimits(**settings.normalizer_limits.model_dump())
 
     @app.on_partitions_revoked.connect
     async def forget_revoked(app, revoked, **kwargs) -> None:  # noqa: ANN001
@@ -195,25 +214,24 @@ def create_app(settings: Settings) -> faust.App:
         raw_circuit = None
         if raw_sink is not None:
             await raw_sink.start()
-            raw_circuit = CircuitBreaker(raw_sink, settings.sink_retry, dead_letter_alert, wait=consumer.wait_paused)
+            raw_circuit = CircuitBreaker(raw_sink, settings.sink_retry, dead_letter_alert(settings.topic_alerts),
+                                         wait=consumer.wait_paused)
         try:
             async for records in consumer.batches(settings.stream_batch):
                 RECORDS_RECEIVED.labels("normalize").inc(len(records))
                 # critical work holds this process's bulk stages back while it runs (streams/priority.py)
                 with gate.holding(len(records)) if critical else contextlib.nullcontext():
-                    result = process_records(
-                        records,
-                        partitions=settings.topic_partitions,
-                        default_tenant=settings.default_tenant,
-                        max_payload_bytes=settings.max_payload_bytes,
-                        rules=rules,
-                        max_age_ms=int(settings.record_max_age_s * 1000),
-                        throttle=throttle, clock_s=time.monotonic(),
-                    )
-                    raw_rows = raw_rows_for(records, result.dead_letters, raw_policy, default_tenant=settings.default_tenant) \
-                        if raw_circuit is not None else []
-                    await asyncio.gather(emit(result), raw_circuit.write(RawBatch(raw_rows)) if raw_rows else asyncio.sleep(0))
-                    await consumer.commit(records)  # only after the broker acked the output
+                    # in chunks: sending one (an await) gives the loop its turn and bounds what is held
+                    for result in iter_process_records(
+                            records, partitions=settings.topic_partitions, default_tenant=settings.default_tenant,
+                            max_payload_bytes=settings.max_payload_bytes, rules=rules,
+                            max_age_ms=int(settings.record_max_age_s * 1000), throttle=throttle,
+                            clock_s=time.monotonic(), limits=limits, chunk_max_ms=settings.normalizer_chunk_max_ms,
+                            chunk_max_output_bytes=settings.normalizer_chunk_max_output_bytes):
+                        raw_rows = raw_rows_for(result.records, result.dead_letters, raw_policy,
+                                                default_tenant=settings.default_tenant) if raw_circuit is not None else []
+                        await asyncio.gather(emit(result), raw_circuit.write(RawBatch(raw_rows)) if raw_rows else asyncio.sleep(0))
+                    await consumer.commit(records)  # only after the broker acked every chunk's output
                 if not critical:
                     await gate.wait_idle()  # let critical work in flight go first
         finally:
@@ -230,24 +248,35 @@ def create_app(settings: Settings) -> faust.App:
         """Critical alerts have their own input topic and consumer: no backlog of the main topic delays them."""
         await normalize_from(settings.topic_critical, f"{settings.app_id}-normalize-critical", critical=True)
 
-    async def dead_letter_alert(item: NormalizedAlert, reason: str) -> None:
-        """An alert a sink refused: to the DLQ as canonical JSON (a Keep generic alert), so that
-        `alertstream dlq replay` can send it through the pipeline again after a fix."""
-        failpoints.hit("dedup.dead_letter")
-        DLQ_RECORDS.labels("sink_rejected").inc()
-        fut = await dlq_topic.send(key=item.alert.fingerprint.encode(), value=_encode_json(item.alert), force=True, headers={
-            "provider": b"keep", "tenant": item.alert.tenant.encode(),
-            "dlq_reason": b"sink_rejected", "dlq_detail": reason[:2000].encode(),
-            "dlq_topic": settings.topic_alerts.encode(), "dlq_alert_uid": item.uid.encode(),
-            "dlq_first_failure_ms": str(int(time.time() * 1000)).encode(), "dlq_attempts": b"1",
-        })
-        await fut
+    def dead_letter_alert(replay_to: str) -> Callable[[NormalizedAlert, str], Awaitable[None]]:
+        async def dead_letter(item: NormalizedAlert, reason: str) -> None:
+            """An alert a sink refused: to the DLQ as alertstream built it (the JSON of the whole
+            NormalizedAlert, provider `alertstream`), so that `alertstream dlq replay` restores it
+            exactly after a fix: to the input topic for Postgres (normalized as it is, not again),
+            to the stored-alerts topic for the search store (its dedup state is already written)."""
+            failpoints.hit("dedup.dead_letter")
+            DLQ_RECORDS.labels("sink_rejected").inc()
+            fut = await dlq_topic.send(key=item.alert.fingerprint.encode(), value=_encode_json(item), force=True, headers={
+                "provider": CANONICAL_PROVIDER.encode(), "tenant": item.alert.tenant.encode(),
+                "dlq_reason": b"sink_rejected", "dlq_detail": reason[:2000].encode(),
+                "dlq_topic": replay_to.encode(), "dlq_alert_uid": item.uid.encode(),
+                "dlq_first_failure_ms": str(int(time.time() * 1000)).encode(), "dlq_attempts": b"1",
+            })
+            await fut
+        return dead_letter
 
     postgres = PostgresSink(settings.require_database_url(), pool_size=settings.db_pool_size)
 
     async def deduplicate_stream(stream, stage: str, critical: bool) -> None:  # noqa: ANN001 - a Faust stream
         # blocking this agent is the backpressure: Faust stops fetching once its buffers are full
-        circuit = CircuitBreaker(postgres, settings.sink_retry, dead_letter_alert)
+        rejected: set[str] = set()  # alerts of the batch that Postgres refused: no dedup state for them
+
+        async def dead_letter_and_note(item: NormalizedAlert, reason: str) -> None:
+            await to_dlq(item, reason)
+            rejected.add(item.uid)
+
+        to_dlq = dead_letter_alert(settings.topic_alerts)
+        circuit = CircuitBreaker(postgres, settings.sink_retry, dead_letter_and_note)
         topic = settings.topic_normalized_critical if critical else settings.topic_normalized
         watchdog = AgentWatchdog(stage, lambda: offsets.waiting(end_offsets(topic)), settings.worker_stall_timeout_s)
         watchdogs.append(watchdog)
@@ -259,8 +288,9 @@ def create_app(settings: Settings) -> faust.App:
             RECORDS_RECEIVED.labels(stage).inc(len(events))
             for attempt in range(1, settings.dedup_batch_attempts + 1):
                 try:
+                    rejected.clear()
                     with gate.holding(len(events)) if critical else contextlib.nullcontext():
-                        await deduplicate_batch(stage, events, circuit)
+                        await deduplicate_batch(stage, events, circuit, rejected)
                     break
                 except Exception as exc:  # noqa: BLE001 - any failure: the batch is not done, so not acked
                     DEDUP_BATCH_FAILURES.labels(stage).inc()
@@ -273,7 +303,7 @@ def create_app(settings: Settings) -> faust.App:
                     await asyncio.sleep(min(settings.sink_retry.initial_backoff_s * 2 ** attempt, settings.sink_retry.max_backoff_s))
             watchdog.idle()
 
-    async def deduplicate_batch(stage: str, events, circuit: CircuitBreaker) -> None:  # noqa: ANN001
+    async def deduplicate_batch(stage: str, events, circuit: CircuitBreaker, rejected: set[str]) -> None:  # noqa: ANN001
         """One batch, in the order that makes at-least-once safe (agents/deduplicator.py). Safe to
         run again after a failure at any step: the sinks and the topics' consumers are idempotent."""
         failpoints.hit("dedup.offsets")
@@ -290,8 +320,12 @@ def create_app(settings: Settings) -> faust.App:
                 durable.create_task(dead_letter_record(raw, reason="undecodable", detail=why))
         observe_end_to_end(plan.batch)
         failpoints.hit("dedup.state")
+        # an identity whose alert Postgres refused keeps its old state: the alert, replayed from the
+        # DLQ after a fix, must be stored, not taken for a duplicate of itself
+        refused = {state_key(i.alert.tenant, i.alert.fingerprint) for i in plan.batch.stored if i.uid in rejected}
         for key, (state, event) in plan.state_writes.items():
-            store.put(key, state, event)
+            if key not in refused:
+                store.put(key, state, event)
         if ttl_ms:
             now_ms = int(time.time() * 1000)
             for event in {e.message.partition: e for e in events}.values():
@@ -322,11 +356,9 @@ def create_app(settings: Settings) -> faust.App:
             answer = next(iter(admin[0].list_consumer_group_offsets(request).values())).result(timeout=10)
             offset = answer.topic_partitions[0].offset
             return offset if offset >= 0 else None
-        try:
-            return await asyncio.to_thread(ask)
-        except Exception as exc:  # noqa: BLE001 - unknown then; the stall check still applies
-            log.warning("could not read the committed offset of %s[%d]: %s", tp.topic, tp.partition, exc)
-            return None
+        # None: the group has no committed offset there (a fresh group). A failed query raises:
+        # the batch is not processed blindly, it fails and is tried again (fail closed)
+        return await asyncio.to_thread(ask)
 
     def end_offsets(topic: str) -> dict:
         return {tp: app.consumer.highwater(tp) for tp in app.consumer.assignment() if tp.topic == topic}
@@ -426,7 +458,7 @@ def create_app(settings: Settings) -> faust.App:
             search = build_search_sink(settings)
             await search.start()
             consumer = BatchConsumer(settings, group_id=f"{settings.app_id}-index", topic=settings.topic_stored)
-            circuit = CircuitBreaker(search, settings.sink_retry, dead_letter_alert, wait=consumer.wait_paused,
+            circuit = CircuitBreaker(search, settings.sink_retry, dead_letter_alert(settings.topic_stored), wait=consumer.wait_paused,
                                      retry_later=index_later)
             await consumer.start()
             try:
@@ -435,7 +467,10 @@ def create_app(settings: Settings) -> faust.App:
                     batch = WriteBatch()
                     for record in records:
                         try:
-                            batch.stored.extend(unpack(record.value))
+                            if record.headers.get("provider") == CANONICAL_PROVIDER.encode():  # replayed from the DLQ
+                                batch.stored.append(_decode_canonical(record.value or b""))
+                            else:
+                                batch.stored.extend(unpack(record.value))
                         except msgspec.DecodeError as exc:  # foreign bytes on the internal topic
                             await dead_letter_record(record, reason="undecodable", detail=f"{type(exc).__name__}: {exc}")
                     await circuit.write(batch)

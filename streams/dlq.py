@@ -329,6 +329,23 @@ def _partitions(consumer: Any, topic: str, timeout_s: float) -> list[int]:
     return sorted(metadata.partitions)
 
 
+def _watermarks(consumer: Any, tp: Any, timeout_s: float) -> tuple[int, int]:
+    """A partition's (low, high) offsets; a partition whose leader is still being elected (a topic
+    just created, a broker restarting) is asked again until `timeout_s`."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    electing = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return consumer.get_watermark_offsets(tp, timeout=max(0.1, deadline - time.monotonic()))
+        except KafkaException as exc:
+            error = exc.args[0]
+            if not (error.retriable() or error.code() in electing) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def read_topic(settings: Settings, topic: str | None = None, *, since_ms: int | None = None,
                idle_s: float = 10.0, settle_s: float = 1.0, timeout_s: float = 30.0,
                clock: Callable[[], float] = time.monotonic) -> Iterator[DeadLetterRecord]:
@@ -353,7 +370,7 @@ def read_topic(settings: Settings, topic: str | None = None, *, since_ms: int | 
         assigned = {p: o for p, o in starts.items() if o != -1}
         if not assigned:
             return
-        watermarks = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s) for p in assigned}
+        watermarks = {p: _watermarks(consumer, TopicPartition(topic, p), timeout_s) for p in assigned}
         consumer.assign([TopicPartition(topic, p, o) for p, o in assigned.items()])
         tracker = EndTracker({p: (o if o >= 0 else watermarks[p][0]) for p, o in assigned.items()},
                              {p: high for p, (_, high) in watermarks.items()},

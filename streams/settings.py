@@ -38,13 +38,26 @@ class RateLimit(BaseModel):
     burst: float = Field(ge=1, description="Bucket size: requests that may arrive at once after a quiet period.")
 
 
+class NormalizerLimits(BaseModel):
+    """What one input record may cost the normalizer, whatever it contains (docs/security.md).
+    Over a bound the record goes to the DLQ with the reason named here; never truncated. The
+    gateway refuses exactly what the worker would (same limits)."""
+
+    max_alerts_per_record: int = Field(10_000, ge=1, le=0xFFFF, description="Alerts in one record (a webhook's `alerts` list); more: DLQ `too_many_alerts`, refused before any alert is read.")
+    max_labels_per_alert: int = Field(1_000, ge=1, description="Labels of one alert; more: DLQ `over_budget`.")
+    max_depth: int = Field(64, ge=2, description="Nesting depth of an alert's JSON (`extra`); deeper: DLQ `too_deep`.")
+    record_cpu_budget_ms: float = Field(500.0, gt=0, description="CPU time one record may take to normalize, checked between alerts; more: DLQ `over_budget`. The backstop for whatever the other bounds miss.")
+    max_output_ratio: float = Field(4.0, gt=0, description="The record's normalized alerts (as JSON) may be at most this many times its input bytes, plus `output_allowance_per_alert` per alert; more: DLQ `output_too_large`.")
+    output_allowance_per_alert: int = Field(1_024, ge=0, description="Bytes of normalized output each alert may add beyond `max_output_ratio` × input.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="ALERTSTREAM_", env_nested_delimiter="__", extra="ignore"
     )
 
     # --- where the servers are; unset means "start them locally with `alertstream stack up`"
-    kafka_bootstrap: str | None = Field(None, description="Kafka bootstrap servers, host:port[,host:port]. Unset: the local Tansu broker.")
+    kafka_bootstrap: str | None = Field(None, description="Kafka bootstrap servers, host:port[,host:port]. Unset: the local broker of `alertstream stack up` (Apache Kafka, or Tansu where Java is missing).")
     database_url: SecretStr | None = Field(None, description="PostgreSQL URL (postgresql://user:pass@host:port/db). Unset: the local embedded PostgreSQL.")
     search_url: str | None = Field(None, description="Elasticsearch/OpenSearch base URL. Unset: the local osmem store.")
     search_username: str | None = Field(None, description="Basic-auth user for the search store, if it needs one.")
@@ -93,6 +106,9 @@ class Settings(BaseSettings):
     default_tenant: str = Field("default", description="Tenant of a record that carries no `tenant` header.")
     record_max_age_s: float = Field(0, ge=0, description="An input record older than this when it is processed goes to the DLQ with reason `expired` (queue TTL); 0 = no limit.")
     max_payload_bytes: int = Field(1_048_576, ge=1024, description="A record larger than this goes to the DLQ with reason `too_large`.")
+    normalizer_limits: NormalizerLimits = Field(default_factory=NormalizerLimits, description="Per-record bounds of the normalizer (worker and gateway alike).")
+    normalizer_chunk_max_ms: float = Field(100.0, gt=0, description="The normalize stage hands the event loop back (sends what it has) after this much time on a batch, so one batch of costly records never holds the loop longer.")
+    normalizer_chunk_max_output_bytes: int = Field(16 * 1024 * 1024, ge=1, description="The normalize stage sends what it has once a batch's normalized alerts reach this many bytes, so a batch's output held in memory is bounded.")
     db_pool_size: int = Field(4, ge=1, description="Connections in the worker's Postgres pool.")
 
     dedup_batch_attempts: int = Field(3, ge=1, description="Times a dedup batch that failed (a produce, an offset query) is tried in-process, with a growing wait, before the process exits for a fresh one. A failed batch is never acked.")

@@ -2,18 +2,31 @@
 
 `normalize(provider, raw, ctx)` is the single entry point: it parses the bytes
 once (orjson), picks the provider's module and returns canonical alerts, or
-raises `InvalidPayload` with a reason code for the DLQ.
+raises `InvalidPayload` with a reason code for the DLQ. Every alert it returns
+has passed `check_alert` (no NUL at any depth, bounded nesting and labels, ISO
+8601 UTC dates; with `ctx.check_content=False` the caller owns the NUL and depth
+part), and the record stayed within its `Budget` (ctx.budget, else the default
+limits): whatever a provider module does, nothing else escapes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from typing import Any, Callable
 
 import orjson
 
 from schemas.alert import Alert
-from schemas.normalizers.base import InvalidPayload, NormalizeContext
+from schemas.normalizers.base import (
+    DEFAULT_LIMITS,
+    Budget,
+    InvalidPayload,
+    NormalizeContext,
+    NormalizeLimits,
+    check_alert,
+    check_alert_fields,
+)
 
 Normalizer = Callable[[Any, NormalizeContext], list[Alert]]
 
@@ -30,6 +43,8 @@ PROVIDER_MODULES: dict[str, str] = {
     "zabbix": "zabbix",
 }
 DEFAULT_PROVIDER = "keep"
+# written by alertstream itself (a dead-lettered canonical alert, replayed): no public path for it
+INTERNAL_PROVIDER_MODULES: dict[str, str] = {"alertstream": "canonical"}
 
 _loaded: dict[str, Normalizer] = {}
 
@@ -37,7 +52,7 @@ _loaded: dict[str, Normalizer] = {}
 def normalizer_for(provider: str) -> Normalizer:
     fn = _loaded.get(provider)
     if fn is None:
-        module = PROVIDER_MODULES.get(provider)
+        module = PROVIDER_MODULES.get(provider) or INTERNAL_PROVIDER_MODULES.get(provider)
         if module is None:
             raise InvalidPayload("unknown_provider", f"no normalizer for provider {provider!r}; known: {', '.join(sorted(PROVIDER_MODULES))}")
         fn = importlib.import_module(f"schemas.normalizers.{module}").normalize
@@ -54,7 +69,19 @@ def parse_json(raw: bytes) -> Any:
 
 def normalize(provider: str | None, raw: bytes, ctx: NormalizeContext) -> list[Alert]:
     fn = normalizer_for(provider or DEFAULT_PROVIDER)
-    return fn(parse_json(raw), ctx)
+    if ctx.budget is None:
+        ctx = dataclasses.replace(ctx, budget=Budget(DEFAULT_LIMITS))
+    budget = ctx.budget
+    alerts = fn(parse_json(raw), ctx)
+    limits = budget.limits
+    if len(alerts) > limits.max_alerts_per_record:  # single-alert providers never get near; this is the backstop
+        raise InvalidPayload("too_many_alerts", f"{len(alerts)} alerts in one record > limit {limits.max_alerts_per_record}")
+    check = check_alert if ctx.check_content else check_alert_fields
+    for alert in alerts:
+        check(alert, limits)
+    budget.check()  # the provider's loop charged each alert (alert_items); this covers the checks
+    return alerts
 
 
-__all__ = ["InvalidPayload", "NormalizeContext", "PROVIDER_MODULES", "normalize", "normalizer_for", "parse_json"]
+__all__ = ["Budget", "InvalidPayload", "NormalizeContext", "NormalizeLimits", "PROVIDER_MODULES", "normalize",
+           "normalizer_for", "parse_json"]

@@ -1,10 +1,19 @@
-"""What every provider normalizer shares: its context, its error, small coercions."""
+"""What every provider normalizer shares: its context, its error, small coercions, and the bounds of
+a record (NormalizeLimits, Budget), multi-valued labels built in linear time (Labels), the group
+fields of multi-alert notifications (group_fields_per_alert), and the guard every canonical alert
+passes (check_alert)."""
 
 from __future__ import annotations
 
+import re
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable, Iterator
+
+import msgspec
+
+from schemas.alert import Alert
 
 
 class InvalidPayload(ValueError):
@@ -21,10 +30,91 @@ class InvalidPayload(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class NormalizeLimits:
+    """Per-record bounds of the normalizer: what one record may cost, whatever it contains.
+
+    Each is deterministic except the CPU budget, which is the backstop for whatever the others
+    miss. Over a bound the record is refused (InvalidPayload → DLQ with the reason), never
+    truncated: a partial record would be stored as if it were whole.
+    """
+
+    max_alerts_per_record: int = 10_000  # reason too_many_alerts; at most 0xFFFF (positions pack the index in 16 bits)
+    max_labels_per_alert: int = 1_000  # reason over_budget
+    max_depth: int = 64  # nesting of the canonical alert's JSON (extra); reason too_deep
+    record_cpu_budget_ms: float = 500.0  # CPU time of one record, checked between alerts; reason over_budget
+    # normalized output (its alerts' JSON bytes) of a record ≤ max_output_ratio × input bytes
+    #   + output_allowance_per_alert × alerts; reason output_too_large
+    max_output_ratio: float = 4.0
+    output_allowance_per_alert: int = 1_024
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_alerts_per_record <= 0xFFFF:
+            raise ValueError(f"max_alerts_per_record must be in 1..65535, got {self.max_alerts_per_record}")
+        if self.max_labels_per_alert < 1 or self.max_depth < 2 or self.record_cpu_budget_ms <= 0:
+            raise ValueError("max_labels_per_alert ≥ 1, max_depth ≥ 2 and record_cpu_budget_ms > 0 are required")
+        if self.max_output_ratio <= 0 or self.output_allowance_per_alert < 0:
+            raise ValueError("max_output_ratio > 0 and output_allowance_per_alert ≥ 0 are required")
+
+
+DEFAULT_LIMITS = NormalizeLimits()
+
+
+class Budget:
+    """The CPU time one record may use, on the thread that normalizes it.
+
+    Thread CPU time, not wall time: a record is judged by the work it causes, so a loaded
+    machine that preempts the worker does not send honest records to the DLQ. Checked between
+    alerts (every `_EVERY` of them: reading the clock costs ~0.5 µs); the work within one alert
+    is linear in its size, which `max_payload_bytes` bounds.
+    """
+
+    __slots__ = ("limits", "_clock", "_deadline", "_ticks")
+    _EVERY = 8
+
+    def __init__(self, limits: NormalizeLimits = DEFAULT_LIMITS, clock: Callable[[], float] = time.thread_time) -> None:
+        self.limits = limits
+        self._clock = clock
+        self._deadline = clock() + limits.record_cpu_budget_ms / 1000
+        self._ticks = 0
+
+    def tick(self) -> None:
+        self._ticks += 1
+        if self._ticks % self._EVERY == 0:
+            self.check()
+
+    def check(self) -> None:
+        if self._clock() > self._deadline:
+            raise InvalidPayload("over_budget", f"normalizing the record took more than {self.limits.record_cpu_budget_ms:g} ms "
+                                 f"of CPU (stopped after {self._ticks} alert steps)")
+
+
+@dataclass(frozen=True, slots=True)
 class NormalizeContext:
     tenant: str
     received_at: str  # ISO 8601 UTC of the source record, used where the payload has no time
     provider_id: str | None = None
+    budget: Budget | None = None  # set by `normalize()` when the caller gives none
+    # False: the caller checks each alert's NUL/depth itself (check_alert_document), on the JSON it
+    # hashes; the normalizer stage does, to save encoding every alert once more
+    check_content: bool = True
+
+
+def alert_items(value: Any, ctx: NormalizeContext, what: str) -> Iterator[tuple[int, Any]]:
+    """(index, item) of a provider's list of alerts, within the record's budget.
+
+    The count is refused before any alert is read (a fixed bound, known up front); the CPU
+    budget is charged per alert.
+    """
+    if not isinstance(value, list):
+        raise InvalidPayload("invalid_field", f"{what} must be a JSON array, got {type(value).__name__}")
+    budget = ctx.budget
+    limit = budget.limits.max_alerts_per_record if budget else DEFAULT_LIMITS.max_alerts_per_record
+    if len(value) > limit:
+        raise InvalidPayload("too_many_alerts", f"{len(value)} alerts in one record > limit {limit}")
+    for index, item in enumerate(value):
+        if budget is not None:
+            budget.tick()
+        yield index, item
 
 
 def iso_from_epoch_ms(ms: int) -> str:
@@ -129,6 +219,8 @@ def parse_time(value: Any, *, epoch: str | None = None, formats: tuple[str, ...]
         text = value.strip()
         if not text:
             return None
+        if CANONICAL_TIME.fullmatch(text):  # already what we write (a replay, most Keep clients): as is
+            return text
         if epoch is not None and _looks_numeric(text):
             return iso_utc(datetime.fromtimestamp(float(text) / _EPOCH_SCALE[epoch], tz=timezone.utc))
         try:
@@ -168,13 +260,182 @@ def optional_time(value: Any, key: str, extra: dict[str, Any], **kw: Any) -> str
     return parsed
 
 
-def add_label(labels: dict[str, str], key: str, value: Any) -> None:
-    """Add a scalar as a label, joining repeated keys with "," (multi-valued tags)."""
-    if value is None or isinstance(value, (dict, list)) or key == "":
-        return
-    text = value if isinstance(value, str) else str(value)
-    if key in labels and labels[key] != text:
-        if text not in labels[key].split(","):
-            labels[key] = f"{labels[key]},{text}"
-    else:
-        labels[key] = text
+class Labels:
+    """Labels built from (key, value) pairs; a repeated key is multi-valued: its distinct values
+    joined with "," in arrival order (Datadog/Zabbix/Sentry tags, PagerDuty teams).
+
+    Linear in the input: a set of the values seen per key answers "already there?" in O(1). The
+    former `add_label` re-split the joined string on every repeat, so 12,000 tags of one key cost
+    12,000² (9 s for a 117 KB Datadog body). A value with commas counts as present when each of
+    its parts is.
+    """
+
+    __slots__ = ("_values", "_seen")
+
+    def __init__(self) -> None:
+        self._values: dict[str, Any] = {}  # key → its one value (str), or its values (list[str])
+        self._seen: dict[str, set[str]] = {}  # only for keys with more than one value
+
+    def add(self, key: str, value: Any) -> None:
+        """Add a scalar; None, objects, arrays and the empty key are skipped."""
+        if value is None or isinstance(value, (dict, list)) or key == "":
+            return
+        text = value if isinstance(value, str) else str(value)
+        current = self._values.get(key)
+        if current is None:
+            self._values[key] = text
+            return
+        seen = self._seen.get(key)
+        if seen is None:  # a second value: the key becomes multi-valued
+            if text == current:
+                return
+            seen = self._seen[key] = set(current.split(","))
+            current = self._values[key] = [current]
+        parts = text.split(",")
+        if all(part in seen for part in parts):
+            return
+        current.append(text)
+        seen.update(parts)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._values
+
+    def build(self) -> dict[str, str]:
+        return {key: value if type(value) is str else ",".join(value) for key, value in self._values.items()}
+
+
+# ---------------------------------------------------------------- group-level fields
+# Alertmanager and Grafana send many alerts in one notification, with fields of the group
+# (receiver, groupKey, title, message...). Copied into every alert they multiply: a 0.29 MB
+# body with a 145 KB groupKey and 5,000 alerts became 727 MB of packed records. So the first
+# alert of the record carries every group field, once; the others only the small scalars
+# (what a search for one alert wants: receiver, groupKey, externalURL, status...), within a
+# fixed per-alert allowance. Group-sized fields (Grafana's `message`, a rendering of every
+# alert) are never repeated.
+
+GROUP_INLINE_FIELD_BYTES = 256  # a larger group field is on the first alert only
+GROUP_INLINE_TOTAL_BYTES = 512  # what the group adds to each further alert, at most
+
+
+def group_fields_per_alert(group: dict[str, Any], never: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The subset of `group` that every alert after the first repeats: small scalars, in order,
+    until GROUP_INLINE_TOTAL_BYTES. Deterministic: the same group always gives the same subset."""
+    inline: dict[str, Any] = {}
+    total = 0
+    for key, value in group.items():
+        if key in never:
+            continue
+        if isinstance(value, str):
+            size = len(value) if value.isascii() else len(value.encode())  # isascii() is O(1) in CPython
+        elif isinstance(value, (bool, int, float)):
+            size = 24
+        else:
+            continue  # objects and arrays can be any size: first alert only
+        if size > GROUP_INLINE_FIELD_BYTES or total + len(key) + size > GROUP_INLINE_TOTAL_BYTES:
+            continue
+        total += len(key) + size
+        inline[key] = value
+    return inline
+
+
+# ---------------------------------------------------------------- the canonical alert's guard
+
+CANONICAL_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")  # what iso_utc() writes
+_STRING_FIELDS = ("name", "status", "severity", "fingerprint", "tenant", "provider_type", "provider_id", "id",
+                  "environment", "service", "message", "description", "url", "image_url")
+_check_encode = msgspec.json.Encoder().encode
+# In JSON a NUL can only be written `\u0000`; one preceded by an odd number of backslashes is text
+_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def check_alert(alert: Alert, limits: NormalizeLimits = DEFAULT_LIMITS) -> None:
+    """What every canonical alert must be before it is hashed and stored, whatever the provider did.
+
+    - no NUL in any string, keys included, at any depth: PostgreSQL refuses it in text and jsonb,
+      and a row it refuses forces a bisection of the whole batch on every retry. The raw bytes are
+      checked for `\u0000` up front, but a JSON document inside a string (an SNS `Message`, Zabbix
+      tags) only shows its NUL once parsed;
+    - nesting at most `limits.max_depth`: deeper, the hash and the encoders recurse past
+      Python's limit (RecursionError) — a document 1,000 deep did;
+    - at most `limits.max_labels_per_alert` labels;
+    - `lastReceived` and `firingStartTime` are ISO 8601 UTC (`...T..:..:...mmmZ`): the search
+      store's date fields refuse anything else.
+    """
+    encode_and_check(alert, limits)
+
+
+def encode_and_check(alert: Alert, limits: NormalizeLimits = DEFAULT_LIMITS) -> bytes:
+    """`check_alert`, returning the alert's JSON it checked."""
+    check_alert_fields(alert, limits)
+    try:
+        document = _check_encode(alert)
+    except RecursionError:
+        raise InvalidPayload("too_deep", f"extra is nested more than {limits.max_depth} levels deep") from None
+    check_alert_document(alert, document, limits)
+    return document
+
+
+def check_alert_fields(alert: Alert, limits: NormalizeLimits = DEFAULT_LIMITS) -> None:
+    """The checks of `check_alert` that need no encoding: dates and the number of labels."""
+    if not CANONICAL_TIME.fullmatch(alert.last_received):
+        raise InvalidPayload("invalid_time", f"lastReceived {alert.last_received[:64]!r} is not ISO 8601 UTC")
+    if alert.firing_start_time is not None and not CANONICAL_TIME.fullmatch(alert.firing_start_time):
+        raise InvalidPayload("invalid_time", f"firingStartTime {alert.firing_start_time[:64]!r} is not ISO 8601 UTC")
+    if len(alert.labels) > limits.max_labels_per_alert:
+        raise InvalidPayload("over_budget", f"{len(alert.labels)} labels on one alert > limit {limits.max_labels_per_alert}")
+
+
+def check_alert_document(alert: Alert, document: bytes, limits: NormalizeLimits = DEFAULT_LIMITS) -> None:
+    """The NUL and depth checks of `check_alert`, on a JSON encoding of `alert` (every field but
+    lastReceived, which `check_alert_fields` pins to a format without NUL, may be left out).
+
+    The encoding answers "any NUL?" at C speed and bounds the depth by its bracket count; only an
+    alert that fails one of the two is walked, to say where, or to measure the depth exactly. A
+    walk of every alert cost a fifth of the stage's time; the stage passes the JSON it hashes.
+    """
+    if b"\\u0000" in document and _JSON_NUL.search(document):
+        _explain_nul(alert)
+    if document.count(b"[") + document.count(b"{") > limits.max_depth:  # brackets in strings count too: a bound
+        _check_depth(alert.extra, limits.max_depth)
+
+
+def _check_depth(extra: dict[str, Any], max_depth: int) -> None:
+    stack: list[tuple[Any, int, str]] = [(extra, 1, "extra")]
+    while stack:
+        node, depth, where = stack.pop()
+        if depth > max_depth:
+            raise InvalidPayload("too_deep", f"{where[:200]} is nested more than {max_depth} levels deep")
+        pairs = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in pairs:
+            if isinstance(value, (dict, list)):
+                stack.append((value, depth + 1, f"{where}.{str(key)[:64]}" if isinstance(node, dict) else f"{where}[{key}]"))
+
+
+def _explain_nul(alert: Alert) -> None:
+    """The slow path, once the encoding showed a NUL: raise saying where it is."""
+    for field in _STRING_FIELDS:
+        value = getattr(alert, field)
+        if value is not None and "\x00" in value:
+            raise _nul(field)
+    if any("\x00" in value for value in alert.source):
+        raise _nul("source")
+    for key, value in alert.labels.items():
+        if "\x00" in key or "\x00" in value:
+            raise _nul(f"labels.{key[:64]}")
+    stack: list[tuple[Any, str]] = [(alert.extra, "extra")]
+    while stack:
+        node, where = stack.pop()
+        pairs = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in pairs:
+            path = f"{where}.{str(key)[:64]}" if isinstance(node, dict) else f"{where}[{key}]"
+            if isinstance(key, str) and "\x00" in key:
+                raise _nul(f"{path} (a key)")
+            if isinstance(value, str) and "\x00" in value:
+                raise _nul(path)
+            if isinstance(value, (dict, list)):
+                stack.append((value, path))
+    raise _nul("a string")  # msgspec wrote a NUL escape the walk did not find: refuse all the same
+
+
+def _nul(where: str) -> InvalidPayload:
+    return InvalidPayload("invalid_field", f"{where} contains a NUL character (\\u0000), which PostgreSQL cannot store")

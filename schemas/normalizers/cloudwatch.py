@@ -43,7 +43,7 @@ from schemas.fingerprint import canonical_json, sha256_hex
 from schemas.normalizers.base import (
     InvalidPayload,
     NormalizeContext,
-    add_label,
+    Labels,
     non_empty_str,
     optional_dict,
     optional_list,
@@ -132,14 +132,15 @@ def _alarm(alarm: dict[str, Any], envelope: dict[str, Any], ctx: NormalizeContex
 
     description = non_empty_str(alarm.get("AlarmDescription"), "AlarmDescription")
     trigger = optional_dict(alarm.get("Trigger"), "Trigger")
-    labels: dict[str, str] = {}
-    add_label(labels, "account", account)
-    add_label(labels, "region", region)
-    add_label(labels, "namespace", trigger.get("Namespace"))
-    add_label(labels, "metric_name", trigger.get("MetricName"))
+    builder = Labels()
+    builder.add("account", account)
+    builder.add("region", region)
+    builder.add("namespace", trigger.get("Namespace"))
+    builder.add("metric_name", trigger.get("MetricName"))
     for dim in optional_list(trigger.get("Dimensions"), "Trigger.Dimensions"):
-        if isinstance(dim, dict) and isinstance(dim.get("name"), str) and dim["name"] not in labels:
-            add_label(labels, dim["name"], dim.get("value"))
+        if isinstance(dim, dict) and isinstance(dim.get("name"), str) and dim["name"] not in builder:
+            builder.add(dim["name"], dim.get("value"))
+    labels = builder.build()
 
     extra: dict[str, Any] = {k: v for k, v in alarm.items() if k not in _ALARM_HANDLED}
     if envelope:

@@ -29,7 +29,7 @@ from schemas.fingerprint import canonical_json, sha256_hex
 from schemas.normalizers.base import (
     InvalidPayload,
     NormalizeContext,
-    add_label,
+    Labels,
     lower_str,
     non_empty_str,
     optional_str,
@@ -120,7 +120,7 @@ def _tags(raw: Any) -> dict[str, str]:
         items = [f"{k}:{v}" for k, v in raw.items() if isinstance(v, (str, int, float)) and not isinstance(v, bool)]
     else:
         raise InvalidPayload("invalid_field", f"`tags` must be a comma-separated string, got {type(raw).__name__}")
-    labels: dict[str, str] = {}
+    labels = Labels()
     for item in items:
         if not isinstance(item, str):
             raise InvalidPayload("invalid_field", f"`tags` entries must be strings, got {type(item).__name__}")
@@ -128,8 +128,8 @@ def _tags(raw: Any) -> dict[str, str]:
         if not tag or tag == _MONITOR_MARKER:
             continue
         key, sep, value = tag.partition(":")
-        add_label(labels, key.strip(), value.strip() if sep else "")
-    return labels
+        labels.add(key.strip(), value.strip() if sep else "")
+    return labels.build()
 
 
 __all__ = ["normalize"]

@@ -1,27 +1,42 @@
-"""Keep's generic alert (POST /alerts/event): one AlertDto object or a list of them."""
+"""Keep's generic alert (POST /alerts/event): one AlertDto object or a list of them.
+
+`lastReceived` and `firingStartTime` are ISO 8601 with any offset (naive means
+UTC) and are stored in UTC (`...Z`). An unreadable `lastReceived` becomes the
+record's time and an unreadable `firingStartTime` none, each with the original
+kept in extra under its own name: the search store's date fields never see it.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from schemas.alert import SEVERITIES, STATUSES, Alert
-from schemas.normalizers.base import InvalidPayload, NormalizeContext, optional_str, require_dict, string_map
+from schemas.normalizers.base import (
+    InvalidPayload,
+    NormalizeContext,
+    alert_items,
+    optional_str,
+    optional_time,
+    require_dict,
+    string_map,
+    time_or_received,
+)
 
 # AlertDto's own keys (camelCase, as Keep sends them) and where they go.
 _SCALARS = {
-    "id": "id", "name": "name", "lastReceived": "last_received", "environment": "environment",
+    "id": "id", "name": "name", "environment": "environment",
     "service": "service", "message": "message", "description": "description", "url": "url",
     "imageUrl": "image_url", "fingerprint": "fingerprint", "providerId": "provider_id",
-    "firingStartTime": "firing_start_time",
 }
-_HANDLED = set(_SCALARS) | {"status", "severity", "source", "labels", "providerType", "tenant", "schemaVersion"}
+_TIMES = {"lastReceived", "firingStartTime"}
+_HANDLED = set(_SCALARS) | _TIMES | {"status", "severity", "source", "labels", "providerType", "tenant", "schemaVersion"}
 
 
 def normalize(payload: Any, ctx: NormalizeContext) -> list[Alert]:
     items = payload if isinstance(payload, list) else [payload]
     if not items:
         raise InvalidPayload("invalid_shape", "empty list of alerts")
-    return [_one(require_dict(item, f"alert[{i}]"), ctx) for i, item in enumerate(items)]
+    return [_one(require_dict(item, f"alert[{i}]"), ctx) for i, item in alert_items(items, ctx, "the list of alerts")]
 
 
 def _one(item: dict[str, Any], ctx: NormalizeContext) -> Alert:
@@ -43,7 +58,9 @@ def _one(item: dict[str, Any], ctx: NormalizeContext) -> Alert:
         source = [source]
     if not isinstance(source, list) or not all(isinstance(s, str) for s in source):
         raise InvalidPayload("invalid_field", "`source` must be a list of strings")
-    fields["last_received"] = fields.get("last_received") or ctx.received_at
+    extra = {k: v for k, v in item.items() if k not in _HANDLED}
+    fields["last_received"] = time_or_received(item.get("lastReceived"), "lastReceived", ctx, extra)
+    fields["firing_start_time"] = optional_time(item.get("firingStartTime"), "firingStartTime", extra)
     fields["provider_id"] = fields.get("provider_id") or ctx.provider_id
     return Alert(
         **{k: v for k, v in fields.items() if v is not None},
@@ -53,5 +70,5 @@ def _one(item: dict[str, Any], ctx: NormalizeContext) -> Alert:
         provider_type="keep",
         source=source or ["keep"],
         labels=string_map(item.get("labels"), "labels"),
-        extra={k: v for k, v in item.items() if k not in _HANDLED},
+        extra=extra,
     )

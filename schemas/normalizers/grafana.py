@@ -14,6 +14,13 @@ Differences from Keep's GrafanaProvider, on purpose:
   whatever order the keys arrived).
 - group-level `groupLabels`/`commonLabels`/`commonAnnotations` are not copied:
   they are, by definition, contained in each alert's labels and annotations.
+- the other group fields (receiver, groupKey, title, message...) are on the
+  first alert of the message, all of them, once; each further alert repeats
+  only the small scalars (`base.group_fields_per_alert`), never `message`,
+  which renders every alert of the group: copied per alert it made a
+  notification's stored size grow with the square of its alert count. Keep's
+  GrafanaProvider uses the group title as every alert's name; here it is in
+  extra.groupTitle (each alert, when small) and the name's fallback.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from schemas.fingerprint import canonical_json, sha256_hex
 from schemas.normalizers.base import (
     InvalidPayload,
     NormalizeContext,
+    alert_items,
+    group_fields_per_alert,
     lower_str,
     non_empty_str,
     optional_time,
@@ -43,6 +52,7 @@ _HANDLED = {"status", "labels", "annotations", "fingerprint", "generatorURL", "i
 _GROUP = {"receiver": "receiver", "groupKey": "groupKey", "externalURL": "externalURL", "orgId": "orgId",
           "title": "groupTitle", "status": "groupStatus", "state": "groupState", "message": "groupMessage",
           "truncatedAlerts": "truncatedAlerts", "version": "version"}
+_GROUP_SIZED = frozenset({"groupMessage"})  # grows with the group: first alert only, whatever its size
 
 
 def normalize(payload: Any, ctx: NormalizeContext) -> list[Alert]:
@@ -54,15 +64,19 @@ def normalize(payload: Any, ctx: NormalizeContext) -> list[Alert]:
     if not isinstance(alerts, list) or not alerts:
         raise InvalidPayload("missing_field", "`alerts` must be a non-empty list")
     group = {name: body[key] for key, name in _GROUP.items() if key in body and body[key] is not None}
+    per_alert = group_fields_per_alert(group, never=_GROUP_SIZED)
+    title = non_empty_str(group.get("groupTitle"), "title")
     group_status = _STATUS.get(lower_str(body.get("status")))
-    return [_one(require_dict(a, f"alerts[{i}]"), i, group, group_status, ctx) for i, a in enumerate(alerts)]
+    return [_one(require_dict(a, f"alerts[{i}]"), i, group if i == 0 else per_alert, title, group_status, ctx)
+            for i, a in alert_items(alerts, ctx, "`alerts`")]
 
 
-def _one(item: dict[str, Any], i: int, group: dict[str, Any], group_status: str | None, ctx: NormalizeContext) -> Alert:
+def _one(item: dict[str, Any], i: int, group: dict[str, Any], title: str | None, group_status: str | None,
+         ctx: NormalizeContext) -> Alert:
     where = f"alerts[{i}]"
     labels = string_map(item.get("labels"), f"{where}.labels")
     annotations = string_map(item.get("annotations"), f"{where}.annotations")
-    name = labels.get("alertname") or non_empty_str(group.get("groupTitle"), "title")
+    name = labels.get("alertname") or title
     if not name:
         raise InvalidPayload("missing_field", f"{where} has no `labels.alertname` and the group no `title`")
 

@@ -36,7 +36,7 @@ from schemas.fingerprint import canonical_json, sha256_hex
 from schemas.normalizers.base import (
     InvalidPayload,
     NormalizeContext,
-    add_label,
+    Labels,
     lower_str,
     non_empty_str,
     optional_dict,
@@ -106,15 +106,16 @@ def _v3(event: dict[str, Any], ctx: NormalizeContext) -> list[Alert]:
         if isinstance(field, dict) and field.get("name") == "environment":
             environment = non_empty_str(field.get("value"), "custom_fields[environment].value") or environment
 
-    labels: dict[str, str] = {}
-    add_label(labels, "urgency", urgency)
-    add_label(labels, "priority", priority_name)
-    add_label(labels, "service_id", service.get("id"))
+    builder = Labels()
+    builder.add("urgency", urgency)
+    builder.add("priority", priority_name)
+    builder.add("service_id", service.get("id"))
     policy = optional_dict(data.get("escalation_policy"), "event.data.escalation_policy")
-    add_label(labels, "escalation_policy", policy.get("summary"))
+    builder.add("escalation_policy", policy.get("summary"))
     for team in optional_list(data.get("teams"), "event.data.teams"):
         if isinstance(team, dict):
-            add_label(labels, "teams", team.get("summary"))
+            builder.add("teams", team.get("summary"))
+    labels = builder.build()
 
     extra: dict[str, Any] = {k: v for k, v in data.items() if k not in _V3_HANDLED}
     if isinstance(raw_status, str) and raw_status.lower() not in _INCIDENT_STATUS:
@@ -182,9 +183,10 @@ def _events_v2(body: dict[str, Any], ctx: NormalizeContext) -> Alert:
 
     details = payload.get("custom_details")
     detail_map = details if isinstance(details, dict) else {}
-    labels: dict[str, str] = {}
+    builder = Labels()
     for key, value in (("source", source), ("component", component), ("group", group), ("class", event_class)):
-        add_label(labels, key, value)
+        builder.add(key, value)
+    labels = builder.build()
 
     extra: dict[str, Any] = {k: v for k, v in body.items() if k not in {"routing_key", "payload", "dedup_key"}}
     extra.update({k: v for k, v in payload.items() if k not in {"summary", "source", "component", "group", "class",

@@ -35,7 +35,7 @@ from schemas.fingerprint import canonical_json, sha256_hex
 from schemas.normalizers.base import (
     InvalidPayload,
     NormalizeContext,
-    add_label,
+    Labels,
     lower_str,
     non_empty_str,
     optional_dict,
@@ -189,10 +189,11 @@ def _issue_webhook(body: dict[str, Any], data: dict[str, Any], ctx: NormalizeCon
     extra: dict[str, Any] = {k: v for k, v in issue.items() if k not in handled}
     extra.update({k: v for k, v in body.items() if k != "data"})
     extra.update({k: v for k, v in data.items() if k != "issue"})
-    labels: dict[str, str] = {}
-    add_label(labels, "level", issue.get("level"))
-    add_label(labels, "platform", issue.get("platform"))
-    add_label(labels, "short_id", issue.get("shortId"))
+    builder = Labels()
+    builder.add("level", issue.get("level"))
+    builder.add("platform", issue.get("platform"))
+    builder.add("short_id", issue.get("shortId"))
+    labels = builder.build()
     url = non_empty_str(issue.get("permalink"), "data.issue.permalink") or non_empty_str(
         issue.get("web_url"), "data.issue.web_url")
     return Alert(
@@ -218,17 +219,17 @@ def _issue_webhook(body: dict[str, Any], data: dict[str, Any], ctx: NormalizeCon
 
 def _tags(raw: Any) -> dict[str, str]:
     """Sentry event tags: [["key", "value"], ...] (or [{"key": k, "value": v}], or an object)."""
-    labels: dict[str, str] = {}
+    labels = Labels()
     if isinstance(raw, dict):
         for key, value in raw.items():
-            add_label(labels, key, value)
-        return labels
+            labels.add(key, value)
+        return labels.build()
     for item in optional_list(raw, "event.tags"):
         if isinstance(item, list) and len(item) == 2 and isinstance(item[0], str):
-            add_label(labels, item[0], item[1])
+            labels.add(item[0], item[1])
         elif isinstance(item, dict) and isinstance(item.get("key"), str):
-            add_label(labels, item["key"], item.get("value"))
-    return labels
+            labels.add(item["key"], item.get("value"))
+    return labels.build()
 
 
 __all__ = ["normalize"]

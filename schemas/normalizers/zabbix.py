@@ -35,7 +35,7 @@ from schemas.fingerprint import canonical_json, sha256_hex
 from schemas.normalizers.base import (
     InvalidPayload,
     NormalizeContext,
-    add_label,
+    Labels,
     lower_str,
     optional_str,
     require_dict,
@@ -154,18 +154,18 @@ def _tags(raw: Any, extra: dict[str, Any]) -> dict[str, str]:
     if not isinstance(tags, list):
         extra["tags"], extra["tagsError"] = raw, f"expected a JSON array of tags, got {type(tags).__name__}"
         return {}
-    labels: dict[str, str] = {}
-    skipped = []
+    labels = Labels()
+    skipped = 0
     for item in tags:
         if (isinstance(item, dict) and isinstance(item.get("tag"), str) and item["tag"]
                 and not isinstance(item.get("value"), (dict, list))):
             value = item.get("value")
-            add_label(labels, item["tag"], "" if value is None else value)
+            labels.add(item["tag"], "" if value is None else value)
         else:
-            skipped.append(item)
+            skipped += 1
     if skipped:
-        extra["tags"], extra["tagsError"] = raw, f"{len(skipped)} tag entries are not {{tag, value}} objects"
-    return labels
+        extra["tags"], extra["tagsError"] = raw, f"{skipped} tag entries are not {{tag, value}} objects"
+    return labels.build()
 
 
 __all__ = ["normalize"]

@@ -32,11 +32,9 @@ COUNT = 600
 REJECTED = "reject-me"  # an alert name the test's trigger makes Postgres refuse (a data exception)
 
 
-@pytest.fixture(scope="module")
-def rejecting_trigger(stack_env):  # noqa: ANN001, ANN201
+def refuse_rejected_alerts(dsn: str) -> None:
     """Postgres refuses, as bad data (SQLSTATE 22023), an alert named `reject-me`: a real
     permanent sink failure, which the stage bisects and dead-letters."""
-    dsn = stack_env["ALERTSTREAM_DATABASE_URL"]
     sql(dsn, f"""
         CREATE OR REPLACE FUNCTION test_reject_alert() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
@@ -47,7 +45,13 @@ def rejecting_trigger(stack_env):  # noqa: ANN001, ANN201
         END $$""")
     sql(dsn, "DROP TRIGGER IF EXISTS test_reject_alert ON alert")
     sql(dsn, "CREATE TRIGGER test_reject_alert BEFORE INSERT ON alert FOR EACH ROW EXECUTE FUNCTION test_reject_alert()")
-    yield
+
+
+@pytest.fixture
+def rejecting_trigger(stack_env):  # noqa: ANN001, ANN201
+    dsn = stack_env["ALERTSTREAM_DATABASE_URL"]
+    refuse_rejected_alerts(dsn)
+    yield dsn
     sql(dsn, "DROP TRIGGER IF EXISTS test_reject_alert ON alert")
 
 
@@ -149,4 +153,46 @@ def test_an_undecodable_internal_record_is_dead_lettered_and_the_rest_flows(stac
         assert "exiting for a fresh process" not in worker.log_path.read_text(errors="replace")
     finally:
         producer.join()
+        worker.stop()
+
+
+def test_a_sink_rejected_alert_replayed_from_the_dlq_is_restored_exactly(stack_env, rejecting_trigger, tmp_path) -> None:  # noqa: ANN001
+    """Finding 8: the replayed alert keeps its provider, its `extra` (not nested under `extra.extra`)
+    and its content hash, and is stored (its dedup state was not written while it was refused)."""
+    import msgspec
+
+    from schemas.alert import NormalizedAlert
+    from streams.dlq import replay
+    from tests.integration.test_pipeline_e2e import alertmanager_webhook
+
+    name = "replayexact"
+    settings = failing_settings(stack_env, tmp_path, name, "dedup.state").model_copy(update={"failpoints_path": None})
+    ensure_topics(settings)
+    dsn = settings.require_database_url()
+    hook = json.loads(alertmanager_webhook(7))
+    hook["alerts"][0]["labels"]["alertname"] = REJECTED
+    worker = WorkerProcess(settings, tmp_path / "worker.log")
+    try:
+        produce(settings.require_kafka(), settings.topic_alerts, [("prometheus", b"hook", json.dumps(hook).encode())], tenant=name)
+        letters = wait_until(lambda: [r for r in read_topic(settings, idle_s=2) if r.reason == "sink_rejected"], 120,
+                             what="the refused alert in the DLQ")
+        assert len(letters) == 1 and letters[0].header("provider") == "alertstream"
+        refused = msgspec.json.decode(letters[0].value, type=NormalizedAlert)
+        assert (refused.alert.name, refused.alert.provider_type) == (REJECTED, "prometheus")
+        others = len(hook["alerts"]) - 1
+        wait_until(lambda: stored(dsn, name)[0] == others, 60, what="the other alerts stored")
+
+        sql(dsn, "DROP TRIGGER IF EXISTS test_reject_alert ON alert")  # the fix
+        report = replay(settings, letters)
+        assert report.ok and report.targets == {settings.topic_alerts: 1}, report.errors
+        row = wait_until(lambda: sql(dsn, "SELECT provider_type, content_hash, fingerprint, event::text AS event FROM alert "
+                                          "WHERE tenant = $1 AND name = $2", name, REJECTED), 60, what="the replayed alert stored")
+        assert len(row) == 1
+        restored = msgspec.json.decode(row[0]["event"].encode())
+        assert (row[0]["provider_type"], row[0]["content_hash"], row[0]["fingerprint"]) == \
+            ("prometheus", refused.content_hash, refused.alert.fingerprint)
+        assert restored == msgspec.to_builtins(refused.alert)
+        assert "extra" not in restored["extra"]
+        assert stored(dsn, name)[0] == others + 1
+    finally:
         worker.stop()

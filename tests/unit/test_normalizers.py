@@ -25,6 +25,7 @@ import schemas
 from schemas.alert import SEVERITIES, STATUSES, Alert
 from schemas.fingerprint import canonical_json, sha256_hex
 from schemas.normalizers import PROVIDER_MODULES, InvalidPayload, NormalizeContext, normalize, normalizer_for
+from schemas.normalizers.base import CANONICAL_TIME
 
 CTX = NormalizeContext(tenant="acme", received_at="2025-01-15T10:06:00.000Z", provider_id="prov-1")
 EXAMPLES = Path(schemas.__file__).parent / "examples"
@@ -66,7 +67,8 @@ def check_alert(alert: Alert) -> None:
     assert alert.status in STATUSES
     assert alert.severity in SEVERITIES
     assert isinstance(alert.fingerprint, str)
-    assert isinstance(alert.last_received, str) and alert.last_received
+    assert isinstance(alert.last_received, str) and CANONICAL_TIME.fullmatch(alert.last_received)  # ISO 8601 UTC
+    assert alert.firing_start_time is None or CANONICAL_TIME.fullmatch(alert.firing_start_time)
     assert alert.tenant == CTX.tenant
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in alert.labels.items())
     assert all(isinstance(s, str) for s in alert.source)
