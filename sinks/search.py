@@ -39,12 +39,20 @@ _VENDOR_NDJSON = "application/vnd.elasticsearch+x-ndjson"
 
 
 class PlainJsonNode(AiohttpHttpNode):
-    """Sends plain JSON media types instead of Elasticsearch's versioned ones.
+    """Lets the official client speak to OpenSearch as well as Elasticsearch.
 
-    The official client always asks for `application/vnd.elasticsearch+json;
-    compatible-with=N`, which OpenSearch (and osmem) answer with 406, and it
-    rewrites any header we set. Real Elasticsearch accepts plain JSON too, so
-    this node works against both.
+    1. Sends plain JSON media types instead of Elasticsearch's versioned ones. The
+       official client always asks for `application/vnd.elasticsearch+json;
+       compatible-with=N`, which OpenSearch (and osmem) answer with 406, and it
+       rewrites any header we set. Real Elasticsearch accepts plain JSON too.
+    2. Passes the client's product check on OpenSearch. The client raises
+       UnsupportedProductError on the first 2xx response without
+       `X-Elastic-Product: Elasticsearch` (elasticsearch-py #1677); Elasticsearch
+       sends it, OpenSearch does not. The node adds it where it is missing, so the
+       check no longer tells the two apart: `sinks/search_schema.py` does that
+       itself from `GET /` (`version.distribution`) and uses only the APIs both
+       have, or the flavour's own (ILM vs ISM). Checked against a real OpenSearch
+       2.19 by tests/integration/test_search_store.py (docs/decisions.md).
     """
 
     async def perform_request(self, method, target, body=None, headers=None, request_timeout=None, **kwargs):  # type: ignore[override]
@@ -57,8 +65,12 @@ class PlainJsonNode(AiohttpHttpNode):
                 elif value and value.startswith(_VENDOR_JSON):
                     headers[name] = "application/json"
         if request_timeout is None:
-            return await super().perform_request(method, target, body=body, headers=headers, **kwargs)
-        return await super().perform_request(method, target, body=body, headers=headers, request_timeout=request_timeout, **kwargs)
+            response = await super().perform_request(method, target, body=body, headers=headers, **kwargs)
+        else:
+            response = await super().perform_request(method, target, body=body, headers=headers, request_timeout=request_timeout, **kwargs)
+        if "x-elastic-product" not in response.meta.headers:
+            response.meta.headers["x-elastic-product"] = "Elasticsearch"
+        return response
 
 
 def make_client(url: str, *, username: str | None = None, password: str | None = None, api_key: str | None = None) -> AsyncElasticsearch:

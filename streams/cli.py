@@ -23,7 +23,7 @@ def _cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
     else:
         for s in localstack.status():
             state = "external" if s.external else ("running" if s.alive else "stopped")
-            print(f"{s.name:10} {state:9} pid={s.pid or '-':<8} {s.endpoint or ''}")
+            print(f"{s.name:10} {s.engine or '':13} {state:9} pid={s.pid or '-':<8} {s.endpoint or ''}")
     return 0
 
 
@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # one Faust process, started by the supervisor
     worker.set_defaults(func=_cmd_worker)
     sub.add_parser("demo", help="produce the demo stream to the input topic").set_defaults(func=_cmd_demo)
-    run = sub.add_parser("run", help="stack up, migrate, worker, demo stream and a live summary")
+    run = sub.add_parser("run", help="stack up, migrate, worker, demo stream and a live summary (progress lines "
+                                     "without a terminal); Ctrl-C stops all, in order, exit 0")
     run.add_argument("--exit-after-demo", action="store_true", help="stop everything once the demo is processed")
     run.set_defaults(func=_cmd_run)
     dedup = sub.add_parser("dedup", help="deduplication tools").add_subparsers(dest="dedup_command", required=True)

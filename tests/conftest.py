@@ -16,6 +16,14 @@ from streams.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The engines the stack fixtures start (and every test that runs `localstack.up` itself): the real
+# ones (Apache Kafka 4, OpenSearch 2.19; streams/engines/) unless the environment names others,
+# e.g. the stand-ins on a machine without Java:
+#   ALERTSTREAM_LOCAL_BROKER=tansu ALERTSTREAM_LOCAL_SEARCH=osmem pytest ...
+STACK_ENGINES = {"ALERTSTREAM_LOCAL_BROKER": "kafka", "ALERTSTREAM_LOCAL_SEARCH": "opensearch"}
+for _key, _value in STACK_ENGINES.items():
+    os.environ.setdefault(_key, _value)
+
 
 def free_port() -> int:
     with socket.socket() as s:
