@@ -380,8 +380,12 @@ def create_app(settings: Settings) -> faust.App:
     async def refuse_skipped_offsets(stage: str, events) -> None:  # noqa: ANN001
         for e in events:
             tp, offset = e.message.tp, e.message.offset
-            if offsets.expected(tp) is None and (committed := await group_committed_offset(tp)) is not None:
-                offsets.start(tp, committed)  # Faust did not know it (seen after a crash): ask the broker
+            if offsets.expected(tp) is None:  # Faust did not know it (seen after a crash): ask the broker
+                committed = await group_committed_offset(tp)
+                if committed is None:  # nothing committed yet: the group reads from the log start (earliest)
+                    committed = (await app.consumer.earliest_offsets(tp)).get(tp)
+                if committed is not None:
+                    offsets.start(tp, committed)
             if (missing := offsets.gap(tp, offset)) is None:
                 offsets.took(tp, offset)  # handed over: the next one must follow it
                 continue

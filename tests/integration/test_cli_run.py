@@ -173,7 +173,11 @@ def test_ctrl_c_stops_everything_in_order_and_exits_0(tmp_path: Path) -> None:
         wait_until(lambda: "demo processed" in text() or proc.poll() is not None, 300, what="demo processed")
         assert proc.poll() is None, text()[-3000:]
         alerts, _ = count_alerts(demo_records())
-        assert "live summary" in text() and f"{alerts} / {alerts}" in text(), "no live table on the terminal"
+        # the live table redraws a few times a second: its next frame shows the final counts
+        try:
+            wait_until(lambda: "live summary" in text() and f"{alerts} / {alerts}" in text(), 15, what="the live table")
+        except TimeoutError:
+            raise AssertionError(f"no live table on the terminal:\n{text()[-3000:]}") from None
 
         stack = json.loads((tmp_path / "demo" / "stack" / "stack.json").read_text())
         stack_pids = {rec["pid"] for rec in stack.values() if isinstance(rec, dict) and rec.get("pid")}

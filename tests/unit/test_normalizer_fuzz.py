@@ -84,11 +84,11 @@ def check_alert(alert: Alert) -> None:
 
 def check_record(provider: str, body: bytes) -> None:
     record = RawRecord("alerts", 0, 0, 1_736_935_560_000, b"k", body, {"provider": provider.encode(), "tenant": b"t"})
-    started = time.process_time()
+    started = time.thread_time()
     result = process_records([record], partitions=4, default_tenant="d", max_payload_bytes=LIMIT)
     blobs = [b for parts in (result.by_partition, result.critical_by_partition) for alerts in parts.values()
              for b in pack(alerts, 512 * 1024)]
-    cpu = time.process_time() - started
+    cpu = time.thread_time() - started
     assert cpu < RECORD_CPU_BOUND_S, f"{provider}: {len(body)} bytes took {cpu:.3f} s of CPU"  # (b)
     assert [d.detail for d in result.dead_letters if d.reason == "internal_error"] == []  # (a)
     if result.alerts:
@@ -245,12 +245,12 @@ def _cpu(provider: str, body: bytes) -> float:
     record = RawRecord("alerts", 0, 0, 1_736_935_560_000, b"k", body, {"provider": provider.encode()})
     best = float("inf")
     for _ in range(3):  # the best of three: CPU time still moves with caches and GC
-        started = time.process_time()
+        started = time.thread_time()
         result = process_records([record], partitions=4, default_tenant="d", max_payload_bytes=LIMIT)
         for parts in (result.by_partition, result.critical_by_partition):
             for alerts in parts.values():
                 pack(alerts, 512 * 1024)
-        best = min(best, time.process_time() - started)
+        best = min(best, time.thread_time() - started)
     return best
 
 

@@ -83,10 +83,10 @@ def test_datadog_12000_tags_of_one_key_normalize_in_linear_time() -> None:
     # Before: add_label re-split the joined value on every repeat: ~20-45 s of CPU for this body.
     tags = ",".join(f"team:t{i}" for i in range(12_000))
     body = orjson.dumps({"title": "CPU high", "tags": tags + ",team:t7,monitor"})
-    started = time.process_time()
+    started = time.thread_time()
     with cpu_deadline(5.0):
         (alert,) = normalize("datadog", body, CTX)
-    assert time.process_time() - started < 0.5
+    assert time.thread_time() - started < 0.5
     values = alert.labels["team"].split(",")
     assert len(values) == 12_000 and values[:2] == ["t0", "t1"] and values[-1] == "t11999"  # repeat kept once
 
@@ -99,10 +99,10 @@ def test_datadog_12000_tags_of_one_key_normalize_in_linear_time() -> None:
 ])
 def test_every_multi_valued_label_path_is_linear(provider: str, body: dict[str, Any]) -> None:
     # Before: the same quadratic add_label behind Zabbix tags, Sentry tags and PagerDuty teams.
-    started = time.process_time()
+    started = time.thread_time()
     with cpu_deadline(5.0):
         (alert,) = normalize(provider, orjson.dumps(body), CTX)
-    assert time.process_time() - started < 0.5
+    assert time.thread_time() - started < 0.5
     assert max(len(v.split(",")) for v in alert.labels.values()) == 12_000
 
 
