@@ -6,22 +6,41 @@ with server-side cursors, and writes alertstream's tables in batches, idempotent
 
 - Keep `alert` → `alert`: the `event` JSON (Keep's AlertDto dict) goes through the generic
   normalizer (the same code as `POST /alerts/event` bodies); Keep's bookkeeping keys are dropped
-  (`KEEP_INTERNAL_KEYS`); the row keeps Keep's id, timestamp, fingerprint and provider type, and
-  gets alertstream's content hash (the tenant's dedup rule). Rows older than the retention cutoff
-  are not imported (they would be dropped at the next maintenance run) unless asked. An event
-  that cannot be converted is not lost: it goes to `alert_raw` with `error` saying why.
-- Keep `lastalert` (+ its alert) → `last_alert`, with received_count = the number of Keep alert
-  rows of the identity (Keep does not count duplicates: a lower bound) and src_position -1. A row
-  alertstream has already written (src_position >= 0) is never overwritten; an imported row is
-  refreshed when Keep's is newer, so a re-run catches up with a Keep that is still running.
+  (`KEEP_INTERNAL_KEYS`); the row keeps Keep's id, timestamp and provider type, gets alertstream's
+  fingerprint (`alertstream_fingerprint`, below) and alertstream's content hash (the tenant's
+  dedup rule). Rows older than the retention cutoff are not imported (they would be dropped at the
+  next maintenance run) unless asked. An event that cannot be converted is not lost: it goes to
+  `alert_raw` with `error` saying why.
+- Keep `lastalert` (+ its alert) → `last_alert`, keyed by the alertstream fingerprint of its alert,
+  with received_count = the number of Keep alert rows of the identity (Keep does not count
+  duplicates: a lower bound) and src_position -1. A row alertstream has already written
+  (src_position >= 0) is never overwritten; an imported row is refreshed when Keep's is newer, so a
+  re-run catches up with a Keep that is still running.
 - Keep `alertraw` → `alert_raw` (error rows keep their message in `error`).
 
 Ids come from Keep's rows and every write is INSERT ... ON CONFLICT, so a second run adds nothing.
 Daily partitions for the imported days are created first, so rows go straight to their day.
+
+Continuity (the identities): the provider's next webhook, normalized by alertstream, must land on
+the identity imported from Keep, not beside it. Where alertstream's fingerprint rule gives Keep's
+value (Prometheus, Datadog, Sentry's plugin, Grafana with the alert's fingerprint, Keep's generic
+body), Keep's fingerprint is kept. Where alertstream keys an alert differently on purpose (Zabbix:
+trigger id + host, not the name; CloudWatch: name + account + region; PagerDuty v3: the incident
+id, not sha256(title); a Sentry issue alert: the issue id; Grafana without a fingerprint: the
+canonical labels), the import re-fingerprints: alertstream's rule applied to the fields Keep's
+stored event still carries (Keep's formatters spread the payload into the AlertDto). So the choice
+is re-fingerprinting at import, not a mapping consulted at ingest: the worker's hot path stays as
+it is, and one identity has one key in every table. Keep's own fingerprint stays on the imported
+alert as `extra.keepFingerprint` when it changed, to find an identity by its old key. A Keep
+identity that merged several alertstream identities (one Zabbix trigger name on several hosts)
+splits into them: each gets its own `last_alert` row, from its newest imported alert. Only a
+fingerprint Keep's default rule produced is recomputed; a Keep custom dedup rule's fingerprint, or
+a fingerprint the sender set, is kept verbatim (alertstream cannot tell which fields made it).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from dataclasses import dataclass
@@ -32,7 +51,9 @@ import asyncpg
 import orjson
 
 from schemas.alert import Alert, NormalizedAlert
-from schemas.normalizers import InvalidPayload, NormalizeContext, normalize
+from schemas.fingerprint import sha256_hex
+from schemas.normalizers import InvalidPayload, NormalizeContext, cloudwatch, datadog, grafana, normalize, sentry, zabbix
+from schemas.normalizers.base import string_map
 from schemas.rules import DEFAULT_RULES, RuleSet
 from sinks.maintenance import DDL_LOCK_TIMEOUT_MS, LOCK_PARTITIONS, ensure_partition, partitions_of
 from sinks.postgres import _ALERT_COLUMNS, _CREATE_STAGING, _INSERT_ALERTS, _INSERT_RAW, alert_rows
@@ -148,12 +169,28 @@ class ImportReport:
     raw_read: int = 0
     raw_written: int = 0
     partitions_created: int = 0
+    alerts_refingerprinted: int = 0  # rows whose alertstream fingerprint is not Keep's
+    last_alerts_split: int = 0  # identities of a merged Keep identity besides the one its lastalert names
 
     def summary(self) -> str:
         return (f"alert: {self.alerts_read} read, {self.alerts_written} written, {self.alerts_failed} not convertible "
-                f"(kept in alert_raw); last_alert: {self.last_alerts_read} read, {self.last_alerts_written} written, "
-                f"{self.last_alerts_failed} not convertible; alert_raw: {self.raw_read} read, {self.raw_written} written; "
-                f"{self.partitions_created} partitions created")
+                f"(kept in alert_raw), {self.alerts_refingerprinted} re-fingerprinted; last_alert: "
+                f"{self.last_alerts_read} read, {self.last_alerts_written} written, {self.last_alerts_failed} not "
+                f"convertible, {self.last_alerts_split} split off; alert_raw: {self.raw_read} read, "
+                f"{self.raw_written} written; {self.partitions_created} partitions created")
+
+
+@dataclass(slots=True)
+class _Seen:
+    """The imported alert rows of one re-fingerprinted identity: its newest as a `last_alert` row,
+    its first time and how many there were."""
+
+    last: tuple
+    first: datetime
+    count: int
+
+
+_Splits = dict[tuple[str, str], _Seen]
 
 
 def _utc(ts: datetime) -> datetime:
@@ -165,20 +202,101 @@ def _ms(ts: datetime) -> int:
     return (_utc(ts) - _EPOCH) // timedelta(milliseconds=1)
 
 
+def alertstream_fingerprint(provider_type: str | None, event: dict[str, Any], keep_fingerprint: str) -> str:
+    """The fingerprint alertstream's normalizer gives the payload this Keep alert came from,
+    computed from Keep's stored event (its AlertDto dict): the identity the provider's next
+    webhook will have. Keep's fingerprint where the two rules agree (most providers), or where it
+    did not come from Keep's default rule for the provider (a custom dedup rule, a fingerprint the
+    sender set), or where the stored event lacks what alertstream's rule reads.
+    """
+    name = event.get("name")
+    try:
+        if provider_type == "grafana":
+            return _grafana_fingerprint(event, keep_fingerprint)
+        if not isinstance(name, str) or not name or keep_fingerprint != sha256_hex(name.encode()):
+            return keep_fingerprint  # not AlertDto's default sha256(name): not Keep's rule for these providers
+        if provider_type == "zabbix":  # Keep: sha256(name); alertstream: trigger id + host
+            return zabbix.identity_of(event) or keep_fingerprint
+        if provider_type == "cloudwatch":  # Keep: sha256(AlarmName); alertstream: + account + region
+            alarm = event if event.get("AlarmName") else {**event, "AlarmName": name}
+            return cloudwatch.identity_of(alarm) or keep_fingerprint
+        if provider_type == "pagerduty":  # Keep (v3 webhook): sha256(title); alertstream: the incident id
+            incident = event.get("id")  # Keep spreads the incident (`event.data`) into its AlertDto
+            if event.get("type") == "incident" and isinstance(incident, str) and incident:
+                return incident
+        if provider_type == "sentry":  # Keep (issue alert, no top-level id): sha256(title); alertstream: the issue id
+            url = event.get("url")
+            return sentry.issue_id_in_url(url if isinstance(url, str) else None) or sentry.title_identity(name)
+    except InvalidPayload:  # a field of an unexpected type: Keep's identity stays
+        pass
+    return keep_fingerprint
+
+
+def _grafana_fingerprint(event: dict[str, Any], keep_fingerprint: str) -> str:
+    """Keep's GrafanaProvider stored the alert's Grafana fingerprint as `id` and hashed, depending on
+    its version, that fingerprint, `labels.fingerprint` or `json.dumps(labels)`; alertstream takes
+    the alert's fingerprint, then `labels.fingerprint`, then sha256 of the canonical labels."""
+    raw_labels, raw_id = event.get("labels"), event.get("id")
+    labels: dict[str, Any] = raw_labels if isinstance(raw_labels, dict) else {}
+    alert_fp = raw_id if isinstance(raw_id, str) and raw_id else None
+    if alert_fp is not None and _is_uuid(alert_fp):
+        alert_fp = None  # AlertDto's own uuid4: Grafana sent no fingerprint
+    keep_rules = {alert_fp, labels.get("fingerprint")}
+    if labels:
+        keep_rules.add(sha256_hex(json.dumps(labels).encode()))
+    if keep_fingerprint not in keep_rules - {None}:
+        return keep_fingerprint
+    return grafana.identity(alert_fp, string_map(labels, "labels"))
+
+
+def _label_text(value: Any) -> Any:
+    if isinstance(value, list) and all(v is None or isinstance(v, (str, int, float, bool)) for v in value):
+        return ",".join(str(v) for v in value if v is not None) or None  # None: no label
+    if isinstance(value, (list, dict)):
+        return orjson.dumps(value).decode()
+    return value
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return len(text) == 36
+
+
 def keep_event_to_alert(event: str | bytes | dict[str, Any] | None, *, tenant: str, provider_type: str,
                         provider_id: str | None, fingerprint: str, received_at: datetime) -> Alert:
-    """One Keep `alert.event` → the canonical alert; raises InvalidPayload when it cannot be."""
+    """One Keep `alert.event` → the canonical alert; raises InvalidPayload when it cannot be.
+
+    `fingerprint` is Keep's; the alert gets alertstream's (`alertstream_fingerprint`), with Keep's
+    kept in `extra.keepFingerprint` when they differ.
+    """
     if event is None:
         raise InvalidPayload("empty", "the Keep alert has no event")
     document = orjson.loads(event) if isinstance(event, (str, bytes)) else event
     if not isinstance(document, dict):
         raise InvalidPayload("invalid_shape", f"event must be a JSON object, got {type(document).__name__}")
+    identity = alertstream_fingerprint(provider_type, document, fingerprint)
     document = {k: v for k, v in document.items() if k not in KEEP_INTERNAL_KEYS}
+    labels = document.get("labels")
+    if isinstance(labels, dict) and any(isinstance(v, (list, dict)) for v in labels.values()):
+        # Keep's labels may hold lists and objects (its PagerDuty provider stores `acknowledgers: []`);
+        # alertstream's labels are strings: a list of scalars joined with "," (multi-valued labels),
+        # anything else as its JSON
+        document["labels"] = {k: _label_text(v) for k, v in labels.items()}
     stamp = _utc(received_at).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     (alert,) = normalize("keep", orjson.dumps(document), NormalizeContext(tenant=tenant, received_at=stamp,
                                                                        provider_id=provider_id))
     alert.provider_type = provider_type or "keep"
-    alert.fingerprint = fingerprint  # Keep's identity, verbatim: last_alert and history stay joined
+    alert.fingerprint = identity  # the same key for last_alert, history and the provider's next webhook
+    if identity != fingerprint:
+        alert.extra["keepFingerprint"] = fingerprint
+    if provider_type == "datadog":  # Keep named it with the whole title, transition markers included
+        name = datadog.title_name(alert.name)
+        if name != alert.name:
+            alert.extra.setdefault("title", alert.name)
+            alert.name = name
     if provider_id and not alert.provider_id:
         alert.provider_id = provider_id
     return alert
@@ -259,8 +377,10 @@ async def import_from_keep(keep_dsn: str, target_dsn: str, *, default_tenant: st
         out = _Target(target, report)
         await out.start()
         async with keep.transaction(isolation="repeatable_read", readonly=True):
-            await _import_alerts(keep, out, report, tenants, rules, since_naive, batch)
-            await _import_last(keep, out, report, tenants, rules, batch)
+            splits: _Splits = {}
+            await _import_alerts(keep, out, report, tenants, rules, since_naive, batch, splits)
+            await _import_last(keep, out, report, tenants, rules, batch, splits)
+            await _import_splits(out, report, splits, batch)
             if include_raw:
                 await _import_raw(keep, out, report, tenants, since_naive, batch)
     finally:
@@ -278,7 +398,7 @@ def _error_row(row_id: uuid.UUID, received_at: datetime, tenant: str, provider_t
 
 
 async def _import_alerts(keep: asyncpg.Connection, out: _Target, report: ImportReport, tenants: dict[str, str],
-                         rules: RuleSet, since: datetime, batch: int) -> None:
+                         rules: RuleSet, since: datetime, batch: int, splits: _Splits) -> None:
     cursor = await keep.cursor(_KEEP_ALERTS, since)
     while rows := await cursor.fetch(batch):
         report.alerts_read += len(rows)
@@ -295,13 +415,30 @@ async def _import_alerts(keep: asyncpg.Connection, out: _Target, report: ImportR
                 continue
             chash = rules.for_(tenant, alert.provider_type).content_hash(alert)
             good.append(NormalizedAlert(str(r["id"]), _ms(r["timestamp"]), chash, alert))
+            if alert.fingerprint != r["fingerprint"]:
+                report.alerts_refingerprinted += 1
+                _track(splits, r["id"], _utc(r["timestamp"]), alert, chash)
         report.alerts_written += await out.write_alerts(alert_rows(good))
         report.alerts_failed += len(failed)
         await out.write_raw(failed)
 
 
+def _track(splits: _Splits, row_id: uuid.UUID, received_at: datetime, alert: Alert, chash: str) -> None:
+    key = (alert.tenant, alert.fingerprint)
+    seen = splits.get(key)
+    row = (alert.tenant, alert.fingerprint, row_id, alert.name, alert.status, alert.severity, alert.provider_type,
+           chash, received_at, received_at, 1, -1, -1)
+    if seen is None:
+        splits[key] = _Seen(row, received_at, 1)
+        return
+    seen.count += 1
+    seen.first = min(seen.first, received_at)
+    if received_at >= seen.last[9]:
+        seen.last = row
+
+
 async def _import_last(keep: asyncpg.Connection, out: _Target, report: ImportReport, tenants: dict[str, str],
-                       rules: RuleSet, batch: int) -> None:
+                       rules: RuleSet, batch: int, splits: _Splits) -> None:
     cursor = await keep.cursor(_KEEP_LAST)
     while rows := await cursor.fetch(batch):
         report.last_alerts_read += len(rows)
@@ -315,10 +452,16 @@ async def _import_last(keep: asyncpg.Connection, out: _Target, report: ImportRep
             except (InvalidPayload, orjson.JSONDecodeError, ValueError):
                 report.last_alerts_failed += 1
                 continue
+            first, count = _utc(r["first_timestamp"]), max(1, r["sightings"])
+            # Re-fingerprinted: Keep's count and first time are those of its (maybe merged) identity;
+            # the imported rows of this alertstream identity say it better
+            seen = splits.pop((tenant, alert.fingerprint), None) if alert.fingerprint != r["fingerprint"] else None
+            if seen is not None:
+                first, count = seen.first, seen.count
             converted.append((
-                tenant, r["fingerprint"], r["alert_id"], alert.name, alert.status, alert.severity, alert.provider_type,
+                tenant, alert.fingerprint, r["alert_id"], alert.name, alert.status, alert.severity, alert.provider_type,
                 rules.for_(tenant, alert.provider_type).content_hash(alert),
-                _utc(r["first_timestamp"]), _utc(r["timestamp"]), max(1, r["sightings"]), -1, -1,
+                first, _utc(r["timestamp"]), count, -1, -1,
             ))
         # two Keep tenants mapped to one alertstream tenant can collide: the newest wins
         unique: dict[tuple[str, str], tuple] = {}
@@ -327,6 +470,17 @@ async def _import_last(keep: asyncpg.Connection, out: _Target, report: ImportRep
             if key not in unique or row[9] > unique[key][9]:
                 unique[key] = row
         report.last_alerts_written += await out.write_last(list(unique.values()))
+
+
+async def _import_splits(out: _Target, report: ImportReport, splits: _Splits, batch: int) -> None:
+    """The identities a merged Keep identity split into, other than the one its lastalert names:
+    each its own `last_alert` row, from its newest imported alert (count: its imported rows)."""
+    rows = [(*seen.last[:8], seen.first, seen.last[9], seen.count, -1, -1) for _, seen in sorted(splits.items())]
+    for start in range(0, len(rows), batch):
+        written = await out.write_last(rows[start:start + batch])
+        report.last_alerts_written += written
+        report.last_alerts_split += written
+    splits.clear()
 
 
 async def _import_raw(keep: asyncpg.Connection, out: _Target, report: ImportReport, tenants: dict[str, str],

@@ -10,6 +10,11 @@ repeated per alert when they are large.
 
 `startsAt` (RFC 3339 with nanoseconds and any offset) becomes `firingStartTime`
 in ISO 8601 UTC; an unreadable one is kept in extra, never stored as a date.
+
+A bare alert (one alert object, no `alerts` key: what Keep's simulator, its
+end-to-end tests and hand-written curl calls post) is one alert, as in Keep's
+PrometheusProvider (`event.get("alerts", [event])`). An `alerts` key that is
+not a non-empty list is refused.
 """
 
 from __future__ import annotations
@@ -35,7 +40,9 @@ _GROUP = ("receiver", "groupKey", "externalURL")
 
 def normalize(payload: Any, ctx: NormalizeContext) -> list[Alert]:
     body = require_dict(payload, "webhook")
-    alerts = body.get("alerts")
+    if "alerts" not in body:  # a bare alert, as Keep accepts it
+        return [_one(body, {}, ctx)]
+    alerts = body["alerts"]
     if not isinstance(alerts, list) or not alerts:
         raise InvalidPayload("missing_field", "`alerts` must be a non-empty list")
     group = {k: body[k] for k in _GROUP if k in body}

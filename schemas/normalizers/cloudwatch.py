@@ -113,6 +113,31 @@ def _arn_parts(arn: Any) -> tuple[str | None, str | None, str | None]:
     return parts[1] or None, parts[3] or None, parts[4] or None
 
 
+def identity(name: str, account: str | None, region: str | None) -> str:
+    """The CloudWatch fingerprint: sha256 over [AlarmName, account id, region]."""
+    return sha256_hex(canonical_json([name, account, region]))
+
+
+def identity_of(alarm: dict[str, Any], topic_arn: Any = None) -> str | None:
+    """`identity` of an alarm (or of Keep's stored event: Keep's formatter spreads the alarm into
+    its AlertDto, so AlarmName/AlarmArn/AWSAccountId/Region survive there); None without a name.
+    Used by `migrate-from-keep` to carry Keep's identities over."""
+    name = non_empty_str(alarm.get("AlarmName"), "AlarmName")
+    if name is None:
+        return None
+    return identity(name, *_account_and_region(alarm, topic_arn))
+
+
+def _account_and_region(alarm: dict[str, Any], topic_arn: Any) -> tuple[str | None, str | None]:
+    """The alarm's account and region: from its AlarmArn, then AWSAccountId / the topic's ARN,
+    then the `Region` display name."""
+    _, arn_region, arn_account = _arn_parts(alarm.get("AlarmArn"))
+    _, topic_region, topic_account = _arn_parts(topic_arn)
+    account = arn_account or non_empty_str(alarm.get("AWSAccountId"), "AWSAccountId") or topic_account
+    region = arn_region or topic_region or non_empty_str(alarm.get("Region"), "Region")
+    return account, region
+
+
 def _alarm(alarm: dict[str, Any], envelope: dict[str, Any], ctx: NormalizeContext) -> Alert:
     name = non_empty_str(alarm.get("AlarmName"), "AlarmName")
     if name is None:
@@ -124,11 +149,9 @@ def _alarm(alarm: dict[str, Any], envelope: dict[str, Any], ctx: NormalizeContex
     if status is None:
         raise InvalidPayload("invalid_field", f"`NewStateValue` must be ALARM, OK or INSUFFICIENT_DATA, got {state!r}")
 
-    partition, arn_region, arn_account = _arn_parts(alarm.get("AlarmArn"))
-    _, topic_region, topic_account = _arn_parts(envelope.get("TopicArn"))
-    account = arn_account or non_empty_str(alarm.get("AWSAccountId"), "AWSAccountId") or topic_account
-    region = arn_region or topic_region or non_empty_str(alarm.get("Region"), "Region")
-    fingerprint = sha256_hex(canonical_json([name, account, region]))
+    partition, arn_region, _ = _arn_parts(alarm.get("AlarmArn"))
+    account, region = _account_and_region(alarm, envelope.get("TopicArn"))
+    fingerprint = identity(name, account, region)
 
     description = non_empty_str(alarm.get("AlarmDescription"), "AlarmDescription")
     trigger = optional_dict(alarm.get("Trigger"), "Trigger")
@@ -182,4 +205,4 @@ def _severity(name: str, description: str | None) -> str:
     return "info"
 
 
-__all__ = ["normalize"]
+__all__ = ["identity", "identity_of", "normalize"]

@@ -1,10 +1,16 @@
 """Datadog monitor webhook (the payload template Keep installs): one alert per message.
 
-- fingerprint: sha256 over [groups, monitor_id], Keep's FINGERPRINT_FIELDS,
-  where groups is `scopes` split on "," (["*"] when the monitor is not
-  grouped). One monitor therefore gives one alert per group (host, service...),
-  and its Triggered/Recovered notifications share the fingerprint. An event
-  with no monitor_id uses the name in its place.
+- fingerprint: Keep's, byte for byte: sha256 over `json.dumps(groups)` followed
+  by `str(monitor_id)` (Keep's `get_alert_fingerprint` over FINGERPRINT_FIELDS
+  ["groups", "monitor_id"]: a list field is `json.dumps`ed with Python's
+  defaults, separators ", " and ": ", ensure_ascii). `groups` is Keep's too:
+  `scopes.split(",")` as sent (no trimming), ["*"] when `scopes` is empty or
+  missing (the monitor is not grouped). One monitor therefore gives one alert
+  per group (host, service...), its Triggered/Recovered/Warn notifications share
+  the fingerprint, and an identity imported from Keep (`migrate-from-keep`)
+  continues. An event without a monitor_id (not from Keep's webhook template)
+  hashes the name in its place: Keep hashed the groups alone and merged every
+  such event of one scope.
 - `tags` is one comma-separated string ("env:prod,host:a,monitor"). Keep did
   `tags_list.remove("monitor")`, which raises when the literal `monitor` tag
   is missing and turned the alert into an error alert; here the `monitor`
@@ -15,17 +21,24 @@
   Recovered → resolved, Muted → suppressed; unknown values are firing (the raw
   transition is always kept in extra).
 - `severity` is P1..P5; without it, `alert_type` (error/warning/info) decides.
-- name: the title without Datadog's "[Triggered on {host:a}] " prefix, which
-  changes with every transition; the full title is kept in extra.
+- name: the title without Datadog's leading markers, all of them: the priority
+  ("[P1] ") and the transition ("[Triggered on {host:a}] ", "[Recovered] ",
+  "[Warn on ...]", "[No Data ...]", "[Re-Triggered ...]"...), which change with
+  every notification of one monitor. Keep 0.54.2 names the alert with the whole
+  $EVENT_TITLE ("[P1] [Triggered on {host:web-01}] High CPU usage"), so its name
+  changes with every transition and priority; here it is stable ("High CPU
+  usage"), and the full title is kept in extra.title. Brackets that are not
+  markers ("[prod] ...") stay.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 from schemas.alert import Alert
-from schemas.fingerprint import canonical_json, sha256_hex
+from schemas.fingerprint import sha256_hex
 from schemas.normalizers.base import (
     InvalidPayload,
     NormalizeContext,
@@ -43,8 +56,10 @@ _STATUS = {"triggered": "firing", "re-triggered": "firing", "retriggered": "firi
            "no data": "firing", "renotify": "firing", "unmuted": "firing",
            "recovered": "resolved", "muted": "suppressed"}
 _ALERT_TYPE_SEVERITY = {"error": "high", "warning": "warning", "info": "info", "success": "info"}
-_TITLE_PREFIX = re.compile(r"^\[(?:Triggered|Re-Triggered|Recovered|Warn|Muted|No Data|Renotify|P[1-5])\b[^\]]*\]\s*",
-                           re.IGNORECASE)
+# One or more leading "[...]" markers: a priority, or a transition with an optional " on {scope}"
+_TITLE_MARKERS = re.compile(
+    r"^(?:\[(?:P[1-5]|(?:Re-?)?(?:Triggered|Recovered|Warn(?:ing)?|No Data|Notify|Renotify|Muted|Unmuted))"
+    r"\b[^\]]*\]\s*)+", re.IGNORECASE)
 _GRAPH = re.compile(r"\[!\[Metric Graph\]\((https?://[^)\s]+)\)")
 _MONITOR_MARKER = "monitor"
 _HANDLED = {"title", "id", "body", "url", "tags", "last_updated", "severity"}
@@ -55,7 +70,7 @@ def normalize(payload: Any, ctx: NormalizeContext) -> list[Alert]:
     title = non_empty_str(event.get("title"), "title")
     if title is None:
         raise InvalidPayload("missing_field", "`title` is required and must be a non-empty string")
-    name = _TITLE_PREFIX.sub("", title) or title
+    name = title_name(title)
 
     labels = _tags(event.get("tags"))
     transition = lower_str(event.get("alert_transition"))
@@ -67,10 +82,9 @@ def normalize(payload: Any, ctx: NormalizeContext) -> list[Alert]:
     else:
         severity = _ALERT_TYPE_SEVERITY.get(lower_str(event.get("alert_type")), "info")
 
-    scopes = optional_str(event.get("scopes"), "scopes") or ""
-    groups = [g.strip() for g in scopes.split(",") if g.strip()] or ["*"]
+    groups = keep_groups(optional_str(event.get("scopes"), "scopes"))
     monitor_id = optional_str(event.get("monitor_id"), "monitor_id")
-    fingerprint = sha256_hex(canonical_json([groups, monitor_id if monitor_id else name]))
+    fingerprint = keep_fingerprint(groups, monitor_id if monitor_id else name)
 
     extra: dict[str, Any] = {k: v for k, v in event.items() if k not in _HANDLED}
     extra["title"] = title
@@ -108,6 +122,29 @@ def normalize(payload: Any, ctx: NormalizeContext) -> list[Alert]:
     ]
 
 
+def title_name(title: str) -> str:
+    """The alert's name: the title without its leading priority and transition markers."""
+    return _TITLE_MARKERS.sub("", title).strip() or title
+
+
+def keep_groups(scopes: str | None) -> list[str]:
+    """Keep's `groups`: `scopes.split(",")` as sent, ["*"] when empty (DatadogProvider._format_alert)."""
+    return scopes.split(",") if scopes else ["*"]
+
+
+def keep_fingerprint(groups: list[str], monitor_id: str | None) -> str:
+    """Keep's Datadog fingerprint: sha256 over `json.dumps(groups)` then `str(monitor_id)`.
+
+    BaseProvider.get_alert_fingerprint feeds each FINGERPRINT_FIELDS value to one sha256: a list
+    as `json.dumps(value)` (Python's defaults: ", " and ": " separators, ensure_ascii, so the
+    stdlib call below is Keep's formatting exactly), a scalar as `str(value)`, None skipped.
+    """
+    digest = json.dumps(groups)
+    if monitor_id is not None:
+        digest += str(monitor_id)
+    return sha256_hex(digest.encode())
+
+
 def _tags(raw: Any) -> dict[str, str]:
     """Datadog tags: "k:v,k2:v2,bare" (the $TAGS variable), or a list of such strings, or an object."""
     if raw is None:
@@ -132,4 +169,4 @@ def _tags(raw: Any) -> dict[str, str]:
     return labels.build()
 
 
-__all__ = ["normalize"]
+__all__ = ["keep_fingerprint", "keep_groups", "normalize", "title_name"]

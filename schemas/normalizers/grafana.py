@@ -71,6 +71,12 @@ def normalize(payload: Any, ctx: NormalizeContext) -> list[Alert]:
             for i, a in alert_items(alerts, ctx, "`alerts`")]
 
 
+def identity(alert_fingerprint: str | None, labels: dict[str, str]) -> str:
+    """The Grafana fingerprint: the alert's `fingerprint`, else `labels.fingerprint`, else sha256
+    over the canonical JSON of the labels."""
+    return alert_fingerprint or labels.get("fingerprint") or sha256_hex(canonical_json(labels))
+
+
 def _one(item: dict[str, Any], i: int, group: dict[str, Any], title: str | None, group_status: str | None,
          ctx: NormalizeContext) -> Alert:
     where = f"alerts[{i}]"
@@ -89,7 +95,7 @@ def _one(item: dict[str, Any], i: int, group: dict[str, Any], title: str | None,
             raise InvalidPayload("invalid_field", f"{where}.status must be firing or resolved, got {raw_status!r}")
 
     alert_fp = non_empty_str(item.get("fingerprint"), f"{where}.fingerprint")
-    fingerprint = alert_fp or labels.get("fingerprint") or sha256_hex(canonical_json(labels))
+    fingerprint = identity(alert_fp, labels)
 
     extra: dict[str, Any] = {k: v for k, v in item.items() if k not in _HANDLED}
     if annotations:
@@ -128,4 +134,4 @@ def _one(item: dict[str, Any], i: int, group: dict[str, Any], title: str | None,
     )
 
 
-__all__ = ["normalize"]
+__all__ = ["identity", "normalize"]

@@ -20,6 +20,11 @@ v3 events whose `data` is not an incident (incident.annotated notes,
 responder events, service.* events) carry no alert: they give an empty list,
 as Keep drops them too.
 
+Severity (v3): the incident's priority (P1..P5, or a severity word) when it names one, else its
+urgency (high → high, low → low), else info. Priority first, on purpose (docs/decisions.md, issue
+16): urgency is PagerDuty's two-valued notification switch (often set by support hours), not how
+bad the incident is. Both are kept as labels.
+
 Other choices: `lastReceived` is the event's `occurred_at` (when this state
 change happened), `firingStartTime` the incident's `created_at`; `url` is the
 incident's `html_url` (Keep preferred `self`, the REST API URL). Events API

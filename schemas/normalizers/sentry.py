@@ -98,8 +98,7 @@ def _issue_alert(body: dict[str, Any], data: dict[str, Any], ctx: NormalizeConte
     event = require_dict(data["event"], "data.event")
     issue_id = non_empty_str(event.get("issue_id"), "data.event.issue_id")
     if issue_id is None:
-        match = _ISSUE_URL_ID.search(optional_str(event.get("issue_url"), "data.event.issue_url") or "")
-        issue_id = match.group(1) if match else None
+        issue_id = issue_id_in_url(optional_str(event.get("issue_url"), "data.event.issue_url"))
     title = non_empty_str(event.get("title"), "data.event.title")
     if issue_id is None and title is None:
         raise InvalidPayload("missing_field", "`data.event` has neither an issue id nor a title")
@@ -110,7 +109,7 @@ def _issue_alert(body: dict[str, Any], data: dict[str, Any], ctx: NormalizeConte
     action = lower_str(body.get("action"))
     return _from_event(
         event, ctx, extra,
-        fingerprint=issue_id or sha256_hex(canonical_json([title])),
+        fingerprint=issue_id or title_identity(title or ""),
         status=_ISSUE_ACTION_STATUS.get(action, "firing"),
         title_fallback=None,
         level=None,
@@ -119,6 +118,17 @@ def _issue_alert(body: dict[str, Any], data: dict[str, Any], ctx: NormalizeConte
         culprit=None,
         project=None,
     )
+
+
+def issue_id_in_url(url: str | None) -> str | None:
+    """The issue id in a Sentry issue URL (".../issues/<id>/..."), or None."""
+    match = _ISSUE_URL_ID.search(url) if url else None
+    return match.group(1) if match else None
+
+
+def title_identity(title: str) -> str:
+    """The fingerprint of an issue alert without an issue id: sha256 over [title]."""
+    return sha256_hex(canonical_json([title]))
 
 
 def _from_event(event: dict[str, Any], ctx: NormalizeContext, extra: dict[str, Any], *, fingerprint: str,
@@ -232,4 +242,4 @@ def _tags(raw: Any) -> dict[str, str]:
     return labels.build()
 
 
-__all__ = ["normalize"]
+__all__ = ["issue_id_in_url", "normalize", "title_identity"]

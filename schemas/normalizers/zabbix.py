@@ -64,8 +64,8 @@ def normalize(payload: Any, ctx: NormalizeContext) -> list[Alert]:
     if name is None:
         raise InvalidPayload("missing_field", "`name` ({EVENT.NAME}) is required and must be a non-empty string")
     trigger_id = _text(event, "triggerId")
-    host = _first(event, _HOST_KEYS) or _text(event, "service")
-    fingerprint = sha256_hex(canonical_json([trigger_id or name, host]))
+    host = _host(event)
+    fingerprint = identity(trigger_id or name, host)
 
     extra: dict[str, Any] = {k: v for k, v in event.items() if k not in _HANDLED}
     labels = _tags(event.get("tags"), extra)
@@ -119,6 +119,25 @@ def normalize(payload: Any, ctx: NormalizeContext) -> list[Alert]:
     ]
 
 
+def identity(trigger_or_name: str, host: str | None) -> str:
+    """The Zabbix fingerprint: sha256 over [trigger id (else the event name), host]."""
+    return sha256_hex(canonical_json([trigger_or_name, host]))
+
+
+def identity_of(event: dict[str, Any]) -> str | None:
+    """`identity` of a parameter set, or of Keep's stored event (Keep's formatter spreads the
+    parameters into its AlertDto, so `triggerId` and `host_name`/`hostName` survive there);
+    None without a name. Used by `migrate-from-keep` to carry Keep's identities over."""
+    name = _text(event, "name") or _text(event, "ALERT.SUBJECT")
+    if name is None:
+        return None
+    return identity(_text(event, "triggerId") or name, _host(event))
+
+
+def _host(event: dict[str, Any]) -> str | None:
+    return _first(event, _HOST_KEYS) or _text(event, "service")
+
+
 def _text(event: dict[str, Any], key: str) -> str | None:
     """A string parameter; "", whitespace and unexpanded macros ("{HOST.NAME}") are absent."""
     value = optional_str(event.get(key), key)
@@ -168,4 +187,4 @@ def _tags(raw: Any, extra: dict[str, Any]) -> dict[str, str]:
     return labels.build()
 
 
-__all__ = ["normalize"]
+__all__ = ["identity", "identity_of", "normalize"]

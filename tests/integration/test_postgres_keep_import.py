@@ -3,6 +3,7 @@ on the session's Postgres, imported into a fresh alertstream database, twice."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -194,3 +195,85 @@ def test_the_cli_command(keep_dsn: str, dsn: str) -> None:
     assert "keep import since" in out.stderr and "alert:" in out.stderr, out.stderr
     out = subprocess.run([sys.executable, "-c", code, "maintain"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "maintenance:" in out.stderr, out.stderr
+
+
+# ------------------------------------------------------------------ identities re-fingerprinted at import
+
+ZBX_NAME = "Free disk space is less than 10% on /var"
+ZBX_KEEP_FP = hashlib.sha256(ZBX_NAME.encode()).hexdigest()  # Keep: AlertDto's default, sha256(name)
+ZBX_IDS = [uuid.uuid4() for _ in range(3)]
+
+
+def zabbix_event(host: str, event_id: str, status: str = "firing") -> str:
+    """What Keep's ZabbixProvider stored for a media-type call: the parameters spread into the AlertDto."""
+    return json.dumps({
+        "id": event_id, "name": ZBX_NAME, "status": status, "severity": "warning", "lastReceived": T1.isoformat(),
+        "triggerId": "44120", "host_name": host, "host_ip": "10.8.1.11", "service": host.split(".")[0],
+        "environment": "staging", "source": ["zabbix"], "pushed": True, "fingerprint": ZBX_KEEP_FP,
+        "providerType": "zabbix", "isFullDuplicate": False, "tags": {"component": "storage"},
+    })
+
+
+@pytest.fixture(scope="module")
+async def merged_keep_dsn(stack_env: dict[str, str]) -> str:
+    """One Keep identity (a Zabbix trigger name) that holds two hosts: three alert rows, one lastalert."""
+    admin = await asyncpg.connect(stack_env["ALERTSTREAM_DATABASE_URL"])
+    name = f"keepz_{uuid.uuid4().hex[:8]}"
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = urlunsplit(urlsplit(stack_env["ALERTSTREAM_DATABASE_URL"])._replace(path=f"/{name}"))
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(KEEP_SCHEMA_SQL)
+        await conn.execute("INSERT INTO tenant VALUES ('keep', 'single tenant')")
+        rows = [(ZBX_IDS[0], T1, zabbix_event("app-stg-01.example.net", "1")),
+                (ZBX_IDS[1], T2, zabbix_event("app-stg-02.example.net", "2")),
+                (ZBX_IDS[2], T3, zabbix_event("app-stg-01.example.net", "3", "resolved"))]
+        await conn.executemany(
+            "INSERT INTO alert VALUES ($1, 'keep', $2, 'zabbix', NULL, $3, $4, 'h')",
+            [(i, naive(t), e, ZBX_KEEP_FP) for i, t, e in rows])
+        await conn.execute("INSERT INTO lastalert VALUES ('keep', $1, $2, $3, $4, 'h')",
+                           ZBX_KEEP_FP, ZBX_IDS[2], naive(T3), naive(T1))
+    finally:
+        await conn.close()
+    return url
+
+
+
+async def test_a_keep_identity_that_merged_hosts_is_split_into_alertstreams(
+        merged_keep_dsn: str, stack_env: dict[str, str]) -> None:
+    from schemas.normalizers import zabbix
+
+    target = await fresh_database(stack_env["ALERTSTREAM_DATABASE_URL"], "fromkeepz")
+    report = await import_from_keep(merged_keep_dsn, target, default_tenant="default", since=NOW - timedelta(days=30))
+    assert (report.alerts_written, report.alerts_refingerprinted) == (3, 3)
+    assert (report.last_alerts_written, report.last_alerts_split) == (2, 1)
+    host1 = zabbix.identity("44120", "app-stg-01.example.net")
+    host2 = zabbix.identity("44120", "app-stg-02.example.net")
+    conn = await asyncpg.connect(target)
+    try:
+        alerts = {r["id"]: r for r in await conn.fetch("SELECT * FROM alert")}
+        assert [alerts[i]["fingerprint"] for i in ZBX_IDS] == [host1, host2, host1]
+        assert all(orjson.loads(a["event"])["extra"]["keepFingerprint"] == ZBX_KEEP_FP for a in alerts.values())
+        last = {r["fingerprint"]: r for r in await conn.fetch("SELECT * FROM last_alert")}
+        assert set(last) == {host1, host2}  # nothing under Keep's key
+        one, two = last[host1], last[host2]
+        # the identity Keep's lastalert names: its newest alert, its imported rows counted
+        assert (one["alert_id"], one["status"], one["received_count"]) == (ZBX_IDS[2], "resolved", 2)
+        assert (one["first_received"], one["last_received"]) == (T1, T3)
+        # the host split off: its own newest (and only) imported row
+        assert (two["alert_id"], two["status"], two["received_count"], two["src_position"]) == (ZBX_IDS[1], "firing", 1, -1)
+        assert (two["first_received"], two["last_received"]) == (T2, T2)
+        before = [dict(r) for r in await conn.fetch("SELECT * FROM last_alert ORDER BY fingerprint")]
+    finally:
+        await conn.close()
+
+    again = await import_from_keep(merged_keep_dsn, target, default_tenant="default", since=NOW - timedelta(days=30))
+    assert (again.alerts_written, again.last_alerts_written, again.last_alerts_split) == (0, 0, 0)
+    conn = await asyncpg.connect(target)
+    try:
+        assert [dict(r) for r in await conn.fetch("SELECT * FROM last_alert ORDER BY fingerprint")] == before
+    finally:
+        await conn.close()

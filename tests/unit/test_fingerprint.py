@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import hashlib
 from typing import Any
 
@@ -213,3 +214,100 @@ def test_an_ignored_only_label_hashes_like_no_labels() -> None:
     # a nested map emptied by the rule still differs from a missing one: that is real content
     assert content_hash(Alert(name="x", last_received="t", extra={"a": {"b": 1}}), ("extra.a.b",)) != content_hash(
         Alert(name="x", last_received="t"), ("extra.a.b",))
+
+
+# ------------------------------------------- identities carried over from Keep (migrate-from-keep)
+# sinks.keep_import.alertstream_fingerprint: from the event Keep stored (its AlertDto dict) and Keep's
+# fingerprint, the identity alertstream's normalizer gives the payload the event came from. The Keep
+# corpus (tests/golden/keep_corpus, test_normalizers.py) checks it on one stored event per provider.
+
+from datetime import datetime, timezone  # noqa: E402
+
+from schemas.normalizers import cloudwatch, grafana, zabbix  # noqa: E402
+from sinks.keep_import import alertstream_fingerprint, keep_event_to_alert  # noqa: E402
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+ZABBIX_STORED = {"name": "Free disk space is less than 10% on /var", "status": "firing", "severity": "warning",
+                 "lastReceived": "2025-03-10T09:33:10.000Z", "triggerId": "44120",
+                 "host_name": "app-stg-01.example.net", "service": "app-stg-01"}
+
+
+def test_zabbix_identity_is_recomputed_from_what_keep_stored() -> None:
+    keep_fp = sha(ZABBIX_STORED["name"])
+    expected = zabbix.identity("44120", "app-stg-01.example.net")
+    assert alertstream_fingerprint("zabbix", ZABBIX_STORED, keep_fp) == expected
+    # Keep's formatter of some versions read hostName: the same host, the same identity
+    keep_style = {k: v for k, v in ZABBIX_STORED.items() if k != "host_name"} | {"hostName": "app-stg-01.example.net"}
+    assert alertstream_fingerprint("zabbix", keep_style, keep_fp) == expected
+    # a fingerprint Keep's default rule did not make (a custom dedup rule): kept verbatim
+    assert alertstream_fingerprint("zabbix", ZABBIX_STORED, "custom-rule-fp") == "custom-rule-fp"
+
+
+def test_cloudwatch_identity_adds_account_and_region_from_the_stored_alarm() -> None:
+    alarm = {"name": "cpu-high", "AlarmName": "cpu-high", "status": "firing", "severity": "info",
+             "lastReceived": "2025-03-10T09:30:04.871Z", "AWSAccountId": "210987654321", "Region": "US East (Ohio)",
+             "AlarmArn": "arn:aws:cloudwatch:us-east-2:210987654321:alarm:cpu-high"}
+    assert alertstream_fingerprint("cloudwatch", alarm, sha("cpu-high")) == cloudwatch.identity(
+        "cpu-high", "210987654321", "us-east-2")
+
+
+def test_pagerduty_identity_is_the_incident_id_keep_spread_into_its_alert() -> None:
+    stored = {"id": "Q2LEDGER7311", "type": "incident", "name": "Replication lag", "status": "firing",
+              "severity": "info", "lastReceived": "2025-03-10T09:20:55.000Z"}
+    assert alertstream_fingerprint("pagerduty", stored, sha("Replication lag")) == "Q2LEDGER7311"
+    pulled = {**stored, "type": "incident_reference"}  # not a v3 incident: nothing to recompute from
+    assert alertstream_fingerprint("pagerduty", pulled, sha("Replication lag")) == sha("Replication lag")
+    assert alertstream_fingerprint("pagerduty", stored, "dedup-key-1") == "dedup-key-1"  # Keep's alert_key: kept
+
+
+def test_grafana_identity_whichever_rule_keep_used() -> None:
+    labels = {"alertname": "Queue depth", "queue": "orders"}
+    stored = {"id": "9e4d2c7b1a0f3e58", "name": "[FIRING:1] group", "labels": labels}
+    # Keep versions differ: the alert's fingerprint, or sha256(json.dumps(labels)): both land on Grafana's fingerprint
+    assert alertstream_fingerprint("grafana", stored, "9e4d2c7b1a0f3e58") == "9e4d2c7b1a0f3e58"
+    assert alertstream_fingerprint("grafana", stored, sha(json.dumps(labels))) == "9e4d2c7b1a0f3e58"
+    # no Grafana fingerprint (the id is AlertDto's own uuid4): alertstream's canonical labels
+    no_fp = {**stored, "id": "0b7c4a52-9d31-4e88-a6f2-3c1d5e7f9a20"}
+    assert alertstream_fingerprint("grafana", no_fp, sha(json.dumps(labels))) == grafana.identity(None, labels)
+    assert alertstream_fingerprint("grafana", no_fp, "custom") == "custom"
+
+
+def test_providers_whose_identity_is_keeps_are_left_alone() -> None:
+    event = {"name": "n", "status": "firing", "severity": "info", "lastReceived": "2025-03-10T09:00:00.000Z"}
+    for provider in ("prometheus", "datadog", "keep", "sentry", None):
+        assert alertstream_fingerprint(provider, {**event, "url": "https://x/issues/1/"}, "fp-1") == "fp-1"
+    # a field of an unexpected type never fails the import: Keep's identity stays
+    assert alertstream_fingerprint("zabbix", {**event, "host_name": {"a": 1}}, sha("n")) == sha("n")
+
+
+def test_an_imported_alert_carries_the_new_identity_and_keeps_keeps() -> None:
+    at = datetime(2025, 3, 10, 9, 33, 10, tzinfo=timezone.utc)
+    keep_fp = sha(ZABBIX_STORED["name"])
+    alert = keep_event_to_alert(json.dumps({**ZABBIX_STORED, "isFullDuplicate": False}), tenant="t",
+                                provider_type="zabbix", provider_id=None, fingerprint=keep_fp, received_at=at)
+    assert alert.fingerprint == zabbix.identity("44120", "app-stg-01.example.net")
+    assert alert.extra["keepFingerprint"] == keep_fp
+    title = "[P1] [Triggered on {host:web-01}] High CPU usage"
+    dd = keep_event_to_alert({"name": title, "status": "firing", "severity": "critical", "lastReceived": "x",
+                              "groups": ["host:web-01"], "monitor_id": "12345678"}, tenant="t", provider_type="datadog",
+                             provider_id=None, fingerprint=sha('["host:web-01"]12345678'), received_at=at)
+    assert (dd.name, dd.extra["title"]) == ("High CPU usage", title)  # the name the live webhook gets
+    assert dd.fingerprint == sha('["host:web-01"]12345678') and "keepFingerprint" not in dd.extra
+
+
+def test_keeps_non_scalar_labels_are_imported_as_text() -> None:
+    # Keep's PagerDuty provider stores labels {"urgency": "high", "acknowledgers": [], ...}: before, the
+    # generic normalizer refused the list and every Keep PagerDuty alert ended in alert_raw
+    at = datetime(2025, 3, 10, 9, 20, 55, tzinfo=timezone.utc)
+    event = {"id": "Q2", "type": "incident", "name": "Replication lag", "status": "firing", "severity": "info",
+             "lastReceived": "2025-03-10T09:20:55.000Z",
+             "labels": {"urgency": "high", "acknowledgers": [], "last_updated_by": None, "teams": ["a", "b"],
+                        "owner": {"id": "P1"}}}
+    alert = keep_event_to_alert(event, tenant="t", provider_type="pagerduty", provider_id=None,
+                                fingerprint=sha("Replication lag"), received_at=at)
+    assert alert.labels == {"urgency": "high", "teams": "a,b", "owner": '{"id":"P1"}'}
+    assert alert.fingerprint == "Q2"

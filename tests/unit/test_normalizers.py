@@ -4,14 +4,24 @@ Goldens: every file in schemas/examples/ is normalized with CTX and compared to
 tests/golden/<stem>.json. After a deliberate change, regenerate with
 `UPDATE_GOLDEN=1 pytest tests/unit/test_normalizers.py -k golden` and review
 the diff by eye before keeping it.
+
+Keep corpus: tests/golden/keep_corpus/*.json, payloads shaped like the ones Keep's
+providers receive, each with its expected canonical fields, the fingerprint and name
+Keep 0.54.2 gives it (`keep_reference`, written from Keep's documented rules), whether
+alertstream's identity is Keep's, and for one case per provider the event Keep stores
+for it (`keepStored`), from which `migrate-from-keep` must derive the identity the
+payload gets here. `UPDATE_GOLDEN=1` rewrites the expected fields only.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
 import socket
 import urllib.request
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +33,11 @@ from hypothesis import strategies as st
 
 import schemas
 from schemas.alert import SEVERITIES, STATUSES, Alert
-from schemas.fingerprint import canonical_json, sha256_hex
+from schemas.fingerprint import canonical_json, fingerprint_of, sha256_hex
 from schemas.normalizers import PROVIDER_MODULES, InvalidPayload, NormalizeContext, normalize, normalizer_for
 from schemas.normalizers.base import CANONICAL_TIME
+from schemas.normalizers.datadog import keep_fingerprint, title_name
+from sinks.keep_import import alertstream_fingerprint, keep_event_to_alert
 
 CTX = NormalizeContext(tenant="acme", received_at="2025-01-15T10:06:00.000Z", provider_id="prov-1")
 EXAMPLES = Path(schemas.__file__).parent / "examples"
@@ -113,6 +125,92 @@ def test_golden(path: Path) -> None:
 def test_no_orphan_goldens() -> None:
     stems = {p.stem for p in EXAMPLE_FILES}
     assert {p.stem for p in GOLDEN.glob("*.json")} <= stems
+
+
+# ----------------------------------------------------------------- Keep corpus
+
+CORPUS = GOLDEN / "keep_corpus"
+CORPUS_FILES = sorted(CORPUS.glob("*.json"))
+CORPUS_FIELDS = ("name", "status", "severity", "fingerprint", "lastReceived", "firingStartTime", "environment",
+                 "service", "id", "url", "labels")
+KEEP_PROVIDERS = ("prometheus", "grafana", "datadog", "pagerduty", "cloudwatch", "sentry", "zabbix", "keep")
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def keep_reference(provider: str, payload: Any) -> list[tuple[str, str]]:
+    """(fingerprint, name) of each alert as Keep 0.54.2 forms them (KEEP.md, /work/shared/payloads/README.md,
+    the providers' `_format_alert`), written independently of alertstream's normalizers."""
+    if provider == "prometheus":  # Alertmanager's fingerprint, else AlertDto's default sha256(name)
+        return [(a.get("fingerprint") or _sha(a["labels"]["alertname"]), a["labels"]["alertname"])
+                for a in payload.get("alerts", [payload])]
+    if provider == "grafana":  # alert fingerprint → labels.fingerprint → sha256(json.dumps(labels)); the group title
+        return [(a.get("fingerprint") or a["labels"].get("fingerprint") or _sha(json.dumps(a["labels"])),
+                 payload["title"]) for a in payload["alerts"]]
+    if provider == "datadog":  # FINGERPRINT_FIELDS groups + monitor_id; the whole title
+        groups = payload["scopes"].split(",") if payload.get("scopes") else ["*"]
+        return [(_sha(json.dumps(groups) + str(payload["monitor_id"])), payload["title"])]
+    if provider == "pagerduty":  # v3 → _format_alert_old: no fingerprint, so sha256(title)
+        title = payload["event"]["data"]["title"]
+        return [(_sha(title), title)]
+    if provider == "cloudwatch":  # no fingerprint: sha256(AlarmName)
+        alarm = json.loads(payload["Message"]) if "Message" in payload else payload
+        return [(_sha(alarm["AlarmName"]), alarm["AlarmName"])]
+    if provider == "sentry":  # the top-level issue id; the integration platform has none: sha256(title)
+        title = (payload.get("event") or payload.get("data", {}).get("event"))["title"]
+        return [(str(payload["id"]) if "id" in payload else _sha(title), title)]
+    if provider == "zabbix":  # no fingerprint: sha256(name)
+        return [(_sha(payload["name"]), payload["name"])]
+    if provider == "keep":
+        return [(a.get("fingerprint") or _sha(a["name"]), a["name"]) for a in (payload if isinstance(payload, list) else [payload])]
+    raise AssertionError(provider)
+
+
+def test_keep_corpus_covers_every_keep_provider() -> None:
+    cases = [orjson.loads(p.read_bytes()) for p in CORPUS_FILES]
+    assert len(cases) >= 30
+    assert {c["provider"] for c in cases} == set(KEEP_PROVIDERS)
+    stored = sorted(c["provider"] for c in cases if "keepStored" in c)
+    assert set(stored) == set(KEEP_PROVIDERS)  # one event as Keep stores it, per provider (the continuity tests)
+
+
+@pytest.mark.parametrize("path", CORPUS_FILES, ids=lambda p: p.stem)
+def test_keep_corpus(path: Path) -> None:
+    case = orjson.loads(path.read_bytes())
+    provider, payload = case["provider"], case["payload"]
+    alerts = normalize(provider, orjson.dumps(payload), CTX)
+    identities = [fingerprint_of(a) for a in alerts]  # the identity: the normalizer's, else sha256(name)
+    documents = [msgspec.to_builtins(a) | {"fingerprint": fp} for a, fp in zip(alerts, identities)]
+    got = [{field: doc.get(field) for field in CORPUS_FIELDS} for doc in documents]
+    for alert in alerts:
+        check_alert(alert)
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        case["expected"] = got
+        path.write_text(json.dumps(case, indent=2, ensure_ascii=False) + "\n")
+    assert got == case["expected"]
+
+    keep = keep_reference(provider, payload)
+    assert case["keep"]["fingerprints"] == [fp for fp, _ in keep]
+    assert case["keep"]["names"] == [name for _, name in keep]
+    for identity, (keep_fp, _) in zip(identities, keep, strict=True):
+        if case["keep"]["sameIdentity"]:
+            assert identity == keep_fp, "alertstream promises Keep's identity here"
+        else:
+            assert identity != keep_fp, "a deliberate difference (docs/dedup.md)"
+    if provider == "datadog":  # stable across transitions, unlike Keep's
+        assert not alerts[0].name.startswith(("[P", "[Triggered", "[Recovered", "[Warn", "[No Data", "[Muted", "[Re-"))
+
+    if "keepStored" in case:  # migrate-from-keep derives, from what Keep stored, the identity the payload gets here
+        stored = case["keepStored"]
+        assert stored["event"]["fingerprint"] == keep[0][0]
+        assert alertstream_fingerprint(stored["providerType"], stored["event"], keep[0][0]) == identities[0]
+        imported = keep_event_to_alert(json.dumps(stored["event"]), tenant=CTX.tenant, provider_type=stored["providerType"],
+                                       provider_id=None, fingerprint=keep[0][0],
+                                       received_at=datetime(2025, 3, 10, tzinfo=timezone.utc))
+        check_alert(imported)
+        assert imported.fingerprint == identities[0]
 
 
 # ---------------------------------------------------------------------- grafana
@@ -235,19 +333,85 @@ def test_datadog_last_updated_epoch_ms() -> None:
     assert alert.last_received == CTX.received_at and alert.extra["last_updated"] == "soon"
 
 
-def test_datadog_fingerprint_is_groups_and_monitor() -> None:
+def test_datadog_fingerprint_is_keeps_groups_and_monitor() -> None:
     triggered = example("datadog_webhook")
     recovered = dict(triggered, alert_transition="Recovered", id="999",
                      title="[Recovered on {host:ip-10-0-4-21}] High CPU on checkout hosts")
     a, b = one("datadog", triggered), one("datadog", recovered)
-    assert a.fingerprint == b.fingerprint == sha256_hex(canonical_json([["host:ip-10-0-4-21"], "98765432"]))
+    # Keep: sha256(json.dumps(["host:ip-10-0-4-21"]) + "98765432"); before: sha256 of alertstream's canonical JSON
+    assert a.fingerprint == b.fingerprint == sha256_hex(b'["host:ip-10-0-4-21"]98765432')
+    assert a.fingerprint != sha256_hex(canonical_json([["host:ip-10-0-4-21"], "98765432"]))
     assert a.name == b.name == "High CPU on checkout hosts"
     other_host = one("datadog", dict(triggered, scopes="host:ip-10-0-4-22"))
     assert other_host.fingerprint != a.fingerprint
     numeric = one("datadog", dict(triggered, monitor_id=98765432))
-    assert numeric.fingerprint == a.fingerprint
+    assert numeric.fingerprint == a.fingerprint  # Keep hashes str(monitor_id)
     ungrouped = one("datadog", dict(triggered, scopes=""))
-    assert ungrouped.fingerprint == sha256_hex(canonical_json([["*"], "98765432"]))
+    assert ungrouped.fingerprint == sha256_hex(b'["*"]98765432') and ungrouped.extra["groups"] == ["*"]
+    no_monitor = {k: v for k, v in triggered.items() if k != "monitor_id"}
+    assert one("datadog", no_monitor).fingerprint == sha256_hex(b'["host:ip-10-0-4-21"]High CPU on checkout hosts')
+
+
+# Worked examples of Keep's rule, by hand: sha256 over the bytes of json.dumps(groups) (", " between
+# items, non-ASCII as \\uXXXX) followed by str(monitor_id). The digests were computed outside Python,
+# with `printf '%s' '<text>' | sha256sum`.
+DATADOG_WORKED = [
+    ("host:web-01", "12345678", '["host:web-01"]12345678',
+     "7f69a32873b010a5cd455631d034b01bbb52b1cd648bfea0296b57ba3d7ce0aa"),
+    ("env:prod,service:checkout", "34567890", '["env:prod", "service:checkout"]34567890',
+     "b71ced5a5fc10eb137e601b8351d41ad5786b138a63dfedb4347b94addc345be"),
+    ("availability-zone:us-east-1a, role:computing-node", "45678901",  # Keep does not trim the space
+     '["availability-zone:us-east-1a", " role:computing-node"]45678901',
+     "5f7dc5b329ce308f41e37ce4249d1bb91c534d76235213cfe9b2e16db04aeaa4"),
+    ("", "56789012", '["*"]56789012', "9844d0b20cf37cdbb5e48de571e3509194389bff15b29189a05a940fe3c5ed42"),
+    ("host:caf\u00e9-01", "89012345", r'["host:caf\u00e9-01"]89012345',
+     "ae16567a5017c68ee112d0c35b8162d3ccd98772ea623b793a221731cb8d3110"),
+]
+
+
+@pytest.mark.parametrize("scopes, monitor_id, text, digest", DATADOG_WORKED)
+def test_datadog_fingerprint_worked_examples(scopes: str, monitor_id: str, text: str, digest: str) -> None:
+    assert hashlib.sha256(text.encode("ascii")).hexdigest() == digest
+    payload = dict(example("datadog_webhook"), scopes=scopes, monitor_id=monitor_id)
+    assert one("datadog", payload).fingerprint == digest
+    assert keep_fingerprint(scopes.split(",") if scopes else ["*"], monitor_id) == digest
+
+
+@pytest.mark.parametrize("title, name", [
+    ("[P1] [Triggered on {host:web-01}] High CPU usage", "High CPU usage"),
+    ("[P1] [Recovered on {host:web-01}] High CPU usage", "High CPU usage"),
+    ("[Recovered on {host:web-01}] High CPU usage", "High CPU usage"),
+    ("[P2] [Warn on {host:web-01}] High CPU usage", "High CPU usage"),
+    ("[P2] [Warn] High CPU usage", "High CPU usage"),
+    ("[P1] [Re-Triggered on {host:web-01}] High CPU usage", "High CPU usage"),
+    ("[No Data on {host:db-3}] Disk usage", "Disk usage"),
+    ("[P4] [Muted on {host:batch-7}] Batch lag", "Batch lag"),
+    ("[Renotify] [P3] Error rate", "Error rate"),
+    ("[Triggered] Synthetic check failed", "Synthetic check failed"),
+    ("High CPU usage", "High CPU usage"),
+    ("[prod] High CPU usage", "[prod] High CPU usage"),  # not a Datadog marker: part of the name
+    ("[P1] [Triggered on {host:web-01}] [prod] CPU", "[prod] CPU"),
+    ("[P1] [Triggered]", "[P1] [Triggered]"),  # nothing left: the title itself
+])
+def test_datadog_name_has_no_transition_or_priority_markers(title: str, name: str) -> None:
+    # Before: only the first bracket was stripped ("[Triggered on {host:web-01}] High CPU usage")
+    alert = one("datadog", dict(example("datadog_webhook"), title=title))
+    assert alert.name == name == title_name(title)
+    assert alert.extra["title"] == title
+
+
+def test_datadog_name_and_fingerprint_do_not_change_across_transitions() -> None:
+    base = example("datadog_webhook")
+    seen = set()
+    for transition, title in [
+        ("Triggered", "[P1] [Triggered on {host:ip-10-0-4-21}] High CPU on checkout hosts"),
+        ("Warn", "[P2] [Warn on {host:ip-10-0-4-21}] High CPU on checkout hosts"),
+        ("Re-Triggered", "[P1] [Re-Triggered on {host:ip-10-0-4-21}] High CPU on checkout hosts"),
+        ("Recovered", "[P1] [Recovered on {host:ip-10-0-4-21}] High CPU on checkout hosts"),
+    ]:
+        alert = one("datadog", dict(base, alert_transition=transition, title=title))
+        seen.add((alert.name, alert.fingerprint))
+    assert seen == {("High CPU on checkout hosts", sha256_hex(b'["host:ip-10-0-4-21"]98765432'))}
 
 
 @pytest.mark.parametrize("payload, reason", [
@@ -559,6 +723,55 @@ def test_zabbix_severity(severity: Any, expected: str) -> None:
 ])
 def test_zabbix_invalid(payload: Any, reason: str) -> None:
     assert reason_of("zabbix", payload) == reason
+
+
+# ------------------------------------------------------------------ Keep parity
+
+def test_a_bare_prometheus_alert_is_one_alert() -> None:
+    # Keep reads event.get("alerts", [event]); before, alertstream dead-lettered it (missing_field)
+    hook = example("prometheus_alertmanager_webhook")
+    bare = hook["alerts"][0]
+    alert = one("prometheus", bare)
+    wrapped = run("prometheus", {"alerts": [bare]})[0]
+    assert alert.fingerprint == wrapped.fingerprint == bare["fingerprint"]
+    assert (alert.name, alert.status, alert.labels) == (wrapped.name, wrapped.status, wrapped.labels)
+    assert one("alertmanager", bare).fingerprint == bare["fingerprint"]
+    no_fp = {k: v for k, v in bare.items() if k != "fingerprint"}
+    assert one("prometheus", no_fp).fingerprint == ""  # then sha256(name), as Keep, at fingerprinting
+    assert reason_of("prometheus", {"status": "firing"}) == "missing_field"  # not an alert: no alertname
+    assert reason_of("prometheus", {"alerts": []}) == "missing_field"
+    assert reason_of("prometheus", {"alerts": {"labels": {}}}) == "missing_field"
+
+
+@pytest.mark.parametrize("given, stored", [
+    ("2025-03-10T14:05:00+05:30", "2025-03-10T08:35:00.000Z"),
+    ("2025-03-09T21:30:00.250-05:00", "2025-03-10T02:30:00.250Z"),  # the UTC day is the next one
+    ("2025-03-10T08:35:00+0000", "2025-03-10T08:35:00.000Z"),
+    ("2025-03-10T08:35:00.123456789+01:00", "2025-03-10T07:35:00.123Z"),
+])
+def test_generic_last_received_with_an_offset_is_stored_in_utc(given: str, stored: str) -> None:
+    # Already so since the normalizer hardening (d5f9858); before it, the string was stored as given
+    alert = one("keep", {"name": "n", "lastReceived": given, "firingStartTime": given})
+    assert alert.last_received == stored and alert.firing_start_time == stored
+    assert "lastReceived" not in alert.extra
+
+
+@pytest.mark.parametrize("priority, urgency, expected", [
+    ("P1", "low", "critical"), ("P2", "low", "high"), ("P3", "high", "warning"), ("P4", "high", "info"),
+    ("P5", "high", "low"), (None, "high", "high"), (None, "low", "low"), ("Sev-Custom", "high", "high"),
+    (None, None, "info"),
+])
+def test_pagerduty_v3_severity_priority_before_urgency(priority: str | None, urgency: str | None, expected: str) -> None:
+    # docs/decisions.md "Keep parity (issue 16)": the incident's priority, when it is a known word, decides;
+    # urgency (PagerDuty's high/low notification switch) only when there is no such priority
+    payload = pd_v3()
+    data = payload["event"]["data"]
+    data["urgency"] = urgency
+    if priority is not None:
+        data["priority"] = {"summary": priority}
+    alert = one("pagerduty", payload)
+    assert alert.severity == expected
+    assert alert.labels.get("urgency") == urgency and alert.labels.get("priority") == priority
 
 
 # --------------------------------------------------------------- property tests
