@@ -26,6 +26,8 @@ def restart_settings(stack_env: dict[str, str], data_dir, name: str = "restart")
         data_dir=data_dir,
         worker_web_port=free_port(),
         broker_session_timeout_s=10,
+        # exact changelog end offsets on the local broker (INFRA.md): recovery must be complete
+        producer_one_record_batches=True,
     ), name)
 
 
