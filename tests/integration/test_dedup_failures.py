@@ -121,7 +121,11 @@ def test_a_failing_step_never_acks_its_batch(stack_env, rejecting_trigger, tmp_p
                            "AND fingerprint LIKE 'e2e-3%'", name)[0]
         assert (sighted["n"], sighted["k"]) == (COUNT, COUNT), "every sighting counted once"
         refused = [r for r in read_topic(settings, idle_s=2) if r.reason == "sink_rejected"]
-        assert len(refused) == 1, [r.detail for r in refused]  # dead-lettered once, whatever failed before
+        # dead-lettered at least once; a step that fails after the sinks repeats the batch, and with
+        # it the DLQ produce (at-least-once: a replay of the copies stores the alert once)
+        assert refused and {r.value for r in refused} == {refused[0].value}, [r.detail for r in refused]
+        if point in ("dedup.offsets", "dedup.dead_letter"):  # failed before the DLQ produce succeeded
+            assert len(refused) == 1
         assert b'"name":"reject-me"' in refused[0].value
         assert worker.proc.poll() is None, "the supervisor kept the worker running"
     finally:
