@@ -59,6 +59,15 @@ def produce_slowly(settings, tenant: str) -> threading.Thread:  # noqa: ANN001
     return thread
 
 
+def _serving(port: int) -> bool:
+    import urllib.request
+
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).status == 200
+    except OSError:
+        return False
+
+
 def stored(dsn: str, tenant: str) -> tuple[int, int, int]:
     row = sql(dsn, "SELECT count(*) AS n, count(DISTINCT id) AS ids, count(DISTINCT fingerprint) AS fps FROM alert WHERE tenant = $1", tenant)[0]
     return row["n"], row["ids"], row["fps"]
@@ -149,6 +158,9 @@ def test_worker_stopped_mid_stream_then_restarted(stack_env, tmp_path, sig) -> N
     ensure_topics(settings)
     dsn = settings.require_database_url()
     worker = WorkerProcess(settings, tmp_path / "first.log")
+    # the input starts once the worker serves (it consumes from then on): a slow start must not let
+    # the whole stream arrive, and be processed at once, before the stop
+    wait_until(lambda: _serving(settings.worker_web_port), timeout=120, what="the worker serves")
     producer = produce_slowly(settings, name)
     try:
         wait_until(lambda: stored(dsn, name)[0] >= 500, timeout=120, what="the worker is mid-stream")
