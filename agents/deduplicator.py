@@ -16,7 +16,8 @@ from typing import Any, Callable
 
 import msgspec
 
-from agents.normalizer import unpack
+from agents.normalizer import source_position, unpack
+from schemas.alert import NormalizedAlert
 from schemas.rules import DEFAULT_RULES, RuleSet
 from sinks.base import Sighting, WriteBatch
 from tables.dedup_state import DedupState, Outcome, decide, state_key
@@ -38,9 +39,21 @@ class StageTwoPlan:
     undecodable: list[tuple[PackedRecord, str]] = field(default_factory=list)
 
 
+def sighting_flow(item: NormalizedAlert, lane: str) -> str:
+    """The ordered stream a sighting travelled: its source partition, into one internal topic (`lane`).
+
+    Within a flow the normalize stage sends in source order, and a crash makes it send a suffix
+    again, never skip ahead: `last_alert` keeps the highest source position counted per flow and
+    counts a sighting only past it. Several flows per identity: a producer's key does not follow the
+    fingerprint, and critical alerts travel their own internal topic.
+    """
+    return f"{item.source_topic}:{item.source_partition}{lane}"
+
+
 def plan_batch(records: list[PackedRecord], read_state: Callable[[bytes, Any], DedupState | None],
-               rules: RuleSet = DEFAULT_RULES, refresh_after_ms: int | None = None) -> StageTwoPlan:
-    """Pure apart from `read_state`: what to write, and which state changes."""
+               rules: RuleSet = DEFAULT_RULES, refresh_after_ms: int | None = None, lane: str = "") -> StageTwoPlan:
+    """Pure apart from `read_state`: what to write, and which state changes. `lane` names the
+    internal topic the records came from (see `sighting_flow`)."""
     plan = StageTwoPlan()
     seen: dict[bytes, DedupState | None] = {}  # state as of earlier alerts in this batch
     for record in records:
@@ -64,9 +77,12 @@ def plan_batch(records: list[PackedRecord], read_state: Callable[[bytes, Any], D
             stored = item if outcome is not Outcome.DUPLICATE else None
             if stored is not None:
                 plan.batch.stored.append(item)
+            if item.source_partition >= 0:
+                flow, position = sighting_flow(item, lane), item.source_position
+            else:  # sent by a version before source positions: its position on the internal topic
+                flow, position = f"internal:{record.partition}{lane}", source_position(record.offset, index)
             plan.batch.sightings.append(Sighting(
-                alert.tenant, alert.fingerprint, item.received_at_ms, record.partition,
-                (record.offset << 16) | index, stored,
+                alert.tenant, alert.fingerprint, item.received_at_ms, record.partition, position, stored, flow,
             ))
             counter = (alert.tenant, alert.provider_type, outcome)
             plan.outcomes[counter] = plan.outcomes.get(counter, 0) + 1

@@ -95,6 +95,12 @@ def iso_utc(ms: int) -> str:
     return f"{_iso_second(second)}.{millis:03d}Z"
 
 
+def source_position(offset: int, index: int) -> int:
+    """One number ordering the alerts of a source partition: the record's offset, then the index in it
+    (at most 0xFFFF alerts per record, `NormalizeLimits.max_alerts_per_record`)."""
+    return (offset << 16) | index
+
+
 def row_uid(topic: str, partition: int, offset: int, index: int) -> str:
     """A UUID-shaped id derived from the source position: a replay yields the same id.
 
@@ -178,7 +184,7 @@ def _normalize_record(record: RawRecord, default_tenant: str, max_payload_bytes:
                                  f"(limit {limits.max_output_ratio:g} × {len(record.value)} input bytes + "
                                  f"{limits.output_allowance_per_alert} per alert); over it at alert {index}")
         out.append(NormalizedAlert(row_uid(record.topic, record.partition, record.offset, index), record.timestamp_ms,
-                                   chash, alert))
+                                   chash, alert, record.topic, record.partition, source_position(record.offset, index)))
         budget.tick()  # normalize() checked the budget at its end; this covers a long list of alerts
     return out, total
 

@@ -225,7 +225,7 @@ async def run(dsn: str, rows: int, batch: int, repeat: int = 3) -> dict[str, Any
             writes = []
             for n, b in enumerate(batches):
                 sightings = [Sighting(a.alert.tenant, a.alert.fingerprint, a.received_at_ms + d, 0,
-                                      ((n + 1) << 16) | (2 * i + d), a if d == 0 else None)
+                                      ((n + 1) << 16) | (2 * i + d), a if d == 0 else None, "alerts:0")
                              for i, a in enumerate(b) for d in (0, 1)]
                 writes.append(WriteBatch(stored=list(b), sightings=sightings))
             with _Meter([sink_pid]) as m:

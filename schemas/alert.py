@@ -53,6 +53,11 @@ class NormalizedAlert(msgspec.Struct, array_like=True):
     received_at_ms: int  # the source record's Kafka timestamp
     content_hash: str
     alert: Alert
+    # where the sighting entered alertstream: `last_alert` counts each source position once, however
+    # often a crash makes the normalize stage send it again (docs/operations.md, exact counts)
+    source_topic: str = ""
+    source_partition: int = -1
+    source_position: int = -1  # the record's offset << 16 | the alert's index in it
 
 
 class NormalizedBatch(msgspec.Struct, array_like=True):

@@ -27,17 +27,19 @@ log = logging.getLogger(__name__)
 class Sighting:
     """One received alert, duplicates included: it advances `last_alert`.
 
-    `position` orders sightings within a partition of the internal topic
-    (record offset << 16 | index in the record), so a replayed sighting is
+    `position` is the alert's source position (record offset << 16 | index in the record), ordered
+    within its `flow` (agents/deduplicator.py `sighting_flow`): `last_alert` counts a sighting only
+    past the highest position it counted in that flow, so a sighting sent again after a crash is
     recognised and not counted twice.
     """
 
     tenant: str
     fingerprint: str
     received_at_ms: int
-    partition: int
+    partition: int  # on the internal topic: where its stored alert is handed to the indexer
     position: int
     stored: NormalizedAlert | None  # the alert row this sighting created, if new or changed
+    flow: str
 
 
 @dataclass(slots=True)

@@ -13,8 +13,8 @@ with server-side cursors, and writes alertstream's tables in batches, idempotent
   `alert_raw` with `error` saying why.
 - Keep `lastalert` (+ its alert) → `last_alert`, keyed by the alertstream fingerprint of its alert,
   with received_count = the number of Keep alert rows of the identity (Keep does not count
-  duplicates: a lower bound) and src_position -1. A row alertstream has already written
-  (src_position >= 0) is never overwritten; an imported row is refreshed when Keep's is newer, so a
+  duplicates: a lower bound) and no source marks. A row alertstream has already counted a sighting
+  of (`source_marks` not empty) is never overwritten; an imported row is refreshed when Keep's is newer, so a
   re-run catches up with a Keep that is still running.
 - Keep `alertraw` → `alert_raw` (error rows keep their message in `error`).
 
@@ -126,10 +126,10 @@ CREATE INDEX idx_alertraw_tenant_timestamp ON alertraw (tenant_id, timestamp);
 
 _LAST_COLUMNS = (
     "tenant", "fingerprint", "alert_id", "name", "status", "severity", "provider_type", "content_hash",
-    "first_received", "last_received", "received_count", "src_partition", "src_position",
+    "first_received", "last_received", "received_count", "source_marks",
 )
 _CREATE_LAST_STAGE = "CREATE TEMP TABLE IF NOT EXISTS last_alert_import (LIKE last_alert) ON COMMIT DELETE ROWS"
-# Key order (no deadlock with the sinks); a row alertstream wrote itself (src_position >= 0) is kept.
+# Key order (no deadlock with the sinks); a row alertstream counted a sighting of (source marks set) is kept.
 _UPSERT_LAST = f"""
 INSERT INTO last_alert ({", ".join(_LAST_COLUMNS)})
 SELECT {", ".join(_LAST_COLUMNS)} FROM last_alert_import ORDER BY tenant, fingerprint
@@ -138,7 +138,7 @@ ON CONFLICT (tenant, fingerprint) DO UPDATE SET
     provider_type = EXCLUDED.provider_type, content_hash = EXCLUDED.content_hash,
     first_received = LEAST(last_alert.first_received, EXCLUDED.first_received),
     last_received = EXCLUDED.last_received, received_count = EXCLUDED.received_count
-WHERE last_alert.src_position = -1 AND EXCLUDED.last_received > last_alert.last_received
+WHERE last_alert.source_marks = '{{}}'::jsonb AND EXCLUDED.last_received > last_alert.last_received
 """
 
 _KEEP_ALERTS = """
@@ -427,7 +427,7 @@ def _track(splits: _Splits, row_id: uuid.UUID, received_at: datetime, alert: Ale
     key = (alert.tenant, alert.fingerprint)
     seen = splits.get(key)
     row = (alert.tenant, alert.fingerprint, row_id, alert.name, alert.status, alert.severity, alert.provider_type,
-           chash, received_at, received_at, 1, -1, -1)
+           chash, received_at, received_at, 1, "{}")
     if seen is None:
         splits[key] = _Seen(row, received_at, 1)
         return
@@ -461,7 +461,7 @@ async def _import_last(keep: asyncpg.Connection, out: _Target, report: ImportRep
             converted.append((
                 tenant, alert.fingerprint, r["alert_id"], alert.name, alert.status, alert.severity, alert.provider_type,
                 rules.for_(tenant, alert.provider_type).content_hash(alert),
-                first, _utc(r["timestamp"]), count, -1, -1,
+                first, _utc(r["timestamp"]), count, "{}",
             ))
         # two Keep tenants mapped to one alertstream tenant can collide: the newest wins
         unique: dict[tuple[str, str], tuple] = {}
@@ -475,7 +475,7 @@ async def _import_last(keep: asyncpg.Connection, out: _Target, report: ImportRep
 async def _import_splits(out: _Target, report: ImportReport, splits: _Splits, batch: int) -> None:
     """The identities a merged Keep identity split into, other than the one its lastalert names:
     each its own `last_alert` row, from its newest imported alert (count: its imported rows)."""
-    rows = [(*seen.last[:8], seen.first, seen.last[9], seen.count, -1, -1) for _, seen in sorted(splits.items())]
+    rows = [(*seen.last[:8], seen.first, seen.last[9], seen.count, "{}") for _, seen in sorted(splits.items())]
     for start in range(0, len(rows), batch):
         written = await out.write_last(rows[start:start + batch])
         report.last_alerts_written += written

@@ -4,8 +4,9 @@
   NOTHING. Row ids come from source positions, so a replayed batch adds nothing.
 - `last_alert`: sightings coalesced to one staging row per (tenant, fingerprint)
   and applied in key order (rows locked in key order first), so workers with
-  overlapping fingerprints cannot deadlock. A sighting at or before the row's
-  recorded source position is a replay and is not counted again.
+  overlapping fingerprints cannot deadlock. A sighting at or before the highest
+  source position counted in its flow (`source_marks`) was sent again after a
+  crash and is not counted again.
 - `alert_raw` (write_raw): the same COPY + INSERT ... ON CONFLICT DO NOTHING.
 - Isolation: READ COMMITTED. Every statement either inserts with a unique key
   or updates rows it has locked, so the stronger levels would only add
@@ -32,17 +33,17 @@ _ALERT_COLUMNS = (
 )
 _LAST_STAGE_COLUMNS = (
     "tenant", "fingerprint", "alert_id", "name", "status", "severity", "provider_type",
-    "content_hash", "stored_position", "first_received", "last_received",
-    "src_partition", "max_position", "positions",
+    "content_hash", "stored_flow", "stored_position", "first_received", "last_received",
+    "flows", "positions",
 )
 
 _CREATE_STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS alert_stage (LIKE alert INCLUDING DEFAULTS INCLUDING COMPRESSION) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS last_alert_stage (
     tenant text, fingerprint text, alert_id uuid, name text, status text, severity text,
-    provider_type text, content_hash text, stored_position bigint,
+    provider_type text, content_hash text, stored_flow text, stored_position bigint,
     first_received timestamptz, last_received timestamptz,
-    src_partition integer, max_position bigint, positions bigint[]
+    flows text[], positions bigint[]
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS alert_raw_stage (LIKE alert_raw INCLUDING DEFAULTS INCLUDING COMPRESSION) ON COMMIT DELETE ROWS;
 """
@@ -65,9 +66,9 @@ ON CONFLICT DO NOTHING
 # applies the batch to old and new rows alike.
 _INSERT_NEW_LAST = """
 INSERT INTO last_alert (tenant, fingerprint, alert_id, name, status, severity, provider_type, content_hash,
-                        first_received, last_received, received_count, src_partition, src_position)
+                        first_received, last_received, received_count, source_marks)
 SELECT tenant, fingerprint, alert_id, name, status, severity, provider_type, content_hash,
-       first_received, first_received, 0, src_partition, -1
+       first_received, first_received, 0, '{}'::jsonb
 FROM last_alert_stage WHERE alert_id IS NOT NULL
 ORDER BY tenant, fingerprint
 ON CONFLICT (tenant, fingerprint) DO NOTHING
@@ -78,6 +79,9 @@ SELECT 1 FROM last_alert la JOIN last_alert_stage s USING (tenant, fingerprint)
 ORDER BY la.tenant, la.fingerprint FOR UPDATE OF la
 """
 
+# `source_marks` holds, per flow, the highest source position counted (agents/deduplicator.py
+# `sighting_flow`): a sighting at or below its flow's mark was counted before a crash and is not
+# counted again; the stored alert is taken only from a sighting past its mark.
 _APPLY_LAST = """
 UPDATE last_alert AS la SET
     alert_id       = CASE WHEN u.take_stored THEN u.alert_id      ELSE la.alert_id      END,
@@ -89,14 +93,18 @@ UPDATE last_alert AS la SET
     first_received = LEAST(la.first_received, u.first_received),
     last_received  = GREATEST(la.last_received, u.last_received),
     received_count = la.received_count + u.new_sightings,
-    src_partition  = u.src_partition,
-    src_position   = CASE WHEN u.same_partition THEN GREATEST(la.src_position, u.max_position) ELSE u.max_position END
+    source_marks   = la.source_marks || u.advanced
 FROM (
-    SELECT s.*, (cur.src_partition = s.src_partition) AS same_partition,
-           (s.alert_id IS NOT NULL AND (cur.src_partition <> s.src_partition OR s.stored_position > cur.src_position)) AS take_stored,
-           (SELECT count(*) FROM unnest(s.positions) p
-             WHERE cur.src_partition <> s.src_partition OR p > cur.src_position) AS new_sightings
+    SELECT s.*, n.new_sightings, n.advanced,
+           (s.alert_id IS NOT NULL AND s.stored_position > coalesce((cur.source_marks ->> s.stored_flow)::bigint, -1)) AS take_stored
     FROM last_alert_stage s JOIN last_alert cur USING (tenant, fingerprint)
+    CROSS JOIN LATERAL (
+        SELECT coalesce(sum(g.fresh), 0) AS new_sightings,
+               coalesce(jsonb_object_agg(g.flow, g.top) FILTER (WHERE g.fresh > 0), '{}'::jsonb) AS advanced
+        FROM (SELECT x.flow, max(x.position) AS top,
+                     count(*) FILTER (WHERE x.position > coalesce((cur.source_marks ->> x.flow)::bigint, -1)) AS fresh
+              FROM unnest(s.flows, s.positions) AS x(flow, position) GROUP BY x.flow) AS g
+    ) AS n
 ) AS u
 WHERE la.tenant = u.tenant AND la.fingerprint = u.fingerprint AND u.new_sightings > 0
 """
@@ -121,26 +129,28 @@ def alert_rows(stored: list[NormalizedAlert]) -> list[tuple]:
 
 
 def last_alert_rows(sightings: list[Sighting]) -> list[tuple]:
-    """One row per identity, in key order: the newest stored alert and every sighting's position."""
+    """One row per identity, in key order: its newest stored alert and every sighting's flow and position.
+
+    "Newest" is the order of the sightings (the internal topic's order): an identity has one
+    internal partition, so the list is already in the order the sightings arrived.
+    """
     by_key: dict[tuple[str, str], list[Sighting]] = defaultdict(list)
     for s in sightings:
         by_key[(s.tenant, s.fingerprint)].append(s)
     rows = []
     for (tenant, fingerprint), group in sorted(by_key.items()):
-        group.sort(key=lambda s: (s.partition, s.position))
-        partition = group[-1].partition
-        group = [s for s in group if s.partition == partition]  # positions compare only within one partition
-        newest_stored = next((s for s in reversed(group) if s.stored is not None), None)
-        a = newest_stored.stored.alert if newest_stored else None
+        newest = next((s for s in reversed(group) if s.stored is not None), None)
+        item = newest.stored if newest else None
+        a = item.alert if item else None
         rows.append((
             tenant, fingerprint,
-            uuid.UUID(newest_stored.stored.uid) if newest_stored else None,
+            uuid.UUID(item.uid) if item else None,
             a.name if a else None, a.status if a else None, a.severity if a else None,
             a.provider_type if a else None,
-            newest_stored.stored.content_hash if newest_stored else None,
-            newest_stored.position if newest_stored else None,
+            item.content_hash if item else None,
+            newest.flow if newest else None, newest.position if newest else None,
             _ts(min(s.received_at_ms for s in group)), _ts(max(s.received_at_ms for s in group)),
-            partition, group[-1].position, [s.position for s in group],
+            [s.flow for s in group], [s.position for s in group],
         ))
     return rows
 

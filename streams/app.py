@@ -309,7 +309,8 @@ def create_app(settings: Settings) -> faust.App:
         failpoints.hit("dedup.offsets")
         await refuse_skipped_offsets(stage, events)
         records = [PackedRecord(e.message.partition, e.message.offset, e.value, e) for e in events]
-        plan = plan_batch(records, store.get, rules, refresh_after_ms=ttl_ms // 2 or None)
+        plan = plan_batch(records, store.get, rules, refresh_after_ms=ttl_ms // 2 or None,
+                          lane="!" if stage.endswith("critical") else "")
         # durable first (Postgres, the stored alerts handed to the indexer, undecodable records
         # dead-lettered), then state; a TaskGroup cancels the others when one fails
         async with asyncio.TaskGroup() as durable:

@@ -6,7 +6,7 @@ worker process) and must land on the imported identity.
 
 "The same identity" means the same (tenant, fingerprint) key, precisely:
 - the `last_alert` row the import wrote is the one that moves on (received_count + 1, alert_id the
-  new row, src_position now the worker's), and no other `last_alert` row appears for that alert:
+  new row, source marks now the worker's), and no other `last_alert` row appears for that alert:
   none under Keep's fingerprint where alertstream's differs, none under any other key;
 - the `alert` row of the first sighting carries the imported fingerprint.
 The worker's dedup table (RocksDB, in the worker) knows nothing of imported identities: the first
@@ -157,7 +157,7 @@ def test_a_webhook_after_the_import_continues_the_imported_identity(imported, wo
     before = last_rows(dsn, tenant)
     assert fingerprint in before, f"{name}: the import wrote no last_alert row under {fingerprint}"
     imported_row = before[fingerprint]
-    assert imported_row["src_position"] == -1
+    assert imported_row["source_marks"] == "{}"
     if fingerprint != keep_fp:  # re-fingerprinted at import; Keep's key is kept on the alert
         assert keep_fp not in before
         (event,) = [r["event"] for r in sql(dsn, "SELECT event FROM alert WHERE id = $1", imported_row["alert_id"])]
@@ -171,7 +171,7 @@ def test_a_webhook_after_the_import_continues_the_imported_identity(imported, wo
     mine = [r for r in new_rows if r["fingerprint"] == fingerprint]
     assert len(mine) == 1, f"{name}: {[(r['fingerprint'], r['name']) for r in new_rows]}"
     row = after[fingerprint]
-    assert row["alert_id"] == mine[0]["id"] and row["src_position"] >= 0
+    assert row["alert_id"] == mine[0]["id"] and row["source_marks"] != "{}"
     assert row["received_count"] == imported_row["received_count"] + 1
     assert row["first_received"] == imported_row["first_received"]  # the identity's history goes on
     assert keep_fp == fingerprint or keep_fp not in after  # never a second identity beside the imported one
@@ -192,8 +192,8 @@ def test_a_host_keep_merged_continues_its_own_identity(imported, worker, pipelin
     fingerprint = identities(ZABBIX_OTHER)[0]
     assert fingerprint != identities("zabbix_problem")[0]
     before = last_rows(dsn, tenant)
-    assert before[fingerprint]["src_position"] == -1 and before[fingerprint]["received_count"] == 1
+    assert before[fingerprint]["source_marks"] == "{}" and before[fingerprint]["received_count"] == 1
     send_and_wait(pipeline_settings, worker, ZABBIX_OTHER, fingerprint, 2)
     after = last_rows(dsn, tenant)
     assert set(after) == set(before)  # no new identity: the split one moved on
-    assert after[fingerprint]["src_position"] >= 0
+    assert after[fingerprint]["source_marks"] != "{}"

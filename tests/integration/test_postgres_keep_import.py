@@ -132,7 +132,7 @@ async def test_import_converts_keep_tables(keep_dsn: str, dsn: str, db: asyncpg.
     last = {(r["tenant"], r["fingerprint"]): r for r in await db.fetch("SELECT * FROM last_alert")}
     disk = last[("default", "disk")]
     assert (disk["alert_id"], disk["status"], disk["received_count"]) == (IDS["disk3"], "resolved", 3)
-    assert (disk["first_received"], disk["last_received"], disk["src_position"]) == (T1, T3, -1)
+    assert (disk["first_received"], disk["last_received"], disk["source_marks"]) == (T1, T3, "{}")
     assert disk["content_hash"] == disk3["content_hash"]
     assert last[("acme", "cpu")]["received_count"] == 1
 
@@ -156,12 +156,12 @@ async def test_reimport_catches_up_with_keep_but_never_overwrites_alertstream_ro
     await sink.start()
     try:
         live = alerts_at("default", NOW, 1)
-        live.sightings[0] = Sighting("default", "disk", live.sightings[0].received_at_ms, 0, 5, None)
+        live.sightings[0] = Sighting("default", "disk", live.sightings[0].received_at_ms, 0, 5, None, "alerts:0")
         await sink.write(WriteBatch(sightings=live.sightings))
     finally:
         await sink.close()
     disk_before = dict(await db.fetchrow("SELECT * FROM last_alert WHERE tenant = 'default' AND fingerprint = 'disk'"))
-    assert disk_before["src_position"] == 5 and disk_before["received_count"] == 4
+    assert disk_before["source_marks"] == '{"alerts:0": 5}' and disk_before["received_count"] == 4
 
     keep = await asyncpg.connect(keep_dsn)
     try:
@@ -264,7 +264,7 @@ async def test_a_keep_identity_that_merged_hosts_is_split_into_alertstreams(
         assert (one["alert_id"], one["status"], one["received_count"]) == (ZBX_IDS[2], "resolved", 2)
         assert (one["first_received"], one["last_received"]) == (T1, T3)
         # the host split off: its own newest (and only) imported row
-        assert (two["alert_id"], two["status"], two["received_count"], two["src_position"]) == (ZBX_IDS[1], "firing", 1, -1)
+        assert (two["alert_id"], two["status"], two["received_count"], two["source_marks"]) == (ZBX_IDS[1], "firing", 1, "{}")
         assert (two["first_received"], two["last_received"]) == (T2, T2)
         before = [dict(r) for r in await conn.fetch("SELECT * FROM last_alert ORDER BY fingerprint")]
     finally:

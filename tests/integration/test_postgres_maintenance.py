@@ -83,7 +83,7 @@ def alerts_at(tenant: str, when: datetime, n: int, *, first_position: int = 0) -
         alert = Alert(name=f"a{i}", last_received="2026-03-10T12:00:00.000Z", fingerprint=f"fp-{i}", tenant=tenant)
         item = NormalizedAlert(str(uuid.uuid5(uuid.NAMESPACE_URL, f"{tenant}/{when}/{i}")), ms + i, f"h{i}", alert)
         out.stored.append(item)
-        out.sightings.append(Sighting(tenant, f"fp-{i}", ms + i, 0, first_position + i, item))
+        out.sightings.append(Sighting(tenant, f"fp-{i}", ms + i, 0, first_position + i, item, "alerts:0"))
     return out
 
 

@@ -4,6 +4,7 @@ exact sighting counts, alert switching, and no deadlock between concurrent write
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
@@ -47,8 +48,12 @@ def batch(tenant: str, fingerprint: str, positions: Iterable[int], *, partition:
         item = stored_at.get(p)
         if item is not None:
             out.stored.append(item)
-        out.sightings.append(Sighting(tenant, fingerprint, received_base + p, partition, p, item))
+        out.sightings.append(Sighting(tenant, fingerprint, received_base + p, partition, p, item, f"alerts:{partition}"))
     return out
+
+
+def marks(row: asyncpg.Record) -> dict[str, int]:
+    return json.loads(row["source_marks"])
 
 
 def uid() -> str:
@@ -112,19 +117,47 @@ async def test_partial_replay_counts_each_sighting_once(sink: PostgresSink, db: 
     first_alert = stored(tenant, "fp", uid())
     await sink.write(batch(tenant, "fp", range(1, 11), stored_at={1: first_alert}))
     row = await last_row(db, tenant, "fp")
-    assert row["received_count"] == 10 and row["src_position"] == 10
+    assert row["received_count"] == 10 and marks(row) == {"alerts:0": 10}
 
     # positions 6..10 again (replayed), 11..15 new; the replayed stored alert at 6 is not taken
     changed_replayed = stored(tenant, "fp", uid(), content="h-replayed", status="resolved")
     await sink.write(batch(tenant, "fp", range(6, 16), stored_at={6: changed_replayed}))
     row = await last_row(db, tenant, "fp")
     assert row["received_count"] == 15
-    assert row["src_position"] == 15
+    assert marks(row) == {"alerts:0": 15}
     assert row["last_received"] == ts(T0 + 15) and row["first_received"] == ts(T0 + 1)
     assert row["alert_id"] == uuid.UUID(first_alert.uid) and row["status"] == "firing"
 
     await sink.write(batch(tenant, "fp", range(1, 16)))  # the whole history again: nothing
     assert (await last_row(db, tenant, "fp"))["received_count"] == 15
+
+
+async def test_flows_are_counted_apart(sink: PostgresSink, db: asyncpg.Connection) -> None:
+    """An identity seen from two source partitions (and the critical lane): each flow keeps its own
+    mark, so low positions of one flow still count after high positions of another, and each
+    flow's replay counts nothing."""
+    tenant = unique_tenant("flows")
+    first = stored(tenant, "fp", uid())
+
+    def sightings(flow: str, positions: range, item: NormalizedAlert | None = None) -> WriteBatch:
+        out = WriteBatch(stored=[item] if item else [])
+        out.sightings = [Sighting(tenant, "fp", T0 + p, 0, p, item if p == positions[0] else None, flow) for p in positions]
+        return out
+
+    await sink.write(sightings("alerts:3", range(100, 105), first))
+    await sink.write(sightings("alerts:1", range(1, 4)))
+    await sink.write(sightings("alerts:1!", range(1, 3)))
+    row = await last_row(db, tenant, "fp")
+    assert row["received_count"] == 10
+    assert marks(row) == {"alerts:3": 104, "alerts:1": 3, "alerts:1!": 2}
+    # every flow sent again after a crash (one batch, interleaved), plus one new sighting in one flow
+    replay = WriteBatch()
+    for flow, positions in (("alerts:1", range(1, 5)), ("alerts:3", range(100, 105)), ("alerts:1!", range(1, 3))):
+        replay.sightings += sightings(flow, positions).sightings
+    await sink.write(replay)
+    row = await last_row(db, tenant, "fp")
+    assert row["received_count"] == 11 and marks(row)["alerts:1"] == 4
+    assert row["alert_id"] == uuid.UUID(first.uid)
 
 
 async def test_duplicate_only_batch_advances_last_received_only(sink: PostgresSink, db: asyncpg.Connection) -> None:
@@ -154,7 +187,7 @@ async def test_a_changed_alert_switches_the_last_alert(sink: PostgresSink, db: a
     row = await last_row(db, tenant, "fp")
     assert row["alert_id"] == uuid.UUID(resolved.uid)
     assert (row["content_hash"], row["status"]) == ("h-resolved", "resolved")
-    assert row["received_count"] == 4 and row["src_position"] == 4
+    assert row["received_count"] == 4 and marks(row) == {"alerts:0": 4}
     assert await alert_ids(db, tenant) == [uuid.UUID(firing.uid), uuid.UUID(resolved.uid)]
     event = await db.fetchval("SELECT event FROM alert WHERE id = $1", uuid.UUID(resolved.uid))
     assert '"status": "resolved"' in event or '"status":"resolved"' in event
@@ -180,7 +213,7 @@ async def test_two_sinks_overlapping_fingerprints_opposite_orders(dsn: str, db: 
                 if j == 0 and (round_ == 0 or round_ % 5 == worker):  # new, then changed now and then
                     item = stored(tenant, key, uid(), content=f"h-{worker}-{round_}", received=T0 + round_)
                     out.stored.append(item)
-                out.sightings.append(Sighting(tenant, key, T0 + round_ * 1000 + j, worker, position, item))
+                out.sightings.append(Sighting(tenant, key, T0 + round_ * 1000 + j, worker, position, item, f"alerts:{worker}"))
         return out
 
     batches = [[round_batch(w, r) for r in range(rounds)] for w in range(2)]
@@ -212,7 +245,7 @@ async def test_two_sinks_replaying_the_same_alerts_in_opposite_orders(dsn: str, 
     try:
         for r in range(rounds):
             items = [stored(tenant, key, uid(), content=f"h-{r}", received=T0 + r) for key in keys]
-            sightings = [Sighting(tenant, key, T0 + r, 0, ((r + 1) << 16) | i, item)
+            sightings = [Sighting(tenant, key, T0 + r, 0, ((r + 1) << 16) | i, item, "alerts:0")
                          for i, (key, item) in enumerate(zip(keys, items))]
             forward = WriteBatch(stored=list(items), sightings=list(sightings))
             backward = WriteBatch(stored=list(reversed(items)), sightings=list(reversed(sightings)))

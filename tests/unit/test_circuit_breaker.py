@@ -22,8 +22,8 @@ def item(uid: str) -> NormalizedAlert:
 
 def batch(*uids: str, duplicates: int = 0) -> WriteBatch:
     stored = [item(u) for u in uids]
-    sightings = [Sighting("t", a.alert.fingerprint, 1000, 0, i, a) for i, a in enumerate(stored)]
-    sightings += [Sighting("t", f"dup{i}", 1000, 0, 100 + i, None) for i in range(duplicates)]
+    sightings = [Sighting("t", a.alert.fingerprint, 1000, 0, i, a, "alerts:0") for i, a in enumerate(stored)]
+    sightings += [Sighting("t", f"dup{i}", 1000, 0, 100 + i, None, "alerts:0") for i in range(duplicates)]
     return WriteBatch(stored, sightings)
 
 

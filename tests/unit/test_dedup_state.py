@@ -8,6 +8,7 @@ import msgspec
 import pytest
 
 from agents.deduplicator import PackedRecord, plan_batch
+from agents.normalizer import source_position
 from schemas.alert import Alert, NormalizedAlert, NormalizedBatch
 from tables.dedup_state import DedupState, Outcome, decide, state_key
 
@@ -166,6 +167,24 @@ def test_positions_pack_offset_and_index() -> None:
     assert [s.position >> 16 for s in plan.batch.sightings] == [offset] * 3
     assert [s.position & 0xFFFF for s in plan.batch.sightings] == [0, 1, 2]
     assert {s.partition for s in plan.batch.sightings} == {2}
+    assert {s.flow for s in plan.batch.sightings} == {"internal:2"}  # no source position: a record of an older version
+
+
+def test_sightings_are_keyed_by_source_position_whatever_the_internal_offset() -> None:
+    """A normalize batch sent again after a crash lands at new internal offsets; its sightings keep
+    their source flow and position, so `last_alert` recognises them."""
+    def sourced(uid: str, offset: int, index: int) -> NormalizedAlert:
+        a = item(uid, "fp", "h")
+        a.source_topic, a.source_partition, a.source_position = "alerts", 7, source_position(offset, index)
+        return a
+
+    first = plan_batch([record(2, 40, [sourced("u1", 900, 0), sourced("u2", 900, 1)])], State())
+    again = plan_batch([record(2, 95, [sourced("u1", 900, 0), sourced("u2", 900, 1)])], State())
+    critical = plan_batch([record(2, 95, [sourced("u1", 900, 0)])], State(), lane="!")
+    key = [(s.flow, s.position) for s in first.batch.sightings]
+    assert key == [("alerts:7", 900 << 16), ("alerts:7", 900 << 16 | 1)]
+    assert [(s.flow, s.position) for s in again.batch.sightings] == key
+    assert [(s.flow, s.position) for s in critical.batch.sightings] == [("alerts:7!", 900 << 16)]
 
 
 def test_outcome_counts_per_tenant_provider_outcome() -> None:

@@ -82,8 +82,8 @@ def test_end_to_end_latency_from_ingest_and_from_event_time() -> None:
     now = 1_700_000_100.0
     stored = NormalizedAlert("uid", 1_700_000_090_000, "hash", Alert(name="a", last_received="2023-11-14T22:13:20.000Z",
                                                                      provider_type="unit-provider"))
-    batch = WriteBatch(stored=[stored], sightings=[Sighting("t", "f", 1_700_000_090_000, 0, 1, stored),
-                                                   Sighting("t", "f", 1_700_000_099_000, 0, 2, None)])
+    batch = WriteBatch(stored=[stored], sightings=[Sighting("t", "f", 1_700_000_090_000, 0, 1, stored, "alerts:0"),
+                                                   Sighting("t", "f", 1_700_000_099_000, 0, 2, None, "alerts:0")])
     ingest_before = sample("alertstream_e2e_ingest_latency_seconds_count")
     observe_end_to_end(batch, now_s=now)
     assert sample("alertstream_e2e_ingest_latency_seconds_count") == ingest_before + 2  # duplicates too

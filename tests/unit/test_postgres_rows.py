@@ -27,9 +27,9 @@ def stored(n: int, fingerprint: str, *, tenant: str = "t", status: str = "firing
     return NormalizedAlert(str(uuid.UUID(int=n)), received, content or f"hash-{n}", alert)
 
 
-def sighting(fingerprint: str, position: int, received: int, *, tenant: str = "t", partition: int = 0,
+def sighting(fingerprint: str, position: int, received: int, *, tenant: str = "t", flow: str = "alerts:0",
              item: NormalizedAlert | None = None) -> Sighting:
-    return Sighting(tenant, fingerprint, received, partition, position, item)
+    return Sighting(tenant, fingerprint, received, 0, position, item, flow)
 
 
 def col(row: tuple, name: str):  # noqa: ANN201
@@ -72,23 +72,22 @@ def test_one_row_per_identity_in_key_order() -> None:
     assert all(len(r) == len(_LAST_STAGE_COLUMNS) for r in rows)
 
 
-def test_newest_stored_alert_is_chosen_and_positions_listed() -> None:
+def test_newest_stored_alert_is_the_last_in_arrival_order_and_every_position_listed() -> None:
     first, second = stored(1, "fp"), stored(2, "fp", status="resolved")
-    sightings = [  # given out of order on purpose
-        sighting("fp", (10 << 16) | 3, T0 + 30),
-        sighting("fp", (10 << 16) | 1, T0 + 10, item=second),
+    sightings = [  # arrival order (the internal topic's); positions of two flows
         sighting("fp", (9 << 16) | 0, T0 + 5, item=first),
-        sighting("fp", (10 << 16) | 0, T0 + 20),
+        sighting("fp", (10 << 16) | 0, T0 + 20, flow="alerts:4"),
+        sighting("fp", (3 << 16) | 1, T0 + 10, item=second, flow="alerts:4"),
+        sighting("fp", (10 << 16) | 3, T0 + 30),
     ]
     (row,) = last_alert_rows(sightings)
     assert col(row, "alert_id") == uuid.UUID(second.uid)
     assert (col(row, "name"), col(row, "status"), col(row, "severity"), col(row, "provider_type")) == (
         "alert fp v2", "resolved", "high", "prometheus")
     assert col(row, "content_hash") == "hash-2"
-    assert col(row, "stored_position") == (10 << 16) | 1
-    assert col(row, "positions") == [9 << 16, 10 << 16, (10 << 16) | 1, (10 << 16) | 3]
-    assert col(row, "max_position") == (10 << 16) | 3
-    assert col(row, "src_partition") == 0
+    assert (col(row, "stored_flow"), col(row, "stored_position")) == ("alerts:4", (3 << 16) | 1)
+    assert col(row, "flows") == ["alerts:0", "alerts:4", "alerts:4", "alerts:0"]
+    assert col(row, "positions") == [9 << 16, 10 << 16, (3 << 16) | 1, (10 << 16) | 3]
 
 
 def test_min_and_max_received() -> None:
@@ -105,24 +104,9 @@ def test_min_and_max_received() -> None:
 
 def test_duplicates_only_have_no_stored_alert() -> None:
     (row,) = last_alert_rows([sighting("fp", 7, T0), sighting("fp", 8, T0 + 1)])
-    for name in ("alert_id", "name", "status", "severity", "provider_type", "content_hash", "stored_position"):
+    for name in ("alert_id", "name", "status", "severity", "provider_type", "content_hash", "stored_flow", "stored_position"):
         assert col(row, name) is None, name
-    assert col(row, "positions") == [7, 8] and col(row, "max_position") == 8
-
-
-def test_only_the_last_partition_of_an_identity_counts() -> None:
-    """Positions compare only within a partition: the row carries the highest partition's sightings."""
-    old = stored(1, "fp")
-    sightings = [
-        sighting("fp", 100, T0 + 999, partition=1, item=old),
-        sighting("fp", 5, T0 + 1, partition=3),
-        sighting("fp", 6, T0 + 2, partition=3),
-    ]
-    (row,) = last_alert_rows(sightings)
-    assert col(row, "src_partition") == 3
-    assert col(row, "positions") == [5, 6]
-    assert col(row, "alert_id") is None
-    assert (col(row, "first_received"), col(row, "last_received")) == (ts(T0 + 1), ts(T0 + 2))
+    assert col(row, "positions") == [7, 8] and col(row, "flows") == ["alerts:0", "alerts:0"]
 
 
 def test_rows_and_input_are_independent() -> None:
