@@ -189,6 +189,7 @@ class ProducerOptions:
     compression: str = "lz4"  # lz4 | none | zstd | gzip | snappy
     acks: str = "all"
     queue_max_kbytes: int = 512 * 1024
+    idempotence: bool = True  # Settings.kafka_idempotent_producers: off only on a broker that refuses it (Tansu)
     extra: dict[str, str] = field(default_factory=dict)
 
     def config(self, bootstrap: str) -> dict[str, Any]:
@@ -205,10 +206,17 @@ class ProducerOptions:
             "acks": self.acks,
             "queue.buffering.max.kbytes": self.queue_max_kbytes,
             "queue.buffering.max.messages": 1_000_000,
-            # Tansu fails InitProducerId; the pipeline is at-least-once with idempotent sinks anyway.
-            "enable.idempotence": False,
+            # a retry after a lost ack writes no record twice: the pipeline's counts stay exact
+            "enable.idempotence": self.idempotence,
             **self.extra,
         }
+
+
+def _idempotent_by_default() -> bool:
+    """What the environment's settings say (`stack up` turns idempotence off for Tansu)."""
+    from streams.settings import Settings
+
+    return Settings().kafka_idempotent_producers
 
 
 # ---------------------------------------------------------------------------------------------- stats
@@ -497,7 +505,7 @@ def _from_args(args: argparse.Namespace) -> tuple[LoadProfile, Scenario, Produce
     extra = dict(item.split("=", 1) for item in args.extra)
     options = ProducerOptions(linger_ms=args.linger_ms, batch_num_messages=args.batch_messages,
                               batch_bytes=int(parse_size(args.batch_bytes)), compression=args.compression,
-                              acks=args.acks, extra=extra)
+                              acks=args.acks, idempotence=_idempotent_by_default(), extra=extra)
     return profile, scenario, options
 
 

@@ -434,7 +434,8 @@ class Bench:
         from confluent_kafka import Producer
 
         self.display.update(phase="warm-up: waiting for every worker to join every group")
-        producer = Producer(ProducerOptions(compression=self.opts.compression).config(settings.require_kafka()))
+        producer = Producer(ProducerOptions(compression=self.opts.compression,
+                                                  idempotence=settings.kafka_idempotent_producers).config(settings.require_kafka()))
         factory = PayloadFactory(self.opts.profile_obj(self.warmup_tenant, seed=self.opts.seed + 1000))
         warm = CounterReader([w.port for w in self.workers], self.warmup_tenant)
         stages = ["normalize", "deduplicate"] + (["index"] if settings.search_enabled else [])
@@ -491,7 +492,7 @@ class Bench:
         scenario = opts.scenario_obj()
         if opts.rate_max:
             scenario = _ClosedLoop.around(scenario, lambda: stats.alerts - processed_now.processed, opts.max_backlog)
-        producer_options = ProducerOptions(compression=opts.compression)
+        producer_options = ProducerOptions(compression=opts.compression, idempotence=settings.kafka_idempotent_producers)
         from confluent_kafka import Producer
 
         producer = Producer(producer_options.config(settings.require_kafka()))

@@ -73,8 +73,9 @@ def producer_config(settings: Settings) -> dict[str, object]:
     return {
         "bootstrap.servers": settings.require_kafka(),
         "acks": "all",
-        # Tansu refuses InitProducerId (INFRA.md); duplicates from librdkafka retries are absorbed downstream
-        "enable.idempotence": False,
+        # a retry after a lost ack writes nothing twice: each sighting counted once (off only where the
+        # broker refuses it, the local stand-in Tansu: `stack up` says so)
+        "enable.idempotence": settings.kafka_idempotent_producers,
         "linger.ms": 2,  # a webhook waits at most 2 ms for company; under load batches fill before that
         "compression.type": "lz4",
         "message.timeout.ms": int(settings.gateway_produce_timeout_s * 1000),

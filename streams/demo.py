@@ -107,7 +107,8 @@ def count_alerts(records: list[DemoRecord]) -> tuple[int, int]:
 def produce(settings: Settings, records: list[DemoRecord], stop: Callable[[], bool] = lambda: False) -> bool:
     """Produce and flush the records; False when `stop()` turned true first (what was still queued
     is purged, nothing is left sending in the background)."""
-    producer = Producer({"bootstrap.servers": settings.require_kafka(), "linger.ms": 5, "acks": "all"})
+    producer = Producer({"bootstrap.servers": settings.require_kafka(), "linger.ms": 5, "acks": "all",
+                         "enable.idempotence": settings.kafka_idempotent_producers})
     errors: list[str] = []
 
     def delivered(err, _msg) -> None:  # noqa: ANN001

@@ -233,6 +233,7 @@ def up(settings: Settings, state_dir: Path | None = None) -> dict[str, str]:
                 # every restart of a worker. See the setting's description for the trade-off.
                 # Apache Kafka reports them exactly: the check stays on.
                 env["ALERTSTREAM_TABLE_RECOVERY_CONSISTENCY_CHECK"] = "false"
+                env["ALERTSTREAM_KAFKA_IDEMPOTENT_PRODUCERS"] = "false"  # Tansu refuses InitProducerId
     return env
 
 

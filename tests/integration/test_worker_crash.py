@@ -3,13 +3,17 @@ partitions, one killed. Every produced alert ends up in Postgres exactly once.""
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
 
+import psutil
+
 import pytest
 
-from streams.settings import BatchConfig
+from streams import localstack
+from streams.settings import BatchConfig, Settings
 from streams.topics import ensure_topics
 from tests.conftest import WorkerProcess, free_port, wait_until
 from tests.integration.test_pipeline_e2e import generic_alert, produce, sql
@@ -19,23 +23,29 @@ pytestmark = pytest.mark.integration
 COUNT = 3000
 
 
+LOCAL = {"kafka_bootstrap": None, "database_url": None, "search_url": None}
+
+
 @pytest.fixture(scope="module")
-def stack_env(tmp_path_factory):  # noqa: ANN001, ANN201 - overrides the session's stack for this module
+def crash_stack(tmp_path_factory):  # noqa: ANN001, ANN201
     """A fresh stack of its own: a broker that has served the whole session answers a killed
-    member's group more slowly than these tests' timeouts allow."""
+    member's group more slowly than these tests' timeouts allow, and one test kills the broker."""
     import asyncio
 
     from sinks.migrate import migrate
-    from streams import localstack
-    from streams.settings import Settings
 
     state_dir = tmp_path_factory.mktemp("crash-stack")
-    env = localstack.up(Settings(kafka_bootstrap=None, database_url=None, search_url=None), state_dir=state_dir)
+    env = localstack.up(Settings(**LOCAL), state_dir=state_dir)
     try:
         asyncio.run(migrate(env["ALERTSTREAM_DATABASE_URL"]))
-        yield env
+        yield state_dir, env
     finally:
         localstack.down(state_dir)
+
+
+@pytest.fixture(scope="module")
+def stack_env(crash_stack):  # noqa: ANN001, ANN201 - overrides the session's stack for this module
+    return crash_stack[1]
 
 
 def crash_settings(stack_env, data_dir, name: str):  # noqa: ANN001, ANN201
@@ -54,6 +64,29 @@ def produce_slowly(settings, tenant: str) -> threading.Thread:  # noqa: ANN001
             time.sleep(0.2)
             records = [("keep", f"c{i}".encode(), generic_alert(200_000 + i)) for i in range(chunk * 100, chunk * 100 + 100)]
             produce(settings.require_kafka(), settings.topic_alerts, records, tenant=tenant)
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def produce_idempotently(settings, tenant: str) -> threading.Thread:  # noqa: ANN001
+    """The same 3000 alerts as `produce_slowly`, by one idempotent producer that waits out a broker
+    restart: a retry after a lost ack can then never write a record twice (as a producer that
+    needs exact counts must be configured)."""
+    from confluent_kafka import Producer
+
+    def run() -> None:
+        producer = Producer({"bootstrap.servers": settings.require_kafka(), "enable.idempotence": True,
+                             "linger.ms": 10, "message.timeout.ms": 120_000})
+        failures: list = []
+        for chunk in range(30):
+            time.sleep(0.2)
+            for i in range(chunk * 100, chunk * 100 + 100):
+                producer.produce(settings.topic_alerts, key=f"c{i}".encode(), value=generic_alert(200_000 + i),
+                                 headers=[("provider", b"keep"), ("tenant", tenant.encode())],
+                                 on_delivery=lambda err, msg: failures.append(err) if err else None)
+            producer.poll(0)
+        assert producer.flush(150) == 0 and not failures, failures
     thread = threading.Thread(target=run)
     thread.start()
     return thread
@@ -197,3 +230,34 @@ def test_two_workers_one_killed_the_other_takes_over(stack_env, tmp_path) -> Non
         producer.join()
         a.stop()
         b.stop()
+
+
+def test_broker_killed_mid_stream_then_restarted(crash_stack, tmp_path) -> None:  # noqa: ANN001
+    """kill -9 of the broker (a real one: its log is on disk) while alerts arrive and the worker
+    works, then `stack up` starts it again on the same data and port: the producer's retries, the
+    worker's reconnects and the replay after them leave every alert stored once and every sighting
+    counted once."""
+    state_dir, env = crash_stack
+    if Settings(**LOCAL).local_broker == "tansu":
+        pytest.skip("the stand-in broker keeps its log in memory: a restart loses every topic")
+    settings = crash_settings(env, tmp_path / "w", "brokerkill")
+    ensure_topics(settings)
+    dsn = settings.require_database_url()
+    worker = WorkerProcess(settings, tmp_path / "worker.log")
+    wait_until(lambda: _serving(settings.worker_web_port), timeout=120, what="the worker serves")
+    producer = produce_idempotently(settings, "brokerkill")
+    try:
+        wait_until(lambda: stored(dsn, "brokerkill")[0] >= 500, timeout=120, what="the worker is mid-stream")
+        broker = next(s for s in localstack.status(state_dir) if s.name == "kafka")
+        os.kill(broker.pid, signal.SIGKILL)
+        wait_until(lambda: not psutil.pid_exists(broker.pid) or psutil.Process(broker.pid).status() == psutil.STATUS_ZOMBIE,
+                   timeout=30, what="the broker is gone")
+        assert stored(dsn, "brokerkill")[0] < COUNT, "the kill came too late to test anything"
+        time.sleep(3)  # the worker and the producer see the broker down
+        restarted = localstack.up(Settings(**LOCAL), state_dir=state_dir)
+        assert restarted["ALERTSTREAM_KAFKA_BOOTSTRAP"] == env["ALERTSTREAM_KAFKA_BOOTSTRAP"]
+        producer.join()
+        assert_exactly_once(dsn, "brokerkill", settings, worker)
+    finally:
+        producer.join()
+        worker.stop()
