@@ -41,6 +41,7 @@ from sinks.postgres import PostgresSink
 from sinks.raw_storage import RawBatch, RawPolicy, RawSink, raw_rows_for
 from sinks.search import SearchSink, make_client
 from streams.batch_consumer import BatchConsumer
+from streams.changelog import KafkaChangelog
 from streams.failpoints import FailPoints
 from streams.loop_monitor import PROBE_INTERVAL_S, watch_event_loop
 from streams.status_page import install as install_observability
@@ -63,7 +64,7 @@ from streams.metrics import (
 )
 from streams.settings import Settings
 from tables.bloom import PartitionBlooms
-from tables.dedup_state import DedupStore, Outcome, make_table, state_key
+from tables.dedup_state import DedupState, DedupStore, Outcome, make_table, state_key
 from tables.hot_cache import HotCache
 
 log = logging.getLogger(__name__)
@@ -119,11 +120,6 @@ def build_search_sink(settings: Settings) -> SearchSink:
 
 
 def create_app(settings: Settings) -> faust.App:
-    # Faust stops delivering records to every stream whenever more than `max_messages` table
-    # changelog messages wait to be sent. Offsets are committed only after the producer is
-    # flushed, so the size changes the pacing, not the guarantees. (A class attribute: Faust has
-    # no setting for it.)
-    ProducerBuffer.max_messages = settings.changelog_buffer_max_messages
     FaustConsumer._add_gap = _refuse_offset_gaps
     datadir = settings.data_dir / f"worker-{settings.worker_web_port}"
     datadir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
@@ -163,8 +159,10 @@ def create_app(settings: Settings) -> faust.App:
     critical_topic = app.topic(settings.topic_normalized_critical, partitions=settings.topic_partitions)
     rules = load_rules(settings.fingerprint_rules_path)  # an invalid file stops the worker here, with its line
     raw_policy = RawPolicy.load(settings.raw_storage_policy_path)  # likewise
+    table = make_table(app, settings.topic_partitions)
+    changelog = KafkaChangelog(settings, table.changelog_topic.get_topic_name())
     store = DedupStore(
-        make_table(app, settings.topic_partitions),
+        table, changelog,
         cache=HotCache(settings.dedup_cache_entries),
         blooms=PartitionBlooms(settings.dedup_bloom_capacity, 0.01, ttl_s=2 * settings.dedup_state_ttl_s or None)
         if settings.dedup_bloom_capacity else None,
@@ -324,13 +322,18 @@ def create_app(settings: Settings) -> faust.App:
         # an identity whose alert Postgres refused keeps its old state: the alert, replayed from the
         # DLQ after a fix, must be stored, not taken for a duplicate of itself
         refused = {state_key(i.alert.tenant, i.alert.fingerprint) for i in plan.batch.stored if i.uid in rejected}
-        for key, (state, event) in plan.state_writes.items():
-            if key not in refused:
-                store.put(key, state, event)
+        changes: dict[bytes, tuple[DedupState | None, int]] = {
+            key: (state, event.message.partition) for key, (state, event) in plan.state_writes.items() if key not in refused}
+        expired = 0
         if ttl_ms:
             now_ms = int(time.time() * 1000)
-            for event in {e.message.partition: e for e in events}.values():
-                DEDUP_EXPIRED.inc(store.sweep_expired(event, now_ms, ttl_ms, settings.dedup_sweep_budget))
+            for partition in {e.message.partition for e in events}:
+                for key in store.expired(partition, now_ms, ttl_ms, settings.dedup_sweep_budget):
+                    if key not in changes:  # seen in this batch: alive
+                        changes[key] = (None, partition)
+                        expired += 1
+        await store.checkpoint(changes)  # changelog (acked), then RocksDB; the events are acked after it
+        DEDUP_EXPIRED.inc(expired)
         record_outcomes(plan)
 
     def stage_topic(stage: str) -> str:

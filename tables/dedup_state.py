@@ -13,14 +13,13 @@ read. Behind it: a sweep that deletes identities not seen for the TTL.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterator
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 import faust
 import msgspec
-from faust.streams import _current_event
+from rocksdict import WriteBatch
 
 from tables.bloom import PartitionBlooms
 from tables.hot_cache import HotCache
@@ -73,27 +72,30 @@ def make_table(app: faust.App, partitions: int) -> faust.Table:
     )
 
 
-class _AsEvent:
-    """Faust routes a table read or write (RocksDB partition and changelog partition) by the
-    *current event*. A batch holds events of several partitions, so each access names the event
-    its key came from; otherwise state would land in another partition's store and be lost at the
-    next rebalance."""
+class Changelog(Protocol):
+    """Where the table's changes go before RocksDB: its compacted changelog topic."""
 
-    def __init__(self, event: Any) -> None:
-        self._event = event
-
-    def __enter__(self) -> None:
-        self._token = _current_event.set(weakref.ref(self._event))
-
-    def __exit__(self, *exc: object) -> None:
-        _current_event.reset(self._token)
+    async def send(self, records: list[tuple[int, bytes, bytes | None]]) -> dict[int, int]:
+        """Send (partition, key, value; None: a tombstone) records; return once every one is acked,
+        with the highest offset written per partition."""
+        ...
 
 
 class DedupStore:
-    """Typed, partition-correct access to the table, with the hot cache and Bloom filters in front."""
+    """Typed, partition-correct access to the table, with the hot cache and Bloom filters in front.
 
-    def __init__(self, table: faust.Table, cache: HotCache | None = None, blooms: PartitionBlooms | None = None) -> None:
+    Writes are checkpointed, not per key: a batch's changes (the last one per key) go to the
+    changelog in bulk, acked once, then to RocksDB in one write batch per partition together with
+    the changelog offset Faust's recovery resumes from (its `persisted_offset`). The table stays a
+    Faust RocksDB table, rebuilt by Faust from the same changelog, in the same record format (raw
+    key and value); what is gone is Faust's per-write path (one buffered changelog send per key,
+    which paused every stream while its buffer was full).
+    """
+
+    def __init__(self, table: faust.Table, changelog: Changelog | None = None, cache: HotCache | None = None,
+                 blooms: PartitionBlooms | None = None) -> None:
         self._table = table
+        self._changelog = changelog
         self._cache = cache
         self._blooms = blooms
         self._sweeps: dict[int, Iterator[tuple[bytes, bytes]]] = {}
@@ -109,21 +111,46 @@ class DedupStore:
                 self._blooms.build(partition, self._partition_keys(partition))
             if not self._blooms.may_contain(partition, key):
                 return None  # certainly never written: skip the RocksDB read
-        with _AsEvent(event):
-            raw = self._table.get(key)
+        raw = self._partition_db(partition).get(key)
         state = _decode(raw) if raw is not None else None
         if state is not None and self._cache is not None:
             self._cache.put(key, state, partition)
         return state
 
-    def put(self, key: bytes, state: DedupState, event: Any) -> None:
-        partition = event.message.partition
-        with _AsEvent(event):
-            self._table[key] = _encode(state)
-        if self._cache is not None:
-            self._cache.put(key, state, partition)
-        if self._blooms is not None:
-            self._blooms.add(partition, key)
+    async def checkpoint(self, changes: dict[bytes, tuple[DedupState | None, int]]) -> None:
+        """Make a batch's state changes durable: key → (state, None to delete; partition).
+
+        The changelog first: a crash after it and before RocksDB leaves the changelog ahead, and
+        recovery replays it into RocksDB. Never RocksDB first: a state that is not in the changelog
+        would be lost when the partition moves to another worker.
+        """
+        if not changes:
+            return
+        assert self._changelog is not None, "a DedupStore without a changelog is read-only"
+        encoded = [(partition, key, None if state is None else _encode(state))
+                   for key, (state, partition) in changes.items()]
+        offsets = await self._changelog.send(encoded)
+        batches: dict[int, WriteBatch] = {}
+        for partition, key, value in encoded:
+            batch = batches.get(partition)
+            if batch is None:
+                batch = batches[partition] = WriteBatch(raw_mode=True)
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        for partition, batch in batches.items():
+            batch.put(self._table.data.offset_key, str(offsets[partition]).encode())
+            self._partition_db(partition).write(batch)
+        for key, (state, partition) in changes.items():
+            if state is None:
+                if self._cache is not None:
+                    self._cache.discard(key)
+                continue
+            if self._cache is not None:
+                self._cache.put(key, state, partition)
+            if self._blooms is not None:
+                self._blooms.add(partition, key)
 
     @property
     def cache_hit_ratio(self) -> float:
@@ -142,10 +169,10 @@ class DedupStore:
             if self._blooms is not None:
                 self._blooms.drop_partition(partition)
 
-    def sweep_expired(self, event: Any, now_ms: int, ttl_ms: int, budget: int) -> int:
-        """Delete up to `budget` scanned keys' worth of identities of the event's partition that were
-        not seen for `ttl_ms`; resumes where the last sweep of that partition stopped."""
-        partition = event.message.partition
+    def expired(self, partition: int, now_ms: int, ttl_ms: int, budget: int) -> list[bytes]:
+        """Identities of the partition not seen for `ttl_ms`, among up to `budget` scanned keys;
+        resumes where the last scan of that partition stopped. The caller deletes them in its
+        checkpoint (changelog tombstones: other replicas forget them too)."""
         scan = self._sweeps.get(partition)
         if scan is None:
             scan = self._sweeps[partition] = self._partition_items(partition)
@@ -153,21 +180,12 @@ class DedupStore:
         for _ in range(budget):
             item = next(scan, None)
             if item is None:
-                del self._sweeps[partition]  # a full pass done: the next sweep starts over
+                del self._sweeps[partition]  # a full pass done: the next scan starts over
                 break
             key, raw = item
             if now_ms - _decode(raw).seen_ms > ttl_ms:
                 expired.append(key)
-        with _AsEvent(event):
-            for key in expired:
-                try:
-                    del self._table[key]  # a changelog tombstone: other replicas forget it too
-                except KeyError:
-                    pass
-        if self._cache is not None:
-            for key in expired:
-                self._cache.discard(key)
-        return len(expired)
+        return expired
 
     def _partition_db(self, partition: int):  # noqa: ANN202 - rocksdict.Rdict
         return self._table.data._db_for_partition(partition)

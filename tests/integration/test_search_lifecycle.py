@@ -122,6 +122,7 @@ class World:
     alerts: dict[str, dict[str, list[NormalizedAlert]]]  # tenant → part → alerts
     gateway: GatewayProcess
     keys: dict[str, str]
+    replayed: bool = False  # set once the store holds two copies of the old alerts
 
 
 async def index_contents(client, index: str) -> Counter:  # noqa: ANN001
@@ -214,16 +215,17 @@ def world(real_search: str, pipeline_settings: Settings, tmp_path_factory: pytes
 
 # ------------------------------------------------------------------------------------------ reading
 
-def get(world: World, tenant: str, **params) -> httpx.Response:  # noqa: ANN003
-    return httpx.get(world.gateway.url + "/alerts/search", params=params, headers={"X-API-KEY": world.keys[tenant]},
+def get(world: World, key_of: str, **params) -> httpx.Response:  # noqa: ANN003
+    """`GET /alerts/search` with the key of tenant `key_of` (`params` may hold a `tenant`: ignored)."""
+    return httpx.get(world.gateway.url + "/alerts/search", params=params, headers={"X-API-KEY": world.keys[key_of]},
                      timeout=30)
 
 
-def all_pages(world: World, tenant: str, **params) -> tuple[list[list[dict]], set[str]]:  # noqa: ANN003
+def all_pages(world: World, key_of: str, **params) -> tuple[list[list[dict]], set[str]]:  # noqa: ANN003
     """Every page of one query, following `next_cursor`; and the stores that answered with hits."""
     pages, stores, cursor = [], set(), None
     for _ in range(500):
-        response = get(world, tenant, **params, **({"cursor": cursor} if cursor else {}))
+        response = get(world, key_of, **params, **({"cursor": cursor} if cursor else {}))
         assert response.status_code == 200, response.text
         body = response.json()
         pages.append(body["alerts"])
@@ -235,13 +237,22 @@ def all_pages(world: World, tenant: str, **params) -> tuple[list[list[dict]], se
 
 
 def assert_each_once(world: World, tenant: str, limit: int) -> set[str]:
-    """Every alert of `tenant` written anywhere is found exactly once, newest first, each page full
-    but the last; nothing of another tenant. Returns the stores that answered."""
+    """Every alert of `tenant` written anywhere is found exactly once, newest first, across pages of
+    at most `limit`; nothing of another tenant. Returns the stores that answered.
+
+    A page may be shorter than `limit` before the last one. When a store's `limit + 1` hits hold
+    two copies of an alert, nothing older than its last hit is emitted in that page (the
+    per-store position, docs/search.md), so a page may hold fewer distinct alerts. `next_cursor`
+    continues from there, and nothing is skipped or repeated. For the same reason the last page
+    can be empty: the page before it ended on an alert whose second copy filled the store's page."""
     pages, stores = all_pages(world, tenant, limit=limit)
     got = [a["alertId"] for page in pages for a in page]
     assert len(got) == len(set(got)), f"repeats: {[i for i, n in Counter(got).items() if n > 1]}"
     assert got == newest_first(everything(world.alerts[tenant]))  # no gap, no repeat, in order
-    assert all(len(page) == limit for page in pages[:-1]) and 0 < len(pages[-1]) <= limit
+    sizes = [len(page) for page in pages]
+    assert all(0 < n <= limit for n in sizes[:-1]) and sizes[-1] <= limit, sizes
+    if not world.replayed:  # every alert once per store: every page but the last is full
+        assert all(len(page) == limit for page in pages[:-1])
     assert {a["tenant"] for page in pages for a in page} == {tenant}
     return stores
 
@@ -354,6 +365,7 @@ def test_reindexing_after_the_rollover_shows_no_duplicates(world: World) -> None
         finally:
             await client.close()
 
+    world.replayed = True
     contents = asyncio.run(reindex())
     every = {a.uid for a in replay}
     assert contents[old] == world.contents[old]  # the old index is no longer written to
