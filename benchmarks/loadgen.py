@@ -2,10 +2,14 @@
 
     .venv/bin/python -m benchmarks.loadgen --bootstrap 127.0.0.1:9092 --rate 2000 --duration 10
     .venv/bin/python -m benchmarks.loadgen --bootstrap 127.0.0.1:9092 --volume 600GB/day --scenario spike
+    .venv/bin/python -m benchmarks.loadgen --bootstrap 127.0.0.1:9092 --unpaced --load heavy --full-dup 0.5
 
 Each record: value = the provider's webhook JSON, key = the alert identity
 (one identity, one partition), headers `provider`, `tenant` and
 `produced_at_ms` (epoch ms at produce time, for end-to-end latency).
+
+Payloads: a named profile (`--load default|heavy`, `payload_factory.LOAD_PROFILES`);
+any payload option given (`--mix`, `--full-dup`, ...) replaces that profile's value.
 
 The target is alerts/s (`--rate`) or raw payload bytes/s (`--volume`), shaped
 by a scenario (steady, spike, ramp, soak) and paced by a token bucket; a run
@@ -30,12 +34,11 @@ from typing import Any, Literal, Sequence
 import orjson
 from confluent_kafka import KafkaError, Message, Producer
 
-from benchmarks.payload_factory import KINDS, PROVIDERS, LoadProfile, PayloadFactory
+from benchmarks.payload_factory import DEFAULT_MIX as DEFAULT_MIX  # re-exported: it used to be defined here
+from benchmarks.payload_factory import KINDS, LOAD_PROFILES, PROVIDERS, LoadProfile, PayloadFactory, load_profile
 
 ScenarioName = Literal["steady", "spike", "ramp", "soak"]
 SCENARIOS: tuple[str, ...] = ("steady", "spike", "ramp", "soak")
-DEFAULT_MIX = {"prometheus": 4, "grafana": 2, "datadog": 1, "keep": 1, "pagerduty": 0.5, "cloudwatch": 0.5,
-               "sentry": 0.5, "zabbix": 0.5}
 SOAK_DEFAULT_S = 3600.0
 _SLEEP_SLICE_S = 0.002  # pacing granularity: short enough for smooth rates, long enough not to spin a core
 _CHUNK = 256  # records produced between clock checks when the bucket is full (or unpaced)
@@ -76,6 +79,27 @@ def parse_mix(text: str) -> dict[str, float]:
         name, _, weight = part.partition("=")
         mix[name.strip()] = float(weight) if weight else 1.0
     return mix
+
+
+def parse_alerts_per_webhook(text: str) -> tuple[int, int]:
+    """'5' -> (1, 5): 1..5 alerts per webhook, uniform (as always); 'M..N' -> (M, N); '10..10': exactly 10."""
+    low, sep, high = text.strip().partition("..")
+    try:
+        lo, hi = (int(low), int(high)) if sep else (1, int(low))
+    except ValueError:
+        raise ValueError(f"not an alerts-per-webhook range: {text!r} (examples: 5 for 1..5, 10..10)") from None
+    if not 1 <= lo <= hi:
+        raise ValueError(f"alerts per webhook {text!r}: need 1 <= M <= N")
+    return lo, hi
+
+
+def parse_mean_size(text: str) -> tuple[int, bool]:
+    """'1.5KB' or '1.5KB/record' -> (1500, False); '500B/alert' -> (500, True): the target is per alert."""
+    size, sep, per = text.partition("/")
+    per = per.strip().lower()
+    if sep and per not in ("alert", "record"):
+        raise ValueError(f"not a mean size: {text!r} (examples: 1.5KB, 1.5KB/record, 500B/alert)")
+    return int(parse_size(size)), per == "alert"
 
 
 # ---------------------------------------------------------------------------------------------- loopback guard
@@ -461,17 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spike-duration", type=float, default=60.0)
     s.add_argument("--ramp-from", type=float, default=0.1, help="ramp start, as a fraction of the rate")
 
-    g = p.add_argument_group("payloads")
-    g.add_argument("--mix", default=",".join(f"{k}={v:g}" for k, v in DEFAULT_MIX.items()),
-                   help=f"provider=weight,...; providers: {', '.join(PROVIDERS)}")
-    g.add_argument("--cardinality", type=int, default=10_000, help="distinct alert identities per provider")
-    g.add_argument("--full-dup", type=float, default=0.3, help="ratio of exact re-sends")
-    g.add_argument("--partial-dup", type=float, default=0.2, help="ratio of re-sends with changed content")
-    g.add_argument("--flap", type=float, default=0.05, help="ratio of firing<->resolved flips")
-    g.add_argument("--alerts-per-webhook", type=int, default=5, help="Alertmanager/Grafana: 1..N per webhook")
-    g.add_argument("--mean-size", default="1.5KB", help="mean payload size target, e.g. 1.5KB")
-    g.add_argument("--size-sigma", type=float, default=0.3, help="log-normal shape of the size distribution")
-    g.add_argument("--seed", type=int, default=1)
+    g = p.add_argument_group("payloads", "a named profile (--load); each option given replaces its value")
+    add_payload_arguments(g)
     g.add_argument("--tenants", default="default", help="comma-separated tenant ids")
 
     k = p.add_argument_group("producer")
@@ -489,12 +504,57 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _describe_profile(name: str) -> str:
+    v = LOAD_PROFILES[name]
+    lo, hi = v.get("alerts_per_webhook_min", 1), v["alerts_per_webhook"]
+    size = f"{v['mean_size_bytes']:,} B/{'alert' if v.get('size_per_alert') else 'record'}"
+    return (f"{name}: {', '.join(f'{k}={w:g}' for k, w in v['mix'].items())}; {hi if lo == hi else f'{lo}..{hi}'} "
+            f"alerts per multi-alert webhook; {size}{', lean' if v.get('lean') else ''}; "
+            f"{v['full_dup_ratio'] * 100:.0f}%% exact re-sends")  # %%: argparse formats help with %
+
+
+def add_payload_arguments(g: Any) -> None:
+    """--load and the payload options (shared with benchmarks.runner). A payload option not given is absent from
+    the namespace (argparse.SUPPRESS): the named profile's value stands; `payload_overrides` reads what was given."""
+    g.add_argument("--load", choices=tuple(LOAD_PROFILES), default="default",
+                   help="named payload profile; " + " | ".join(_describe_profile(n) for n in LOAD_PROFILES))
+    unset = argparse.SUPPRESS
+    g.add_argument("--mix", default=unset, help=f"provider=weight,...; providers: {', '.join(PROVIDERS)}")
+    g.add_argument("--cardinality", type=int, default=unset, help="distinct alert identities per provider")
+    g.add_argument("--full-dup", type=float, default=unset, help="ratio of exact re-sends")
+    g.add_argument("--partial-dup", type=float, default=unset, help="ratio of re-sends with changed content")
+    g.add_argument("--flap", type=float, default=unset, help="ratio of firing<->resolved flips")
+    g.add_argument("--alerts-per-webhook", default=unset, metavar="N|M..N",
+                   help="Alertmanager/Grafana alerts per webhook: N for 1..N (uniform), M..N, N..N for exactly N")
+    g.add_argument("--mean-size", default=unset, metavar="SIZE[/alert]",
+                   help="mean payload size target per record, e.g. 1.5KB; SIZE/alert: per alert, e.g. 500B/alert")
+    g.add_argument("--lean", action=argparse.BooleanOptionalAction, default=unset,
+                   help="lean Alertmanager and Keep payloads (the other providers have no lean form)")
+    g.add_argument("--size-sigma", type=float, default=unset, help="log-normal shape of the size distribution")
+    g.add_argument("--seed", type=int, default=1, help="the generator's seed: same seed, same records")
+
+
+def payload_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """LoadProfile fields from the payload options given on the command line (none: the named profile as is)."""
+    given = vars(args)
+    out: dict[str, Any] = {}
+    if "mix" in given:
+        out["mix"] = parse_mix(args.mix)
+    for option, name in (("cardinality", "cardinality"), ("full_dup", "full_dup_ratio"),
+                         ("partial_dup", "partial_dup_ratio"), ("flap", "flap_ratio"), ("lean", "lean"),
+                         ("size_sigma", "size_sigma")):
+        if option in given:
+            out[name] = given[option]
+    if "alerts_per_webhook" in given:
+        out["alerts_per_webhook_min"], out["alerts_per_webhook"] = parse_alerts_per_webhook(args.alerts_per_webhook)
+    if "mean_size" in given:
+        out["mean_size_bytes"], out["size_per_alert"] = parse_mean_size(args.mean_size)
+    return out
+
+
 def _from_args(args: argparse.Namespace) -> tuple[LoadProfile, Scenario, ProducerOptions]:
-    profile = LoadProfile(
-        mix=parse_mix(args.mix), cardinality=args.cardinality, full_dup_ratio=args.full_dup,
-        partial_dup_ratio=args.partial_dup, flap_ratio=args.flap, alerts_per_webhook=args.alerts_per_webhook,
-        mean_size_bytes=int(parse_size(args.mean_size)), seed=args.seed,
-        tenants=[t.strip() for t in args.tenants.split(",") if t.strip()], size_sigma=args.size_sigma)
+    profile = load_profile(args.load, seed=args.seed, tenants=[t.strip() for t in args.tenants.split(",") if t.strip()],
+                           **payload_overrides(args))
     duration = args.duration if args.duration is not None else SOAK_DEFAULT_S if args.scenario == "soak" else 10.0
     scenario = Scenario(
         name=args.scenario, rate_alerts=args.rate, rate_bytes=parse_volume(args.volume) if args.volume else None,

@@ -36,7 +36,22 @@ distribution with mean `mean_size_bytes` and pads a description-like field up
 to it; the padding is kept for the identity's life, so a partial duplicate
 changes only what it claims to change. A payload whose bare rendering is
 already larger than its target is left unpadded (multi-alert webhooks often
-are), so the achieved mean can exceed the requested one.
+are), so the achieved mean can exceed the requested one. With `size_per_alert`
+the target is per alert: an identity of N alerts draws one size and is padded
+to N times it.
+
+Group sizes: uniform in `alerts_per_webhook_min..alerts_per_webhook` (1..N by
+default; min = max for exactly N), except the last group of a pool, which gets
+what is left of its cardinality.
+
+Lean payloads (`lean=True`): Alertmanager and Keep have a second, lean
+template (a few labels, one annotation, no runbook or group-wide extras), with
+the same identity, content and status fields; the other providers have none and
+send their full payload.
+
+Named profiles: `LOAD_PROFILES` and `load_profile(name, seed=, tenants=,
+**overrides)`; `default` is the generator's defaults (what `benchmarks.loadgen`
+and `alertstream bench` send without `--load`), `heavy` the heavy mix.
 """
 
 from __future__ import annotations
@@ -62,6 +77,8 @@ MULTI_ALERT_PROVIDERS = frozenset({"prometheus", "grafana"})
 
 # Kafka's default max.message.bytes is ~1 MB: a size draw from the far tail must not make unproducible records.
 MAX_PAYLOAD_BYTES = 900_000
+DEFAULT_MIX: dict[str, float] = {"prometheus": 4, "grafana": 2, "datadog": 1, "keep": 1, "pagerduty": 0.5,
+                                 "cloudwatch": 0.5, "sentry": 0.5, "zabbix": 0.5}
 _BASE_EPOCH = 1_736_935_500  # 2025-01-15T10:05:00Z, the examples' time: payload times stay deterministic
 
 
@@ -75,11 +92,14 @@ class LoadProfile:
     full_dup_ratio: float
     partial_dup_ratio: float
     flap_ratio: float
-    alerts_per_webhook: int  # Alertmanager/Grafana: 1..N alerts per webhook, uniform
-    mean_size_bytes: int
+    alerts_per_webhook: int  # Alertmanager/Grafana: alerts_per_webhook_min..N alerts per webhook, uniform
+    mean_size_bytes: int  # per record (per alert with size_per_alert)
     seed: int
     tenants: list[str] = field(default_factory=lambda: ["default"])
     size_sigma: float = 0.3  # log-normal shape: 0 gives every identity exactly the mean
+    alerts_per_webhook_min: int = 1  # = alerts_per_webhook: exactly that many alerts per webhook
+    size_per_alert: bool = False  # mean_size_bytes is per alert: a webhook of N alerts targets N x the draw
+    lean: bool = False  # Alertmanager and Keep send their lean payloads (the other providers have none)
 
     def __post_init__(self) -> None:
         unknown = set(self.mix) - set(PROVIDERS)
@@ -92,6 +112,8 @@ class LoadProfile:
             raise ValueError("dup/flap ratios must be >= 0 and sum to at most 1")
         if self.alerts_per_webhook < 1 or self.mean_size_bytes < 1 or not self.tenants:
             raise ValueError("alerts_per_webhook and mean_size_bytes must be >= 1, tenants non-empty")
+        if not 1 <= self.alerts_per_webhook_min <= self.alerts_per_webhook:
+            raise ValueError("alerts_per_webhook_min must be between 1 and alerts_per_webhook")
         if any(self.cardinality_of(p) < 1 for p, w in self.mix.items() if w > 0):
             raise ValueError("cardinality must be >= 1 for every provider in the mix")
 
@@ -99,6 +121,34 @@ class LoadProfile:
         if isinstance(self.cardinality, int):
             return self.cardinality
         return int(self.cardinality.get(provider, 0))
+
+
+# Named profiles: LoadProfile fields but seed and tenants (a run's own). `load_profile` builds one.
+LOAD_PROFILES: dict[str, dict[str, Any]] = {
+    # The generator's defaults: every provider, 1..5 alerts per Alertmanager/Grafana webhook, a 1.5 KB target per
+    # record (~1.3 KB per alert as generated), 30% exact re-sends.
+    "default": {"mix": DEFAULT_MIX, "cardinality": 10_000, "full_dup_ratio": 0.3, "partial_dup_ratio": 0.2,
+                "flap_ratio": 0.05, "alerts_per_webhook": 5, "mean_size_bytes": 1500, "size_sigma": 0.3},
+    # The heavy mix: half the records Alertmanager webhooks of exactly 10 lean alerts, half single lean Keep
+    # alerts, ~0.5 KB per alert, 70% exact re-sends; changes and flaps as the default, new identities the rest
+    # (5%). 10,000 webhook identities per provider: 10,000 groups of 10 alerts, 10,000 Keep alerts.
+    "heavy": {"mix": {"prometheus": 1, "keep": 1}, "cardinality": {"prometheus": 100_000, "keep": 10_000},
+              "full_dup_ratio": 0.7, "partial_dup_ratio": 0.2, "flap_ratio": 0.05, "alerts_per_webhook": 10,
+              "alerts_per_webhook_min": 10, "mean_size_bytes": 500, "size_per_alert": True, "lean": True,
+              "size_sigma": 0.3},
+}
+
+
+def load_profile(name: str = "default", *, seed: int = 1, tenants: list[str] | None = None,
+                 **overrides: Any) -> LoadProfile:
+    """The named profile, with `overrides` (LoadProfile fields) replacing its values."""
+    try:
+        base = LOAD_PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown load profile {name!r}; known: {', '.join(LOAD_PROFILES)}") from None
+    fields: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}  # copies
+    fields.update(overrides)
+    return LoadProfile(seed=seed, tenants=list(tenants) if tenants else ["default"], **fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +363,15 @@ def _keep_dynamic(a: _AlertState) -> dict[str, str]:
     return {"N": str(a.counter), "VAL": v, "VALNUM": v, "TS": _iso(a.now(), a.counter % 1000)}
 
 
+# Lean: what a small in-house script posts, the fields Keep's docs show and little else.
+_KEEP_LEAN_DOC = {
+    "id": "@@UUID@@", "name": "@@NAME@@", "status": "@@STATUS@@", "severity": "@@SEV@@", "lastReceived": "@@TS@@",
+    "service": "@@SVC@@", "source": ["legacy-monitor"], "message": "@@SVC@@ lag is @@VAL@@ on @@TOPIC@@",
+    "description": "Lag above 10,000 messages (check @@N@@).@@PAD@@", "labels": {"topic": "@@TOPIC@@"},
+    "fingerprint": "@@FP@@",
+}
+
+
 # --- Prometheus Alertmanager (webhook v4, many alerts per group)
 
 _AM_ENVELOPE = {
@@ -365,6 +424,22 @@ def _am_dynamic(a: _AlertState) -> dict[str, str]:
 
 def _am_group_status(firing: int, total: int) -> dict[str, str]:
     return {"GSTATUS": "firing" if firing else "resolved"}
+
+
+# Lean: a plain Prometheus rule's alerts (four labels, one annotation), the envelope's group fields kept short.
+_AM_LEAN_ENVELOPE = {
+    "version": "4", "groupKey": "{}:{alertname=\"@@ALERTNAME@@\", group=\"@@GID@@\"}", "truncatedAlerts": 0,
+    "status": "@@GSTATUS@@", "receiver": "keep", "groupLabels": {"alertname": "@@ALERTNAME@@"},
+    "commonLabels": {"alertname": "@@ALERTNAME@@", "severity": "@@SEV@@"}, "commonAnnotations": {},
+    "externalURL": "http://alertmanager:9093", "alerts": "@@RAW:ALERTS@@",
+}
+_AM_LEAN_ALERT = {
+    "status": "@@STATUS@@",
+    "labels": {"alertname": "@@ALERTNAME@@", "instance": "@@INSTANCE@@", "job": "@@SVC@@", "severity": "@@SEV@@"},
+    "annotations": {"description": "@@SVC@@ restarted @@N@@ times, last value @@VAL@@.@@PAD@@"},
+    "startsAt": "@@STARTS@@", "endsAt": "@@ENDS@@", "generatorURL": "http://prometheus:9090/graph?g0.expr=up",
+    "fingerprint": "@@FP@@",
+}
 
 
 # --- Grafana unified alerting (many alerts per group; status is the group's)
@@ -648,6 +723,28 @@ SPECS: dict[str, ProviderSpec] = {
 }
 
 
+# Lean variants (`LoadProfile.lean`): the same provider, identities, keys and kinds, fewer bytes.
+LEAN_SPECS: dict[str, ProviderSpec] = {
+    "keep": ProviderSpec(
+        "keep", _Template.compile(_KEEP_LEAN_DOC), None, _keep_static, _keep_dynamic,
+        _both({"STATUS": "firing"}, {"STATUS": "resolved"}),
+        identity_fields=("fingerprint", "name"), content_fields=("message", "description", "lastReceived"),
+        status_fields=("status",)),
+    "prometheus": ProviderSpec(
+        "prometheus", _Template.compile(_AM_LEAN_ENVELOPE), _Template.compile(_AM_LEAN_ALERT), _am_static,
+        _am_dynamic, _both({"STATUS": "firing"}, {"STATUS": "resolved"}),
+        identity_fields=("alerts[].labels.alertname", "alerts[].labels.instance", "alerts[].fingerprint", "groupKey"),
+        content_fields=("alerts[].annotations.description",),
+        status_fields=("alerts[].status", "alerts[].endsAt", "status"),
+        group_static=_am_group, group_status=_am_group_status),
+}
+
+
+def spec_for(provider: str, lean: bool = False) -> ProviderSpec:
+    """The provider's spec: its lean one when asked for and it has one, else its full one."""
+    return LEAN_SPECS.get(provider, SPECS[provider]) if lean else SPECS[provider]
+
+
 # ---------------------------------------------------------------------------------------------- identities
 
 
@@ -752,7 +849,7 @@ class PayloadFactory:
         self._providers = [p for p in PROVIDERS if profile.mix.get(p, 0) > 0]
         self._cum = list(itertools.accumulate(profile.mix[p] for p in self._providers))
         self._total = self._cum[-1]
-        self._pools = {p: _Pool(SPECS[p], profile.cardinality_of(p)) for p in self._providers}
+        self._pools = {p: _Pool(spec_for(p, profile.lean), profile.cardinality_of(p)) for p in self._providers}
         f, pd, fl = profile.full_dup_ratio, profile.partial_dup_ratio, profile.flap_ratio
         self._thresholds = (f, f + pd, f + pd + fl)
         # log-normal with the requested arithmetic mean: mu = ln(mean) - sigma^2 / 2
@@ -840,7 +937,8 @@ class PayloadFactory:
         if spec.group_static is not None:
             group = pool.groups
             pool.groups += 1
-            size = min(rng.randint(1, self.profile.alerts_per_webhook), pool.cardinality - pool.used)
+            size = min(rng.randint(self.profile.alerts_per_webhook_min, self.profile.alerts_per_webhook),
+                       pool.cardinality - pool.used)
             key_id = spec.group_static(group, _hex(seed, spec.name + "/group", group))["@key"]
         else:
             group, size = -1, 1
@@ -860,7 +958,10 @@ class PayloadFactory:
         """
         pieces = ident.render(self._seed, None).split(_PAD_MARK.encode())  # not cached: it has the markers
         bare = sum(map(len, pieces))
-        target = min(MAX_PAYLOAD_BYTES, round(self._rng.lognormvariate(self._size_mu, self.profile.size_sigma)))
+        draw = self._rng.lognormvariate(self._size_mu, self.profile.size_sigma)
+        if self.profile.size_per_alert:
+            draw *= len(ident.alerts)
+        target = min(MAX_PAYLOAD_BYTES, round(draw))
         share, extra = divmod(max(0, target - bare), len(ident.alerts))
         offset = _PAD.find(" ", self._rng.randrange(len(_PAD) - 64)) + 1  # start on a word: reads as prose
         out = [pieces[0]]
@@ -891,8 +992,9 @@ def measure(profile: LoadProfile, records: int, warmup: int = 0) -> dict[str, fl
             "mean_bytes": size / records, **{k: float(v - before[k]) for k, v in factory.counts.items()}}
 
 
-__all__ = ["GeneratedRecord", "KINDS", "LoadProfile", "MULTI_ALERT_PROVIDERS", "PROVIDERS", "PayloadFactory",
-           "ProviderSpec", "SPECS", "measure"]
+__all__ = ["DEFAULT_MIX", "GeneratedRecord", "KINDS", "LEAN_SPECS", "LOAD_PROFILES", "LoadProfile",
+           "MULTI_ALERT_PROVIDERS", "PROVIDERS", "PayloadFactory", "ProviderSpec", "SPECS", "load_profile", "measure",
+           "spec_for"]
 
 
 if __name__ == "__main__":  # python -m benchmarks.payload_factory [records] [cardinality] [warmup]

@@ -51,9 +51,9 @@ from typing import Any
 
 import psutil
 
-from benchmarks.loadgen import (DEFAULT_MIX, SCENARIOS, SOAK_DEFAULT_S, LoadStats, ProducerOptions, Scenario, _Run,
-                                check_loopback, parse_mix, parse_size, parse_volume)
-from benchmarks.payload_factory import GeneratedRecord, LoadProfile, PayloadFactory
+from benchmarks.loadgen import (SCENARIOS, SOAK_DEFAULT_S, LoadStats, ProducerOptions, Scenario, _Run,
+                                add_payload_arguments, check_loopback, parse_volume, payload_overrides)
+from benchmarks.payload_factory import DEFAULT_MIX, GeneratedRecord, LoadProfile, PayloadFactory, load_profile
 from benchmarks.sampling import (CounterReader, KafkaLag, ProcessGroup, Sample, Sampler, WorkerCounters,
                                  machine_cpu_seconds)
 
@@ -86,13 +86,20 @@ class BenchOptions:
     duration_s: float = 60.0
     workers: int = 1
     partitions: int = 4
+    # The payloads: the named profile `load` with `load_overrides` (the payload options given) applied.
+    # options_from_args fills the fields below from both; they are what profile_obj builds and the results record.
+    load: str = "default"
+    load_overrides: list[str] = field(default_factory=list)
     mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))
-    cardinality: int = 10_000
+    cardinality: int | dict[str, int] = 10_000
     full_dup: float = 0.3
     partial_dup: float = 0.2
     flap: float = 0.05
     alerts_per_webhook: int = 5
+    alerts_per_webhook_min: int = 1
     mean_size_bytes: int = 1500
+    size_per_alert: bool = False
+    lean: bool = False
     size_sigma: float = 0.3
     seed: int = 1
     spike_factor: float = 5.0
@@ -127,7 +134,9 @@ class BenchOptions:
         return LoadProfile(mix=self.mix, cardinality=self.cardinality, full_dup_ratio=self.full_dup,
                            partial_dup_ratio=self.partial_dup, flap_ratio=self.flap,
                            alerts_per_webhook=self.alerts_per_webhook, mean_size_bytes=self.mean_size_bytes,
-                           seed=self.seed if seed is None else seed, tenants=[tenant], size_sigma=self.size_sigma)
+                           seed=self.seed if seed is None else seed, tenants=[tenant], size_sigma=self.size_sigma,
+                           alerts_per_webhook_min=self.alerts_per_webhook_min, size_per_alert=self.size_per_alert,
+                           lean=self.lean)
 
     def mode(self) -> str:
         if self.rate_max:
@@ -702,10 +711,13 @@ class Bench:
             "config": {"workers": opts.workers, "partitions": opts.partitions, "rate_alerts_s": opts.rate,
                        "volume": opts.volume, "rate_max": opts.rate_max,
                        "max_backlog": opts.max_backlog if opts.rate_max else None,
+                       "load": opts.load, "load_overrides": opts.load_overrides,
                        "profile": {"mix": opts.mix, "cardinality": opts.cardinality, "full_dup": opts.full_dup,
                                    "partial_dup": opts.partial_dup, "flap": opts.flap,
-                                   "alerts_per_webhook": opts.alerts_per_webhook, "mean_size_bytes": opts.mean_size_bytes,
-                                   "size_sigma": opts.size_sigma, "seed": opts.seed},
+                                   "alerts_per_webhook": opts.alerts_per_webhook,
+                                   "alerts_per_webhook_min": opts.alerts_per_webhook_min,
+                                   "mean_size_bytes": opts.mean_size_bytes, "size_per_alert": opts.size_per_alert,
+                                   "lean": opts.lean, "size_sigma": opts.size_sigma, "seed": opts.seed},
                        "ceiling_records": opts.ceiling_records, "ceiling_repeats": opts.ceiling_repeats,
                        "tenant": self.tenant,
                        "search_enabled": settings.search_enabled,
@@ -935,16 +947,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--partitions", type=int, default=4, help="partitions of every topic")
     t.add_argument("--no-search", action="store_true", help="workers without the search indexer "
                                                             "(ALERTSTREAM_SEARCH_ENABLED=false)")
-    g = p.add_argument_group("payloads (benchmarks.loadgen)")
-    g.add_argument("--mix", default=",".join(f"{k}={v:g}" for k, v in DEFAULT_MIX.items()))
-    g.add_argument("--cardinality", type=int, default=10_000)
-    g.add_argument("--full-dup", type=float, default=0.3)
-    g.add_argument("--partial-dup", type=float, default=0.2)
-    g.add_argument("--flap", type=float, default=0.05)
-    g.add_argument("--alerts-per-webhook", type=int, default=5)
-    g.add_argument("--mean-size", default="1.5KB")
-    g.add_argument("--size-sigma", type=float, default=0.3)
-    g.add_argument("--seed", type=int, default=1)
+    g = p.add_argument_group("payloads (benchmarks.loadgen)", "a named profile (--load); each payload option given "
+                                                               "replaces its value")
+    add_payload_arguments(g)
     r = p.add_argument_group("run")
     r.add_argument("--short", action="store_true",
                    help=f"CI mode: --rate max for {SHORT['duration_s']:g}s, {SHORT['ceiling_records']:,}-record "
@@ -994,12 +999,17 @@ def options_from_args(args: argparse.Namespace, command: str) -> BenchOptions:
         ceiling_records = SHORT["ceiling_records"] if args.short else 30_000
     if args.workers < 1 or args.partitions < 1:
         raise ValueError("--workers and --partitions must be >= 1")
+    overrides = payload_overrides(args)
+    load = load_profile(args.load, seed=args.seed, **overrides)  # the named profile, with the options given
     opts = BenchOptions(
         scenario=args.scenario, rate=rate, volume=volume, rate_max=rate_max, max_backlog=args.max_backlog,
-        duration_s=duration, workers=args.workers, partitions=args.partitions, mix=parse_mix(args.mix),
-        cardinality=args.cardinality, full_dup=args.full_dup, partial_dup=args.partial_dup, flap=args.flap,
-        alerts_per_webhook=args.alerts_per_webhook, mean_size_bytes=int(parse_size(args.mean_size)),
-        size_sigma=args.size_sigma, seed=args.seed, spike_factor=args.spike_factor, spike_at_s=args.spike_at,
+        duration_s=duration, workers=args.workers, partitions=args.partitions,
+        load=args.load, load_overrides=sorted(overrides), mix=dict(load.mix),
+        cardinality=load.cardinality if isinstance(load.cardinality, int) else dict(load.cardinality),
+        full_dup=load.full_dup_ratio, partial_dup=load.partial_dup_ratio, flap=load.flap_ratio,
+        alerts_per_webhook=load.alerts_per_webhook, alerts_per_webhook_min=load.alerts_per_webhook_min,
+        mean_size_bytes=load.mean_size_bytes, size_per_alert=load.size_per_alert, lean=load.lean,
+        size_sigma=load.size_sigma, seed=args.seed, spike_factor=args.spike_factor, spike_at_s=args.spike_at,
         spike_s=args.spike_duration, ramp_from=args.ramp_from, ceiling_records=ceiling_records,
         ceiling_repeats=args.ceiling_repeats, short=args.short,
         out=args.out.resolve(), profile=args.profile, profile_rate=args.profile_rate,

@@ -28,7 +28,7 @@ from faust.transport.producer import ProducerBuffer
 from mode.utils.logging import cry
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from agents.deduplicator import PackedRecord, StageTwoPlan, plan_batch
+from agents.deduplicator import PackedRecord, StageTwoPlan
 from agents.normalizer import DeadLetter, RawRecord, StageOneResult, dead_letter_headers, iter_process_records, pack, unpack
 from agents.throttle import THROTTLED_RECORDS, ConsumerThrottle, parked_headers
 from schemas.alert import NormalizedAlert
@@ -42,6 +42,7 @@ from sinks.raw_storage import RawBatch, RawPolicy, RawSink, raw_rows_for
 from sinks.search import SearchSink, make_client
 from streams.batch_consumer import BatchConsumer
 from streams.changelog import KafkaChangelog
+from streams.dedup_stage import DeduplicateStage
 from streams.failpoints import FailPoints
 from streams.loop_monitor import PROBE_INTERVAL_S, watch_event_loop
 from streams.status_page import install as install_observability
@@ -54,7 +55,6 @@ from streams.metrics import (
     DEDUP_BATCH_FAILURES,
     DEDUP_BLOOM_SKIPPED_READS,
     DEDUP_CACHE_HIT_RATIO,
-    DEDUP_EXPIRED,
     DEDUP_RATIO,
     DLQ_RECORDS,
     OFFSET_GAPS,
@@ -64,7 +64,7 @@ from streams.metrics import (
 )
 from streams.settings import Settings
 from tables.bloom import PartitionBlooms
-from tables.dedup_state import DedupState, DedupStore, Outcome, make_table, state_key
+from tables.dedup_state import DedupStore, Outcome, make_table
 from tables.hot_cache import HotCache
 
 log = logging.getLogger(__name__)
@@ -267,15 +267,16 @@ def create_app(settings: Settings) -> faust.App:
 
     async def deduplicate_stream(stream, stage: str, critical: bool) -> None:  # noqa: ANN001 - a Faust stream
         # blocking this agent is the backpressure: Faust stops fetching once its buffers are full
-        rejected: set[str] = set()  # alerts of the batch that Postgres refused: no dedup state for them
-
         async def dead_letter_and_note(item: NormalizedAlert, reason: str) -> None:
             await to_dlq(item, reason)
-            rejected.add(item.uid)
+            dedup.rejected.add(item.uid)
 
         to_dlq = dead_letter_alert(settings.topic_alerts)
         circuit = CircuitBreaker(postgres, settings.sink_retry, dead_letter_and_note)
         topic = settings.topic_normalized_critical if critical else settings.topic_normalized
+        dedup = DeduplicateStage(stage, topic, store=store, rules=rules, write_rows=circuit.write, hand_off=hand_to_indexer,
+                                 dead_letter_record=dead_letter_record, ttl_ms=ttl_ms,
+                                 sweep_budget=settings.dedup_sweep_budget, failpoints=failpoints)
         watchdog = AgentWatchdog(stage, lambda: offsets.waiting(end_offsets(topic)), settings.worker_stall_timeout_s)
         watchdogs.append(watchdog)
         refuse_acks = refuse_acks_once_failed(stream)
@@ -286,9 +287,12 @@ def create_app(settings: Settings) -> faust.App:
             RECORDS_RECEIVED.labels(stage).inc(len(events))
             for attempt in range(1, settings.dedup_batch_attempts + 1):
                 try:
-                    rejected.clear()
                     with gate.holding(len(events)) if critical else contextlib.nullcontext():
-                        await deduplicate_batch(stage, events, circuit, rejected)
+                        failpoints.hit("dedup.offsets")
+                        await refuse_skipped_offsets(stage, events)
+                        plan = await dedup.process([PackedRecord(e.message.partition, e.message.offset, e.value, e) for e in events])
+                    observe_end_to_end(plan.batch)
+                    record_outcomes(plan)
                     break
                 except Exception as exc:  # noqa: BLE001 - any failure: the batch is not done, so not acked
                     DEDUP_BATCH_FAILURES.labels(stage).inc()
@@ -300,44 +304,6 @@ def create_app(settings: Settings) -> faust.App:
                         await asyncio.Event().wait()  # take nothing more: the stop cancels this agent
                     await asyncio.sleep(min(settings.sink_retry.initial_backoff_s * 2 ** attempt, settings.sink_retry.max_backoff_s))
             watchdog.idle()
-
-    async def deduplicate_batch(stage: str, events, circuit: CircuitBreaker, rejected: set[str]) -> None:  # noqa: ANN001
-        """One batch, in the order that makes at-least-once safe (agents/deduplicator.py). Safe to
-        run again after a failure at any step: the sinks and the topics' consumers are idempotent."""
-        failpoints.hit("dedup.offsets")
-        await refuse_skipped_offsets(stage, events)
-        records = [PackedRecord(e.message.partition, e.message.offset, e.value, e) for e in events]
-        plan = plan_batch(records, store.get, rules, refresh_after_ms=ttl_ms // 2 or None,
-                          lane="!" if stage.endswith("critical") else "")
-        # durable first (Postgres, the stored alerts handed to the indexer, undecodable records
-        # dead-lettered), then state; a TaskGroup cancels the others when one fails
-        async with asyncio.TaskGroup() as durable:
-            durable.create_task(circuit.write(plan.batch))
-            durable.create_task(hand_to_indexer(plan))
-            for record, why in plan.undecodable:
-                raw = RawRecord(stage_topic(stage), record.partition, record.offset, 0, None, record.value, {})
-                durable.create_task(dead_letter_record(raw, reason="undecodable", detail=why))
-        observe_end_to_end(plan.batch)
-        failpoints.hit("dedup.state")
-        # an identity whose alert Postgres refused keeps its old state: the alert, replayed from the
-        # DLQ after a fix, must be stored, not taken for a duplicate of itself
-        refused = {state_key(i.alert.tenant, i.alert.fingerprint) for i in plan.batch.stored if i.uid in rejected}
-        changes: dict[bytes, tuple[DedupState | None, int]] = {
-            key: (state, event.message.partition) for key, (state, event) in plan.state_writes.items() if key not in refused}
-        expired = 0
-        if ttl_ms:
-            now_ms = int(time.time() * 1000)
-            for partition in {e.message.partition for e in events}:
-                for key in store.expired(partition, now_ms, ttl_ms, settings.dedup_sweep_budget):
-                    if key not in changes:  # seen in this batch: alive
-                        changes[key] = (None, partition)
-                        expired += 1
-        await store.checkpoint(changes)  # changelog (acked), then RocksDB; the events are acked after it
-        DEDUP_EXPIRED.inc(expired)
-        record_outcomes(plan)
-
-    def stage_topic(stage: str) -> str:
-        return settings.topic_normalized_critical if stage.endswith("critical") else settings.topic_normalized
 
     async def dead_letter_record(record: RawRecord, *, reason: str, detail: str) -> None:
         """A record a stage cannot read: its bytes and headers to the DLQ, named by its position."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import hashlib
 from typing import Any
 
 import orjson
@@ -10,15 +11,30 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from benchmarks.loadgen import ProducerOptions, Scenario, check_loopback, parse_mix, parse_size, parse_volume
+from benchmarks import loadgen, runner
+from benchmarks.loadgen import (
+    ProducerOptions,
+    Scenario,
+    check_loopback,
+    parse_alerts_per_webhook,
+    parse_mean_size,
+    parse_mix,
+    parse_size,
+    parse_volume,
+)
 from benchmarks.payload_factory import (
+    DEFAULT_MIX,
     KINDS,
+    LEAN_SPECS,
+    LOAD_PROFILES,
     MULTI_ALERT_PROVIDERS,
     PROVIDERS,
     SPECS,
     GeneratedRecord,
     LoadProfile,
     PayloadFactory,
+    load_profile,
+    spec_for,
 )
 from schemas.normalizers import InvalidPayload, NormalizeContext, normalize, normalizer_for
 
@@ -62,9 +78,9 @@ def alert_identities(rec: GeneratedRecord) -> list[tuple[str, ...]]:
     return [tuple(v for p in spec.identity_fields for v in _values(doc, p))]
 
 
-def statuses(rec: GeneratedRecord) -> tuple[str, ...]:
+def statuses(rec: GeneratedRecord, lean: bool = False) -> tuple[str, ...]:
     doc = orjson.loads(rec.value)
-    return tuple(v for p in SPECS[rec.provider].status_fields for v in _values(doc, p))
+    return tuple(v for p in spec_for(rec.provider, lean).status_fields for v in _values(doc, p))
 
 
 # ---------------------------------------------------------------------------------------------- determinism
@@ -320,3 +336,169 @@ def test_scenario_shapes() -> None:
     assert Scenario("soak", duration_s=5).rate_at(1) is None  # unpaced
     with pytest.raises(ValueError):
         Scenario(rate_alerts=1, rate_bytes=1)
+
+
+# ---------------------------------------------------------------------------------------------- named load profiles
+
+
+def _digest(p: LoadProfile, n: int) -> str:
+    h = hashlib.sha256()
+    for r in PayloadFactory(p).take(n):
+        h.update(r.key + b"\0" + r.value + b"\1")
+    return h.hexdigest()
+
+
+# Computed before named profiles, group-size ranges, per-alert sizes and lean templates existed: the default
+# load must stay byte for byte what earlier benchmark runs sent.
+_DEFAULT_200 = "446dc809f14483dfa3b40195f59e62f0ff7dc6da743d7e21dc26ee6a5f5ef6f7"
+_DEFAULT_5000 = "f361b9f7c93edfe0efd85d547096a1219c5485ae9d5c0ce830c61b55c136367f"
+_TEST_PROFILE_3000 = "7be2c771321af2f358309e72c6a64f56138997b22235e7ef48743b097f0d258e"
+
+
+def test_default_profile_is_byte_for_byte_unchanged() -> None:
+    explicit = LoadProfile(mix=dict(DEFAULT_MIX), cardinality=10_000, full_dup_ratio=0.3, partial_dup_ratio=0.2,
+                           flap_ratio=0.05, alerts_per_webhook=5, mean_size_bytes=1500, seed=1, tenants=["default"])
+    assert load_profile("default") == explicit
+    assert _digest(load_profile("default"), 200) == _DEFAULT_200
+    assert _digest(load_profile("default"), 5000) == _DEFAULT_5000
+    assert _digest(profile(), 3000) == _TEST_PROFILE_3000
+
+
+def _shape(recs: list[GeneratedRecord]) -> tuple[float, float]:
+    """(value bytes per alert, share of exact re-sends)."""
+    alerts = sum(r.alerts for r in recs)
+    return sum(len(r.value) for r in recs) / alerts, sum(r.kind == "full_dup" for r in recs) / len(recs)
+
+
+def test_heavy_profile_is_the_heavy_mix() -> None:
+    recs = PayloadFactory(load_profile("heavy", seed=7, tenants=["t"])).take(20_000)
+    by_provider = collections.Counter(r.provider for r in recs)
+    assert set(by_provider) == {"prometheus", "keep"}
+    assert abs(by_provider["prometheus"] / len(recs) - 0.5) < 0.02, by_provider
+    assert {r.alerts for r in recs if r.provider == "prometheus"} == {10}  # exactly 10, never 1..10
+    assert all(len(orjson.loads(r.value)["alerts"]) == 10 for r in recs[:500] if r.provider == "prometheus")
+    assert {r.alerts for r in recs if r.provider == "keep"} == {1}
+    per_alert, full_dup = _shape(recs)
+    assert abs(per_alert - 500) / 500 < 0.2, per_alert  # ~0.5 KB per alert (measured: ~525 B)
+    assert abs(full_dup - 0.7) < 0.05, full_dup  # 70% exact re-sends
+    for provider in ("prometheus", "keep"):  # each half is ~0.5 KB per alert on its own, not just on average
+        mine = [r for r in recs if r.provider == provider]
+        assert abs(_shape(mine)[0] - 500) / 500 < 0.2, provider
+
+
+def test_default_profile_shape() -> None:
+    """What the heavy profile is compared with: ~1.3 KB per alert, 1..5 alerts per webhook, 30% exact re-sends."""
+    recs = PayloadFactory(load_profile("default")).take(20_000)
+    per_alert, full_dup = _shape(recs)
+    assert 1100 < per_alert < 1500, per_alert
+    assert abs(full_dup - 0.3) < 0.03, full_dup
+    assert {r.alerts for r in recs if r.provider in MULTI_ALERT_PROVIDERS} == {1, 2, 3, 4, 5}
+
+
+def test_load_profile_overrides_and_unknown_names() -> None:
+    p = load_profile("heavy", seed=3, tenants=["a", "b"], full_dup_ratio=0.5, mix={"keep": 1})
+    assert (p.full_dup_ratio, dict(p.mix), p.seed, p.tenants, p.lean) == (0.5, {"keep": 1}, 3, ["a", "b"], True)
+    assert load_profile("heavy").mix == {"prometheus": 1, "keep": 1}  # the registry is not changed by overrides
+    with pytest.raises(ValueError, match="unknown load profile"):
+        load_profile("medium")
+    assert set(LOAD_PROFILES) >= {"default", "heavy"}
+
+
+def test_alerts_per_webhook_range() -> None:
+    recs = PayloadFactory(profile(mix={"prometheus": 1, "grafana": 1}, cardinality=100_000, alerts_per_webhook=6,
+                                  alerts_per_webhook_min=4)).take(2000)
+    assert {r.alerts for r in recs} == {4, 5, 6}
+    with pytest.raises(ValueError, match="alerts_per_webhook_min"):
+        profile(alerts_per_webhook=3, alerts_per_webhook_min=4)
+    with pytest.raises(ValueError, match="alerts_per_webhook_min"):
+        profile(alerts_per_webhook_min=0)
+
+
+def test_last_group_of_a_pool_gets_what_is_left() -> None:
+    recs = PayloadFactory(profile(mix={"prometheus": 1}, cardinality=25, alerts_per_webhook=10,
+                                  alerts_per_webhook_min=10)).take(200)
+    assert sorted(r.alerts for r in {r.key: r for r in recs}.values()) == [5, 10, 10]  # 25 alerts: 10 + 10 + 5
+
+
+def test_size_per_alert_scales_the_target_with_the_group() -> None:
+    recs = PayloadFactory(profile(mix={"prometheus": 1}, cardinality=100_000, alerts_per_webhook=8,
+                                  mean_size_bytes=2500, size_per_alert=True, size_sigma=0)).take(300)
+    assert {len(r.value) - 2500 * r.alerts for r in recs if r.kind == "new"} == {0}
+
+
+@pytest.mark.parametrize("provider", sorted(LEAN_SPECS))
+def test_lean_payloads_are_smaller_normalize_and_keep_their_identities(provider: str) -> None:
+    _normalizer_or_skip(provider)
+    base = dict(mix={provider: 1}, cardinality=40, alerts_per_webhook=3, mean_size_bytes=1, size_sigma=0)
+    full, lean = PayloadFactory(profile(**base)).take(600), PayloadFactory(profile(**base, lean=True)).take(600)
+    assert [(r.key, r.kind, r.alerts) for r in full] == [(r.key, r.kind, r.alerts) for r in lean]
+    assert sum(len(r.value) for r in lean) < 0.6 * sum(len(r.value) for r in full)
+    last: dict[bytes, GeneratedRecord] = {}
+    for f, r in zip(full, lean):
+        assert alert_identities(r) == alert_identities(f)  # the same fields name the same alerts in both forms
+        alerts = normalize(r.provider, r.value, CTX)
+        assert len(alerts) == r.alerts
+        prev = last.get(r.key)
+        if r.kind == "full_dup":
+            assert prev is not None and r.value == prev.value
+        elif r.kind == "partial_dup":
+            assert prev is not None and r.value != prev.value and statuses(r, True) == statuses(prev, True)
+        elif r.kind == "flap":
+            assert prev is not None and statuses(r, True) != statuses(prev, True)
+        last[r.key] = r
+
+
+def test_lean_falls_back_to_the_full_payload_without_a_lean_form() -> None:
+    assert spec_for("datadog", lean=True) is SPECS["datadog"]
+    assert spec_for("keep", lean=True) is LEAN_SPECS["keep"] and spec_for("keep") is SPECS["keep"]
+    a = PayloadFactory(profile(mix={"datadog": 1})).take(200)
+    assert a == PayloadFactory(profile(mix={"datadog": 1}, lean=True)).take(200)
+
+
+def test_payload_option_parsing() -> None:
+    assert parse_alerts_per_webhook("5") == (1, 5)
+    assert parse_alerts_per_webhook("10..10") == (10, 10)
+    assert parse_alerts_per_webhook(" 2..6 ") == (2, 6)
+    for bad in ("0", "6..2", "x", "1..", "0..3"):
+        with pytest.raises(ValueError):
+            parse_alerts_per_webhook(bad)
+    assert parse_mean_size("1.5KB") == (1500, False)
+    assert parse_mean_size("1.5KB/record") == (1500, False)
+    assert parse_mean_size("500B/alert") == (500, True)
+    with pytest.raises(ValueError):
+        parse_mean_size("500B/webhook")
+
+
+def _loadgen_profile(*argv: str) -> LoadProfile:
+    args = loadgen.build_parser().parse_args(["--bootstrap", "127.0.0.1:9092", "--unpaced", *argv])
+    return loadgen._from_args(args)[0]
+
+
+def test_loadgen_load_option() -> None:
+    assert _loadgen_profile() == load_profile("default")  # no option: the generator's defaults, as before
+    assert _loadgen_profile("--load", "heavy", "--seed", "4") == load_profile("heavy", seed=4)
+    p = _loadgen_profile("--load", "heavy", "--full-dup", "0.6", "--alerts-per-webhook", "8", "--mean-size", "1KB",
+                         "--no-lean", "--tenants", "a,b")
+    assert p == load_profile("heavy", full_dup_ratio=0.6, alerts_per_webhook=8, alerts_per_webhook_min=1,
+                             mean_size_bytes=1000, size_per_alert=False, lean=False, tenants=["a", "b"])
+    assert _loadgen_profile("--mix", "keep", "--alerts-per-webhook", "3..3").alerts_per_webhook_min == 3
+    with pytest.raises(SystemExit):
+        _loadgen_profile("--load", "medium")
+
+
+def _bench_options(*argv: str) -> runner.BenchOptions:
+    return runner.options_from_args(runner.build_parser().parse_args(list(argv)), "test")
+
+
+def test_bench_load_option_and_recorded_profile() -> None:
+    default = _bench_options()
+    assert (default.load, default.load_overrides) == ("default", [])
+    assert default.profile_obj("t") == runner.BenchOptions().profile_obj("t") == load_profile("default", tenants=["t"])
+    heavy = _bench_options("--load", "heavy", "--seed", "9")
+    assert heavy.profile_obj("t") == load_profile("heavy", seed=9, tenants=["t"])
+    assert heavy.profile_obj("t", seed=1009).seed == 1009  # the warm-up's own seed
+    mixed = _bench_options("--load", "heavy", "--flap", "0.1", "--mean-size", "600B/alert")
+    assert mixed.load_overrides == ["flap_ratio", "mean_size_bytes", "size_per_alert"]
+    assert mixed.profile_obj("t") == load_profile("heavy", tenants=["t"], flap_ratio=0.1, mean_size_bytes=600)
+    with pytest.raises(ValueError, match="sum to at most 1"):
+        _bench_options("--load", "heavy", "--partial-dup", "0.5")
