@@ -893,9 +893,10 @@ def compare_baseline(result: dict[str, Any], baseline_path: Path) -> tuple[bool,
     ratio = result.get("ceiling_ratio")
     if ratio is None:
         return True, "no ceiling_ratio in this run (ceilings skipped): nothing to compare"
-    shape = ("mode", "workers", "partitions", "ceiling_records", "ceiling_repeats")
+    shape = ("mode", "workers", "partitions", "ceiling_records", "ceiling_repeats", "load")
     mine = {"mode": result["mode"], **{k: result["config"].get(k) for k in shape[1:]}}
-    if any(base.get(k) != mine[k] for k in shape):
+    mine["load"] = mine["load"] or "default"
+    if any(base.get(k, "default" if k == "load" else None) != mine[k] for k in shape):
         return True, f"baseline is for {dict((k, base.get(k)) for k in shape)}, this run is {mine}: not compared"
     floor = base["ceiling_ratio"] * base.get("regression_factor", REGRESSION_FACTOR)
     text = (f"ceiling_ratio {ratio:.3f} vs baseline {base['ceiling_ratio']:.3f} "
@@ -910,7 +911,8 @@ def baseline_from(result: dict[str, Any], json_path: Path) -> dict[str, Any]:
     return {"ceiling_ratio": result["ceiling_ratio"], "regression_factor": REGRESSION_FACTOR,
             "mode": result["mode"], "workers": result["config"]["workers"],
             "partitions": result["config"]["partitions"], "ceiling_records": result["config"]["ceiling_records"],
-            "ceiling_repeats": result["config"]["ceiling_repeats"], "throughput_alerts_s": result["throughput_alerts_s"],
+            "ceiling_repeats": result["config"]["ceiling_repeats"], "load": result["config"].get("load") or "default",
+            "throughput_alerts_s": result["throughput_alerts_s"],
             "broker_ratio": result["broker_ratio"], "copy_ratio": result["copy_ratio"],
             "command": result["command"], "result": str(json_path.relative_to(REPO)) if json_path.is_relative_to(REPO)
             else str(json_path), "run_id": result["run_id"]}

@@ -133,6 +133,10 @@ def test_baseline_fails_only_on_a_large_regression(tmp_path: Path) -> None:
     assert not ok and "REGRESSION" in message
     # another shape or no baseline: reported, never failed
     assert compare_baseline(_result(0.01, workers=2), baseline)[0]
+    heavy = _result(0.01)
+    heavy["config"]["load"] = "heavy"  # another load profile: another shape
+    ok, message = compare_baseline(heavy, baseline)
+    assert ok and "not compared" in message
     assert compare_baseline(_result(0.01), tmp_path / "missing.json")[0]
 
 
