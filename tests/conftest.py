@@ -16,14 +16,12 @@ from streams.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 
-# The engines the stack fixtures start (and every test that runs `localstack.up` itself): still the
-# stand-ins unless the environment names others. On the real engines (Apache Kafka 4, OpenSearch
-# 2.19; streams/engines/), run with
-#   ALERTSTREAM_LOCAL_BROKER=kafka ALERTSTREAM_LOCAL_SEARCH=opensearch pytest ...
-# three tests still fail there under load (issue 15's closing note: a double-counted sighting after
-# kill -9, which is issue 18's exact-counts work, and a multi-process start that processes nothing);
-# tests/integration/test_localstack.py always starts the real engines.
-STACK_ENGINES = {"ALERTSTREAM_LOCAL_BROKER": "tansu", "ALERTSTREAM_LOCAL_SEARCH": "osmem"}
+# The engines the stack fixtures start (and every test that runs `localstack.up` itself): the real
+# ones, Apache Kafka 4 (KRaft) and OpenSearch 2.19 (streams/engines/), unless the environment names
+# others; the stand-ins for a machine without Java:
+#   ALERTSTREAM_LOCAL_BROKER=tansu ALERTSTREAM_LOCAL_SEARCH=osmem pytest ...
+# Tests that only a real engine allows (broker restart, compaction, rollover) skip on the stand-ins.
+STACK_ENGINES = {"ALERTSTREAM_LOCAL_BROKER": "kafka", "ALERTSTREAM_LOCAL_SEARCH": "opensearch"}
 for _key, _value in STACK_ENGINES.items():
     os.environ.setdefault(_key, _value)
 
