@@ -436,7 +436,7 @@ def create_app(settings: Settings) -> faust.App:
                                      retry_later=index_later)
             await consumer.start()
             try:
-                async for records in consumer.batches(settings.stream_batch):
+                async for records in consumer.batches(settings.index_batch):
                     RECORDS_RECEIVED.labels("index").inc(len(records))
                     batch = WriteBatch()
                     for record in records:

@@ -27,6 +27,7 @@ from streams.metrics import DEDUP_EXPIRED
 from tables.dedup_state import DedupState, DedupStore, state_key
 
 DeadLetterRecord = Callable[..., Awaitable[None]]  # (RawRecord, *, reason, detail)
+SWEEP_INTERVAL_MS = 1000  # a partition's TTL scan runs at most this often, not on every batch
 
 
 class DeduplicateStage:
@@ -52,6 +53,7 @@ class DeduplicateStage:
         # keep their old state, so the alert replayed from the DLQ after a fix is stored, not
         # taken for a duplicate of itself. Filled by the sink's dead-letter callback.
         self.rejected: set[str] = set()
+        self._swept_at: dict[int, int] = {}
 
     async def process(self, records: list[PackedRecord]) -> StageTwoPlan:
         """One batch, durable when this returns (see the module's docstring); raises otherwise."""
@@ -76,6 +78,9 @@ class DeduplicateStage:
             now_ms = self._clock_ms()
             expired = 0
             for partition in {r.partition for r in records}:
+                if now_ms - self._swept_at.get(partition, -SWEEP_INTERVAL_MS) < SWEEP_INTERVAL_MS:
+                    continue
+                self._swept_at[partition] = now_ms
                 for key in self._store.expired(partition, now_ms, self._ttl_ms, self._sweep_budget):
                     if key not in changes:  # seen in this batch: alive
                         changes[key] = (None, partition)

@@ -93,6 +93,7 @@ class Settings(BaseSettings):
     broker_session_timeout_s: float = Field(30.0, gt=0, description="Kafka consumer session timeout; a dead worker's partitions move after this long.")
     stream_batch: BatchConfig = Field(default_factory=lambda: BatchConfig(max_events=1000, timeout_s=0.2), description="Input records taken per normalizer iteration.")
     dedup_batch: BatchConfig = Field(default_factory=lambda: BatchConfig(max_events=8, timeout_s=0.2), description="Packed internal records (each up to one normalizer batch's alerts for its partition) taken per dedup iteration; one sink write each.")
+    index_batch: BatchConfig = Field(default_factory=lambda: BatchConfig(max_events=32, timeout_s=0.5), description="Records of the stored-alerts topic (each a dedup batch's stored alerts for a partition) taken per search bulk request: bigger bulks cost the search server less per document; searchable within about timeout + the index's refresh interval.")
     packed_record_max_bytes: int = Field(512 * 1024, ge=16 * 1024, description="Largest record written to the internal topic; bigger packs are split.")
     sink_retry: RetryConfig = Field(default_factory=RetryConfig, description="Retry policy of every sink.")
     producer_one_record_batches: bool = Field(False, description="Send every record of the worker's own producer in a batch of its own. Only for brokers that under-report end offsets (the local Tansu broker) where a test needs exact table recovery; costs ~10x produce throughput. Never in production.")
