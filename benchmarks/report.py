@@ -27,6 +27,21 @@ TOP_N = 15
 # ---------------------------------------------------------------------------------------------- outputs
 
 
+def _engine(r: dict[str, Any], service: str) -> str | None:
+    """The engine a run's local stack ran for `service`; None for servers from the environment (or a
+    result written before engines were recorded)."""
+    return (r.get("engines") or {}).get(service)
+
+
+def _servers(r: dict[str, Any]) -> str:
+    names = {"kafka": "Apache Kafka", "tansu": "Tansu (stand-in)", "opensearch": "OpenSearch",
+             "elasticsearch": "Elasticsearch", "osmem": "osmem (stand-in)"}
+    broker, search = _engine(r, "kafka"), _engine(r, "search")
+    if broker is None and search is None:
+        return "The broker, PostgreSQL and the search store (from the environment)"
+    return f"Broker ({names.get(broker or '', broker or '?')}), PostgreSQL and the search store ({names.get(search or '', search or '?')})"
+
+
 def write_outputs(result: dict[str, Any], out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     stem = result["run_id"]
@@ -84,7 +99,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         "",
         f"{c['workers']} worker(s), {c['partitions']} partitions, tenant `{c['tenant']}`, started {r['started_at']}; "
         f"machine: {r['machine']['cpus']} CPUs, {r['machine']['memory_gb']} GB, Python {r['machine']['python']}. "
-        "Broker (Tansu), PostgreSQL and the search store (osmem) run on the same machine.",
+        f"{_servers(r)} run on the same machine.",
         "",
         "| metric | value |",
         "|---|---|",
@@ -124,7 +139,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"| search indexer lag max | {_n(r['lag'].get('index_lag_max_alerts'))} alerts (stored − indexed) |",
         "| Kafka consumer lag max | "
         + ", ".join(f"{g} {_n(v)}" for g, v in (r["lag"].get("kafka_lag_max_records") or {}).items())
-        + " records (a lower bound: Tansu under-reports end offsets) |",
+        + (" records (a lower bound: Tansu under-reports end offsets) |" if _engine(r, "kafka") == "tansu" else " records |"),
         f"| DLQ records | {_n(r['dlq_records'])} |",
         *([f"| Faust changelog stalls (stream paused until the table's changelog is sent) | "
            f"{_n(fs['count'])} stalls, {fs['total_s']:,.1f} s in total ({_pct(fs['share_of_worker_time'])} of worker "
@@ -293,10 +308,11 @@ def plot_all(r: dict[str, Any], out: Path, stem: str) -> dict[str, Path]:
         if pts:
             a2.plot(*zip(*pts), label=f"group {g}", linewidth=1)
     a2.axvline(end, color="black", linestyle=":", linewidth=0.8)
-    a2.set_ylabel("records (lower bound)")
+    a2.set_ylabel("records" + (" (lower bound)" if _engine(r, "kafka") == "tansu" else ""))
     a2.set_xlabel("seconds since the load started")
     a2.set_ylim(bottom=0)
-    a2.set_title("Kafka consumer-group lag (end offset − committed; Tansu under-reports end offsets)", fontsize=9)
+    a2.set_title("Kafka consumer-group lag (end offset − committed"
+                 + ("; Tansu under-reports end offsets)" if _engine(r, "kafka") == "tansu" else ")"), fontsize=9)
     a2.legend(fontsize=8)
     a2.grid(alpha=0.3)
     files["lag"] = _save(fig, out / f"{stem}-lag.png")

@@ -299,6 +299,7 @@ class Bench:
         self.workers: list[Worker] = []
         self.profilers: list[tuple[Worker, subprocess.Popen[bytes], Path]] = []
         self.stack_state: Path | None = None
+        self.engines: dict[str, str] = {}  # service → engine (kafka|tansu, opensearch|osmem...); empty: servers from the environment
         self.env: dict[str, str] = {}
         self.problems: list[str] = []
         self.phases: dict[str, float] = {}
@@ -377,6 +378,7 @@ class Bench:
             self.stack_state = self.run_dir / "stack"
             base = Settings(kafka_bootstrap=None, database_url=None, search_url=None, data_dir=self.run_dir)
             stack_env = localstack.up(base, state_dir=self.stack_state)
+            self.engines = {st.name: st.engine or st.name for st in localstack.status(self.stack_state)}
             names = {k: passthrough[k] for k in ("ALERTSTREAM_APP_ID", "ALERTSTREAM_TOPIC_ALERTS",
                      "ALERTSTREAM_TOPIC_NORMALIZED", "ALERTSTREAM_TOPIC_STORED", "ALERTSTREAM_TOPIC_DLQ")
                      if k in passthrough}
@@ -728,6 +730,7 @@ class Bench:
             "profile": profile,
             "timeseries": samples,
             "phases_s": self.phases,
+            "engines": self.engines,
             "pids": {g.name: g.pid for g in m["groups"] if g.name != "loadgen"},
             "logs": str(self.run_dir / "logs"),
             "sampler_errors": sampler.errors,
@@ -846,8 +849,8 @@ def _lag_summary(samples: list[dict[str, Any]]) -> dict[str, Any]:
             "backlog_mean_alerts": round(sum(s["backlog"] for s in samples) / len(samples), 1),
             "index_lag_max_alerts": max((s["index_lag"] for s in samples if s["index_lag"] is not None), default=None),
             "kafka_lag_max_records": kafka,
-            "kafka_lag_note": "Tansu under-reports end offsets (first offset of the last batch + 1), "
-                              "so Kafka lag is a lower bound; the backlog is exact"}
+            "kafka_lag_note": "exact on Apache Kafka; Tansu under-reports end offsets (first offset of the last "
+                              "batch + 1), so there Kafka lag is a lower bound; the backlog is exact on both"}
 
 
 def _ratios(throughput: float, ceilings: dict[str, Any]) -> dict[str, Any]:
