@@ -21,16 +21,15 @@ import json
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import orjson
 import pytest
 
 from schemas.fingerprint import fingerprint_of
 from schemas.normalizers import NormalizeContext, normalize
-from sinks.keep_import import KEEP_SCHEMA_SQL, import_from_keep
+from sinks.keep_import import import_from_keep
 from tests.conftest import wait_until
+from tests.integration.keep_support import new_keep_database
 from tests.integration.test_pipeline_e2e import produce, sql
 
 pytestmark = pytest.mark.integration
@@ -77,16 +76,8 @@ def keep_dsn(stack_env: dict[str, str]) -> str:
     (two alerts under one fingerprint for Zabbix: two hosts Keep merged)."""
 
     async def build() -> str:
-        admin = await asyncpg.connect(stack_env["ALERTSTREAM_DATABASE_URL"])
-        name = f"keepcont_{uuid.uuid4().hex[:8]}"
+        url, conn = await new_keep_database(stack_env["ALERTSTREAM_DATABASE_URL"], "keepcont")
         try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await admin.close()
-        url = urlunsplit(urlsplit(stack_env["ALERTSTREAM_DATABASE_URL"])._replace(path=f"/{name}"))
-        conn = await asyncpg.connect(url)
-        try:
-            await conn.execute(KEEP_SCHEMA_SQL)
             for case_name in STORED:
                 stored = CASES[case_name]["keepStored"]
                 keep_tenant = f"keep-{case_name}"

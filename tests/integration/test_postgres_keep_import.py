@@ -10,14 +10,14 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
 import pytest
 
 from sinks.base import Sighting, WriteBatch
-from sinks.keep_import import KEEP_SCHEMA_SQL, import_from_keep
+from sinks.keep_import import import_from_keep
+from tests.integration.keep_support import new_keep_database
 from sinks.postgres import PostgresSink
 from tests.conftest import REPO
 from tests.integration.test_postgres_maintenance import alerts_at, fresh_database
@@ -49,16 +49,8 @@ def keep_event(name: str, status: str, fingerprint: str, *, lag: int, provider_t
 
 @pytest.fixture(scope="module")
 async def keep_dsn(stack_env: dict[str, str]) -> str:
-    admin = await asyncpg.connect(stack_env["ALERTSTREAM_DATABASE_URL"])
-    name = f"keep_{uuid.uuid4().hex[:8]}"
+    url, conn = await new_keep_database(stack_env["ALERTSTREAM_DATABASE_URL"], "keep")
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = urlunsplit(urlsplit(stack_env["ALERTSTREAM_DATABASE_URL"])._replace(path=f"/{name}"))
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(KEEP_SCHEMA_SQL)
         await conn.execute("INSERT INTO tenant VALUES ('keep', 'single tenant'), ('acme-keep', 'acme')")
         alerts = [
             (IDS["disk1"], "keep", T1, "keep", "p1", keep_event("disk full", "firing", "disk", lag=1), "disk"),
@@ -217,16 +209,8 @@ def zabbix_event(host: str, event_id: str, status: str = "firing") -> str:
 @pytest.fixture(scope="module")
 async def merged_keep_dsn(stack_env: dict[str, str]) -> str:
     """One Keep identity (a Zabbix trigger name) that holds two hosts: three alert rows, one lastalert."""
-    admin = await asyncpg.connect(stack_env["ALERTSTREAM_DATABASE_URL"])
-    name = f"keepz_{uuid.uuid4().hex[:8]}"
+    url, conn = await new_keep_database(stack_env["ALERTSTREAM_DATABASE_URL"], "keepz")
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = urlunsplit(urlsplit(stack_env["ALERTSTREAM_DATABASE_URL"])._replace(path=f"/{name}"))
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(KEEP_SCHEMA_SQL)
         await conn.execute("INSERT INTO tenant VALUES ('keep', 'single tenant')")
         rows = [(ZBX_IDS[0], T1, zabbix_event("app-stg-01.example.net", "1")),
                 (ZBX_IDS[1], T2, zabbix_event("app-stg-02.example.net", "2")),
