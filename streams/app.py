@@ -4,7 +4,8 @@
       │                  (by tenant+fingerprint)     └──► alerts.stored ──index──► search store
       └──► alerts.dlq (records that cannot be processed)
 
-`describe()` prints this topology from the live objects.
+`describe()` prints this topology with the configured topic names (`alertstream topology`); the
+deduplicate stage itself is `streams/dedup_stage.py`, which this module only wires.
 """
 
 from __future__ import annotations
