@@ -392,6 +392,7 @@ def create_app(settings: Settings) -> faust.App:
             await deduplicate_stream(stream, "deduplicate", critical=False)
         finally:
             await postgres.close()
+            await asyncio.to_thread(changelog.close)  # a bounded flush; every checkpoint already waited for its records
 
     @app.agent(critical_topic, name="deduplicate-critical")
     async def deduplicate_critical(stream):  # noqa: ANN001
