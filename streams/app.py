@@ -76,23 +76,32 @@ _decode_canonical = msgspec.json.Decoder(NormalizedAlert).decode  # a dead-lette
 MAX_RECORD_BYTES = 16 * 1024 * 1024  # the largest input record alertstream can read and dead-letter
 
 
-def refuse_acks_once_failed(stream) -> Callable[[], None]:  # noqa: ANN001 - a Faust stream
-    """faust-streaming 0.15.3's `take_events` acks every event of a batch in a `finally`, also when
-    the batch failed: Faust would then commit offsets whose alerts were never written. Calling the
-    returned function makes this stream refuse every later ack, so the committed offsets stay before
-    the failed batch and the next owner of its partitions processes it again."""
-    ack = stream.ack
-    failed = False
+class HeldAcks:
+    """Acks of a Faust stream held until the stage says the batch is durable.
 
-    async def ack_unless_failed(event) -> bool:  # noqa: ANN001
-        return False if failed else await ack(event)
+    faust-streaming 0.15.3's `take_events` acks every event of a batch in a `finally` as soon as the
+    loop body returns, also when the batch failed, and the deduplicate stage returns before a batch
+    is durable (it plans the next one meanwhile). So the stream's own acks do nothing here; `release`
+    acks a batch's events once it is durable, and after `refuse` nothing is acked again: the
+    committed offsets stay before the failed batch and the next owner of its partitions processes
+    it again."""
 
-    def refuse() -> None:
-        nonlocal failed
-        failed = True
+    def __init__(self, stream) -> None:  # noqa: ANN001 - a Faust stream
+        self._ack = stream.ack
+        self.refused = False
 
-    stream.ack = ack_unless_failed
-    return refuse
+        async def held(event) -> bool:  # noqa: ANN001
+            return False
+
+        stream.ack = held
+
+    async def release(self, events) -> None:  # noqa: ANN001
+        if not self.refused:
+            for event in events:
+                await self._ack(event)
+
+    def refuse(self) -> None:
+        self.refused = True
 
 
 async def _refuse_offset_gaps(consumer, tp, offset_from: int, offset_to: int) -> None:  # noqa: ANN001
@@ -272,39 +281,71 @@ def create_app(settings: Settings) -> faust.App:
             await to_dlq(item, reason)
             dedup.rejected.add(item.uid)
 
+        acks = HeldAcks(stream)
+
+        def not_durable(exc: Exception) -> None:
+            DEDUP_BATCH_FAILURES.labels(stage).inc()
+            acks.refuse()
+            exit_for_a_fresh_process(f"agent {stage}: {exc}")
+
         to_dlq = dead_letter_alert(settings.topic_alerts)
         circuit = CircuitBreaker(postgres, settings.sink_retry, dead_letter_and_note)
         topic = settings.topic_normalized_critical if critical else settings.topic_normalized
         dedup = DeduplicateStage(stage, topic, store=store, rules=rules, write_rows=circuit.write, hand_off=hand_to_indexer,
                                  dead_letter_record=dead_letter_record, ttl_ms=ttl_ms,
-                                 sweep_budget=settings.dedup_sweep_budget, failpoints=failpoints)
+                                 sweep_budget=settings.dedup_sweep_budget, failpoints=failpoints,
+                                 window=settings.dedup_pipeline_window, attempts=settings.dedup_batch_attempts,
+                                 backoff_s=retry_backoff_s, on_failure=not_durable)
         watchdog = AgentWatchdog(stage, lambda: offsets.waiting(end_offsets(topic)), settings.worker_stall_timeout_s)
         watchdogs.append(watchdog)
-        refuse_acks = refuse_acks_once_failed(stream)
-        async for events in stream.take_events(settings.dedup_batch.max_events, settings.dedup_batch.timeout_s):
-            watchdog.busy()
-            if not critical:
-                await gate.wait_idle()
-            RECORDS_RECEIVED.labels(stage).inc(len(events))
-            for attempt in range(1, settings.dedup_batch_attempts + 1):
+
+        def durable_then(events):  # noqa: ANN001, ANN202
+            async def ack_and_count(plan: StageTwoPlan) -> None:
+                await acks.release(events)
+                observe_end_to_end(plan.batch)
+                record_outcomes(plan)
+            return ack_and_count
+
+        try:
+            async for events in stream.take_events(settings.dedup_batch.max_events, settings.dedup_batch.timeout_s):
+                watchdog.busy()
+                if not critical:
+                    await gate.wait_idle()
+                RECORDS_RECEIVED.labels(stage).inc(len(events))
                 try:
                     with gate.holding(len(events)) if critical else contextlib.nullcontext():
-                        failpoints.hit("dedup.offsets")
-                        await refuse_skipped_offsets(stage, events)
-                        plan = await dedup.process([PackedRecord(e.message.partition, e.message.offset, e.value, e) for e in events])
-                    observe_end_to_end(plan.batch)
-                    record_outcomes(plan)
-                    break
-                except Exception as exc:  # noqa: BLE001 - any failure: the batch is not done, so not acked
-                    DEDUP_BATCH_FAILURES.labels(stage).inc()
-                    log.exception("agent %s: batch of %d records failed (attempt %d of %d)",
-                                  stage, len(events), attempt, settings.dedup_batch_attempts)
-                    if attempt == settings.dedup_batch_attempts:
-                        refuse_acks()  # take_events acks the batch in a `finally` even now: refuse it
-                        exit_for_a_fresh_process(f"agent {stage}: a batch failed {attempt} times ({type(exc).__name__}: {exc})")
-                        await asyncio.Event().wait()  # take nothing more: the stop cancels this agent
-                    await asyncio.sleep(min(settings.sink_retry.initial_backoff_s * 2 ** attempt, settings.sink_retry.max_backoff_s))
-            watchdog.idle()
+                        await check_offsets(stage, events)
+                        await dedup.submit([PackedRecord(e.message.partition, e.message.offset, e.value, e) for e in events],
+                                           durable_then(events))
+                        if critical:  # few and urgent: durable before the gate opens again
+                            await dedup.drain()
+                except Exception as exc:  # noqa: BLE001 - this batch or an earlier one is not durable: ack nothing more
+                    not_durable(exc)
+                    await asyncio.Event().wait()  # take nothing more: the stop cancels this agent
+                watchdog.idle()
+        finally:
+            try:  # a stop: finish (and ack) what was submitted, within the stop's time
+                await asyncio.wait_for(dedup.drain(), settings.worker_stop_timeout_s / 2)
+            except Exception:  # noqa: BLE001 - not acked, so processed again by the next owner
+                log.exception("agent %s: batches in flight at the stop were not made durable", stage)
+
+    async def check_offsets(stage: str, events) -> None:  # noqa: ANN001
+        """`refuse_skipped_offsets`, tried again (an offset query can fail) before the batch is taken."""
+        for attempt in range(1, settings.dedup_batch_attempts + 1):
+            try:
+                failpoints.hit("dedup.offsets")
+                await refuse_skipped_offsets(stage, events)
+                return
+            except Exception as exc:
+                if attempt == settings.dedup_batch_attempts:
+                    raise RuntimeError(f"checking the offsets of a batch failed {attempt} times ({type(exc).__name__}: {exc})") from exc
+                DEDUP_BATCH_FAILURES.labels(stage).inc()
+                log.exception("agent %s: checking the offsets of %d records failed (attempt %d of %d)",
+                              stage, len(events), attempt, settings.dedup_batch_attempts)
+                await asyncio.sleep(retry_backoff_s(attempt))
+
+    def retry_backoff_s(attempt: int) -> float:
+        return min(settings.sink_retry.initial_backoff_s * 2 ** attempt, settings.sink_retry.max_backoff_s)
 
     async def dead_letter_record(record: RawRecord, *, reason: str, detail: str) -> None:
         """A record a stage cannot read: its bytes and headers to the DLQ, named by its position."""

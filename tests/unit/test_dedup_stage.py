@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import asyncio
+
 import faust
 import msgspec
 import pytest
@@ -15,7 +17,7 @@ from agents.deduplicator import PackedRecord
 from schemas.alert import Alert, NormalizedAlert, NormalizedBatch
 from schemas.rules import DEFAULT_RULES
 from sinks.base import WriteBatch
-from streams.dedup_stage import DeduplicateStage
+from streams.dedup_stage import BatchNotDurable, DeduplicateStage
 from tables.dedup_state import DedupStore, make_table, state_key
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -104,8 +106,9 @@ async def test_durable_first_then_changelog_then_state(stage: DeduplicateStage, 
 async def test_a_failed_step_raises_before_the_state_moves_and_a_rerun_stores_nothing_twice(
         stage: DeduplicateStage, steps: Steps, failing: str) -> None:
     steps.failing = failing
-    with pytest.raises(ExceptionGroup if failing != "changelog" else ConnectionError):
+    with pytest.raises(BatchNotDurable) as failed:
         await stage.process(batch())
+    assert isinstance(failed.value.__cause__, ExceptionGroup if failing != "changelog" else ConnectionError)
     # not durable, so not to be acked: the table is where it was, nothing was taken as seen
     assert stage._store.get(state_key("t", "fp-a"), Event(0, 0)) is None
     assert "changelog" not in steps.log
@@ -140,3 +143,122 @@ async def test_expired_identities_are_deleted_in_the_same_checkpoint(tmp_path: P
     assert (0, state_key("t", "fp-old"), None) in steps.changelog  # a tombstone
     assert store.get(state_key("t", "fp-old"), Event(0, 0)) is None
     assert store.get(state_key("t", "fp-new"), Event(0, 0)) is not None
+
+
+# --- pipelined: the next batch is planned while the previous one is made durable -------------------
+
+
+class Gate:
+    """A row sink that waits until the test opens it, so a batch can be held mid-write."""
+
+    def __init__(self, steps: Steps) -> None:
+        self.steps = steps
+        self.open = asyncio.Event()
+        self.writing = asyncio.Event()
+
+    async def write_rows(self, batch: WriteBatch) -> None:
+        self.writing.set()
+        await self.open.wait()
+        await self.steps.write_rows(batch)
+
+
+def pipelined(tmp_path: Path, steps: Steps, write_rows, **kwargs) -> DeduplicateStage:  # noqa: ANN001
+    app = faust.App("stage-pipe", store="rocksdb://", datadir=str(tmp_path), broker="kafka://127.0.0.1:1")
+    return DeduplicateStage("deduplicate", "alerts.normalized", store=DedupStore(make_table(app, 2), steps),
+                            rules=DEFAULT_RULES, write_rows=write_rows, hand_off=steps.hand_off,
+                            dead_letter_record=steps.dead_letter_record, window=2, **kwargs)
+
+
+def acked_into(acked: list[str], name: str):  # noqa: ANN201
+    async def on_durable(plan) -> None:  # noqa: ANN001
+        acked.append(name)
+    return on_durable
+
+
+async def test_the_next_batch_is_planned_on_the_state_in_flight_and_written_after_it(tmp_path: Path, steps: Steps) -> None:
+    gate = Gate(steps)
+    stage = pipelined(tmp_path, steps, gate.write_rows)
+    acked: list[str] = []
+    await stage.submit([record(0, 1, item("u1", "fp-a", "h1"))], acked_into(acked, "first"))
+    await gate.writing.wait()
+    # the first batch is mid-write; the second is taken and planned now, against the first's state
+    await stage.submit([record(0, 2, item("u2", "fp-a", "h1"), item("u3", "fp-b", "h1"))], acked_into(acked, "second"))
+    assert acked == [] and steps.rows == [] and "changelog" not in steps.log
+    gate.open.set()
+    await stage.drain()
+    assert acked == ["first", "second"]  # acked in order, each once durable
+    assert steps.rows == ["u1", "u3"]  # u2 repeats u1, still in flight when it was planned: a duplicate
+    # the durable phases never overlap: the second batch's writes start after the first's changelog
+    assert [sorted(steps.log[:2]), steps.log[2], sorted(steps.log[3:5]), steps.log[5]] == \
+        [["hand_off", "rows"], "changelog", ["hand_off", "rows"], "changelog"]
+
+
+async def test_a_batch_that_fails_for_good_stops_every_later_batch_unacked(tmp_path: Path, steps: Steps) -> None:
+    gate = Gate(steps)
+    told: list[BatchNotDurable] = []
+    stage = pipelined(tmp_path, steps, gate.write_rows, attempts=2, on_failure=told.append)
+    acked: list[str] = []
+    await stage.submit([record(0, 1, item("u1", "fp-a", "h1"))], acked_into(acked, "first"))
+    await gate.writing.wait()
+    await stage.submit([record(0, 2, item("u2", "fp-b", "h1"))], acked_into(acked, "second"))
+    steps.failing = "rows"
+    gate.open.set()
+    for _ in range(100):  # the caller is told without submitting again (it may be waiting for records)
+        if told:
+            break
+        await asyncio.sleep(0.01)
+    assert len(told) == 1 and "failed 2 times" in str(told[0])
+    with pytest.raises(BatchNotDurable):
+        await stage.drain()
+    assert acked == [] and steps.rows == [] and steps.changelog == []
+    assert stage.failures == 2  # both attempts of the first batch; the second was never written
+    assert stage._store.get(state_key("t", "fp-b"), Event(0, 0)) is None
+
+
+async def test_a_failed_attempt_is_tried_again_and_acked_once(tmp_path: Path, steps: Steps) -> None:
+    calls = []
+
+    async def flaky_rows(batch: WriteBatch) -> None:
+        calls.append(len(batch.stored))
+        if len(calls) == 1:
+            raise ConnectionError("reset by peer")
+        await steps.write_rows(batch)
+
+    stage = pipelined(tmp_path, steps, flaky_rows, attempts=3)
+    acked: list[str] = []
+    await stage.submit(batch(), acked_into(acked, "only"))
+    await stage.drain()
+    assert acked == ["only"] and calls == [2, 2] and steps.rows == ["u1", "u3"] and stage.failures == 1
+
+
+async def test_a_refused_row_makes_the_batch_planned_on_it_plan_again(tmp_path: Path, steps: Steps) -> None:
+    """The sink refused u1 (dead-lettered): fp-a keeps no state, so u2 with the same content, planned
+    as a duplicate of the refused u1 while it was in flight, is planned again and stored."""
+    gate = Gate(steps)
+    stage = pipelined(tmp_path, steps, None)
+
+    async def refuse_u1(batch: WriteBatch) -> None:
+        await gate.write_rows(batch)
+        if any(i.uid == "u1" for i in batch.stored):
+            stage.rejected.add("u1")
+
+    stage._write_rows = refuse_u1
+    plans: list = []
+
+    async def keep(plan) -> None:  # noqa: ANN001
+        plans.append(plan)
+
+    await stage.submit([record(0, 1, item("u1", "fp-a", "h1"))], keep)
+    await gate.writing.wait()
+    await stage.submit([record(0, 2, item("u2", "fp-a", "h1"))], keep)
+    gate.open.set()
+    await stage.drain()
+    assert [i.uid for i in plans[1].batch.stored] == ["u2"]
+    assert stage._store.get(state_key("t", "fp-a"), Event(0, 0)) is not None  # from u2
+
+
+async def test_window_one_is_durable_when_submit_returns(stage: DeduplicateStage, steps: Steps) -> None:
+    stage._window = 1
+    acked: list[str] = []
+    await stage.submit(batch(), acked_into(acked, "only"))
+    assert acked == ["only"] and stage.in_flight == 0
