@@ -119,7 +119,7 @@ def index_template(settings: Settings, flavour: Flavour, *, lifecycle: bool, lab
     index_settings: dict[str, Any] = {
         "number_of_shards": settings.search_shards,
         "number_of_replicas": settings.search_replicas,
-        "refresh_interval": "1s",
+        "refresh_interval": settings.search_refresh_interval,
     }
     if lifecycle and flavour is Flavour.ELASTICSEARCH:
         index_settings["lifecycle"] = {"name": policy_name(alias), "rollover_alias": alias}

@@ -131,6 +131,7 @@ class Settings(BaseSettings):
     search_flavour: Literal["auto", "elasticsearch", "opensearch"] = Field("auto", description="Search store flavour, for the index template and lifecycle policy: `auto` reads `version.distribution` from `GET /`.")
     search_shards: int = Field(1, ge=1, description="Primary shards of each alert index (index template).")
     search_replicas: int = Field(1, ge=0, description="Replicas of each alert index (index template).")
+    search_refresh_interval: str = Field("1s", pattern=r"^(-1|\d+(ms|s|m))$", description="How often the search store makes new alert documents searchable (index template `refresh_interval`): longer costs the server less CPU per document and delays searchability by up to that much (docs/performance.md measures it). Applies to indices created after a change.")
     search_lifecycle_enabled: bool = Field(True, description="Install the lifecycle policy (Elasticsearch ILM / OpenSearch ISM: hot, warm, cold, delete) and roll the write alias over; a store without lifecycle support is reported, not fatal.")
     search_rollover_max_age: str = Field("1d", description="Roll the write index over once it is this old (lifecycle hot phase).")
     search_rollover_max_primary_shard_size: str = Field("50gb", description="Roll the write index over once a primary shard is this large (lifecycle hot phase).")
