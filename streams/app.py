@@ -43,7 +43,7 @@ from sinks.raw_storage import RawBatch, RawPolicy, RawSink, raw_rows_for
 from sinks.search import SearchSink, make_client
 from streams.batch_consumer import BatchConsumer
 from streams.changelog import KafkaChangelog
-from streams.dedup_stage import DeduplicateStage
+from streams.dedup_stage import BatchNotDurable, DeduplicateStage
 from streams.failpoints import FailPoints
 from streams.loop_monitor import PROBE_INTERVAL_S, watch_event_loop
 from streams.status_page import install as install_observability
@@ -283,8 +283,7 @@ def create_app(settings: Settings) -> faust.App:
 
         acks = HeldAcks(stream)
 
-        def not_durable(exc: Exception) -> None:
-            DEDUP_BATCH_FAILURES.labels(stage).inc()
+        def not_durable(exc: Exception) -> None:  # the stage counted its failed attempts already
             acks.refuse()
             exit_for_a_fresh_process(f"agent {stage}: {exc}")
 
@@ -319,7 +318,10 @@ def create_app(settings: Settings) -> faust.App:
                                            durable_then(events))
                         if critical:  # few and urgent: durable before the gate opens again
                             await dedup.drain()
-                except Exception as exc:  # noqa: BLE001 - this batch or an earlier one is not durable: ack nothing more
+                except BatchNotDurable as exc:  # this batch or an earlier one is not durable: ack nothing more
+                    not_durable(exc)
+                except Exception as exc:  # noqa: BLE001 - the offsets could not be checked: nothing of it was taken
+                    DEDUP_BATCH_FAILURES.labels(stage).inc()
                     not_durable(exc)
                     await asyncio.Event().wait()  # take nothing more: the stop cancels this agent
                 watchdog.idle()

@@ -35,7 +35,7 @@ from agents.normalizer import RawRecord
 from schemas.rules import RuleSet
 from sinks.base import WriteBatch
 from streams.failpoints import FailPoints
-from streams.metrics import DEDUP_EXPIRED
+from streams.metrics import DEDUP_BATCH_FAILURES, DEDUP_EXPIRED
 from tables.dedup_state import DedupState, DedupStore, state_key
 
 log = logging.getLogger(__name__)
@@ -168,6 +168,7 @@ class DeduplicateStage:
                 break
             except Exception as exc:  # noqa: BLE001 - any failure: not durable, so not acked
                 self.failures += 1
+                DEDUP_BATCH_FAILURES.labels(self.name).inc()  # every failed attempt, as operators count them
                 log.exception("%s: making a batch of %d records durable failed (attempt %d of %d)",
                               self.name, len(flight.records), attempt, self._attempts)
                 if attempt == self._attempts:
