@@ -178,6 +178,9 @@ class DeduplicateStage:
                 await asyncio.sleep(self._backoff_s(attempt))
         if self.rejected:
             flight.replanned_or_refused = True
+        # durable: the table holds its state now (or, for refused rows, rightly does not); a batch that
+        # is done but not yet taken off the queue must neither shadow the table nor keep keys alive
+        flight.overlay = {}
         if flight.on_durable is not None:
             await flight.on_durable(flight.plan)
 

@@ -262,3 +262,26 @@ async def test_window_one_is_durable_when_submit_returns(stage: DeduplicateStage
     acked: list[str] = []
     await stage.submit(batch(), acked_into(acked, "only"))
     assert acked == ["only"] and stage.in_flight == 0
+
+
+async def test_a_durable_batch_still_queued_keeps_no_identity_alive(tmp_path: Path, steps: Steps) -> None:
+    """The worker does not drain between batches: a batch that is durable stays queued until the next
+    submit. Its planned state must not stop the TTL sweep of the next batch (nor shadow the table)."""
+    now = [1_000]
+    stage = pipelined(tmp_path, steps, steps.write_rows, ttl_ms=10_000, clock_ms=lambda: now[0])
+    acked: list[str] = []
+    await stage.submit([record(0, 1, item("u1", "fp-old", "h1"))], acked_into(acked, "first"))
+    for _ in range(100):
+        if acked:
+            break
+        await asyncio.sleep(0.01)
+    assert acked == ["first"] and stage.in_flight == 1  # durable, still queued
+    now[0] = 1_000 + 60_000
+    await stage.submit([record(0, 2, item("u2", "fp-new", "h1"))], acked_into(acked, "second"))
+    for _ in range(100):  # as the worker does: no drain, the loop goes on taking records
+        if len(acked) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert acked == ["first", "second"]
+    assert (0, state_key("t", "fp-old"), None) in steps.changelog  # the tombstone
+    assert stage._store.get(state_key("t", "fp-old"), Event(0, 0)) is None
