@@ -50,6 +50,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from core.errors import DEFAULT_PROVIDER
 from schemas.alert import Alert, NormalizedAlert
 from schemas.fingerprint import sha256_hex
 from schemas.normalizers import InvalidPayload, NormalizeContext, cloudwatch, datadog, grafana, normalize, sentry, zabbix
@@ -286,9 +287,9 @@ def keep_event_to_alert(event: str | bytes | dict[str, Any] | None, *, tenant: s
         # anything else as its JSON
         document["labels"] = {k: _label_text(v) for k, v in labels.items()}
     stamp = _utc(received_at).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    (alert,) = normalize("keep", orjson.dumps(document), NormalizeContext(tenant=tenant, received_at=stamp,
+    (alert,) = normalize(DEFAULT_PROVIDER, orjson.dumps(document), NormalizeContext(tenant=tenant, received_at=stamp,
                                                                        provider_id=provider_id))
-    alert.provider_type = provider_type or "keep"
+    alert.provider_type = provider_type or DEFAULT_PROVIDER
     alert.fingerprint = identity  # the same key for last_alert, history and the provider's next webhook
     if identity != fingerprint:
         alert.extra["keepFingerprint"] = fingerprint
@@ -393,7 +394,7 @@ async def import_from_keep(keep_dsn: str, target_dsn: str, *, default_tenant: st
 def _error_row(row_id: uuid.UUID, received_at: datetime, tenant: str, provider_type: str | None, source: str,
                raw: str | None, exc: Exception) -> tuple:
     reason = f"{exc.reason}: {exc.detail}" if isinstance(exc, InvalidPayload) else f"{type(exc).__name__}: {exc}"
-    return (row_id, _utc(received_at), tenant, provider_type or "keep", source,
+    return (row_id, _utc(received_at), tenant, provider_type or DEFAULT_PROVIDER, source,
             raw.encode() if raw is not None else None, f"keep_import {reason}".replace("\x00", "\ufffd"))
 
 
@@ -489,7 +490,7 @@ async def _import_raw(keep: asyncpg.Connection, out: _Target, report: ImportRepo
     while rows := await cursor.fetch(batch):
         report.raw_read += len(rows)
         converted = [
-            (r["id"], _utc(r["timestamp"]), tenants.get(r["tenant_id"], r["tenant_id"]), r["provider_type"] or "keep",
+            (r["id"], _utc(r["timestamp"]), tenants.get(r["tenant_id"], r["tenant_id"]), r["provider_type"] or DEFAULT_PROVIDER,
              "keep:alertraw", r["raw_alert"].encode() if r["raw_alert"] is not None else None,
              ((r["error_message"] or "error").replace("\x00", "\ufffd")) if r["error"] else None)
             for r in rows

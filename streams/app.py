@@ -30,8 +30,21 @@ from mode.utils.logging import cry
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.deduplicator import PackedRecord, StageTwoPlan
-from agents.normalizer import DeadLetter, RawRecord, StageOneResult, dead_letter_headers, iter_process_records, pack, unpack
-from agents.throttle import THROTTLED_RECORDS, ConsumerThrottle, parked_headers
+from agents.normalizer import RawRecord, StageOneResult, iter_process_records, pack, unpack
+from agents.throttle import THROTTLED_RECORDS, ConsumerThrottle
+from core.errors import (
+    PROVIDER,
+    RETRIES_EXHAUSTED,
+    SINK_REJECTED,
+    UNDECODABLE,
+    Classifier,
+    Role,
+    Routed,
+    permanent,
+    provider_of,
+    retry_target_of,
+    tenant_of,
+)
 from schemas.alert import NormalizedAlert
 from schemas.normalizers import NormalizeLimits
 from schemas.normalizers.canonical import PROVIDER as CANONICAL_PROVIDER
@@ -50,7 +63,7 @@ from streams.status_page import install as install_observability
 from streams.priority import PriorityGate
 from streams import stall_watchdog as stall_exit
 from streams.stall_watchdog import EXIT_STALLED, AgentWatchdog, OffsetTracker
-from streams.retry import TARGET, due_in_s, retry_headers, route_for, tier_topics
+from streams.retry import due_in_s, error_router, tier_topics
 from streams.metrics import (
     ALERTS,
     DEDUP_BATCH_FAILURES,
@@ -74,6 +87,9 @@ log = logging.getLogger(__name__)
 _encode_json = msgspec.json.Encoder().encode
 _decode_canonical = msgspec.json.Decoder(NormalizedAlert).decode  # a dead-lettered alert, replayed
 MAX_RECORD_BYTES = 16 * 1024 * 1024  # the largest input record alertstream can read and dead-letter
+# the indexer's failures per record: bytes on alerts.stored that are not alertstream's are
+# dead-lettered; anything else is not about the record and fails the batch (core/errors.py)
+INDEX_CLASSIFIER = Classifier((permanent(msgspec.DecodeError, UNDECODABLE),))
 
 
 def refuse_acks_once_failed(stream) -> Callable[[], None]:  # noqa: ANN001 - a Faust stream
@@ -171,6 +187,17 @@ def create_app(settings: Settings) -> faust.App:
     ttl_ms = int(settings.dedup_state_ttl_s * 1000)
     failpoints = FailPoints(settings.failpoints_path)
     limits = NormalizeLimits(**settings.normalizer_limits.model_dump())
+    router = error_router(settings)  # every dead letter, retry and parked record is built there
+    topics_by_name: dict[str, faust.TopicT] = {settings.topic_dlq: dlq_topic}
+
+    def topic_named(name: str) -> faust.TopicT:
+        if name not in topics_by_name:
+            topics_by_name[name] = app.topic(name)
+        return topics_by_name[name]
+
+    async def send_routed(routed: Routed) -> Awaitable:
+        """Send what the error router built; returns the delivery future (await it for the ack)."""
+        return await topic_named(routed.topic).send(key=routed.key, value=routed.value, headers=routed.headers, force=True)
 
     @app.on_partitions_revoked.connect
     async def forget_revoked(app, revoked, **kwargs) -> None:  # noqa: ANN001
@@ -190,15 +217,11 @@ def create_app(settings: Settings) -> faust.App:
             DLQ_RECORDS.labels(letter.reason).inc()
             log.warning("DLQ %s/%d@%d: %s (%s)", letter.record.topic, letter.record.partition,
                         letter.record.offset, letter.reason, letter.detail[:200])
-            pending.append(await dlq_topic.send(
-                key=letter.record.key, value=letter.record.value or b"",
-                headers=dead_letter_headers(letter, now_ms), force=True,
-            ))
+            pending.append(await send_routed(router.dead_letter(letter.record, letter.reason, letter.detail, now_ms)))
         for record in result.throttled:  # consumer-side throttling: wait on the first tier, come back (docs/gateway.md)
-            THROTTLED_RECORDS.labels((record.headers.get("tenant") or settings.default_tenant.encode()).decode(errors="replace"),
-                                     (record.headers.get("provider") or b"keep").decode(errors="replace")).inc()
-            pending.append(await topic_named(tier_topics(settings)[0]).send(
-                key=record.key, value=record.value or b"", headers=parked_headers(record.headers, record.topic), force=True))
+            THROTTLED_RECORDS.labels(tenant_of(record.headers, settings.default_tenant), provider_of(record.headers)).inc()
+            pending.append(await send_routed(router.park(key=record.key, value=record.value, headers=record.headers,
+                                                         target=record.topic)))
         await asyncio.gather(*pending)
 
     gate = PriorityGate()
@@ -254,14 +277,10 @@ def create_app(settings: Settings) -> faust.App:
             exactly after a fix: to the input topic for Postgres (normalized as it is, not again),
             to the stored-alerts topic for the search store (its dedup state is already written)."""
             failpoints.hit("dedup.dead_letter")
-            DLQ_RECORDS.labels("sink_rejected").inc()
-            fut = await dlq_topic.send(key=item.alert.fingerprint.encode(), value=_encode_json(item), force=True, headers={
-                "provider": CANONICAL_PROVIDER.encode(), "tenant": item.alert.tenant.encode(),
-                "dlq_reason": b"sink_rejected", "dlq_detail": reason[:2000].encode(),
-                "dlq_topic": replay_to.encode(), "dlq_alert_uid": item.uid.encode(),
-                "dlq_first_failure_ms": str(int(time.time() * 1000)).encode(), "dlq_attempts": b"1",
-            })
-            await fut
+            DLQ_RECORDS.labels(SINK_REJECTED).inc()
+            await (await send_routed(router.dead_letter_alert(
+                key=item.alert.fingerprint.encode(), value=_encode_json(item), tenant=item.alert.tenant, uid=item.uid,
+                provider=CANONICAL_PROVIDER, detail=reason, replay_to=replay_to, now_ms=int(time.time() * 1000))))
         return dead_letter
 
     postgres = PostgresSink(settings.require_database_url(), pool_size=settings.db_pool_size)
@@ -310,8 +329,7 @@ def create_app(settings: Settings) -> faust.App:
         """A record a stage cannot read: its bytes and headers to the DLQ, named by its position."""
         DLQ_RECORDS.labels(reason).inc()
         log.error("DLQ %s[%d]@%d: %s (%s)", record.topic, record.partition, record.offset, reason, detail[:200])
-        await (await dlq_topic.send(key=record.key, value=record.value or b"", headers=dead_letter_headers(
-            DeadLetter(record, reason, detail), int(time.time() * 1000)), force=True))
+        await (await send_routed(router.dead_letter(record, reason, detail, int(time.time() * 1000))))
 
     # Faust's view of where each partition resumes (set when it seeks to the committed offsets)
     offsets = OffsetTracker(lambda tp: app.consumer._committed_offset.get(tp))
@@ -443,37 +461,31 @@ def create_app(settings: Settings) -> faust.App:
                     batch = WriteBatch()
                     for record in records:
                         try:
-                            if record.headers.get("provider") == CANONICAL_PROVIDER.encode():  # replayed from the DLQ
+                            if record.headers.get(PROVIDER) == CANONICAL_PROVIDER.encode():  # replayed from the DLQ
                                 batch.stored.append(_decode_canonical(record.value or b""))
                             else:
                                 batch.stored.extend(unpack(record.value))
-                        except msgspec.DecodeError as exc:  # foreign bytes on the internal topic
-                            await dead_letter_record(record, reason="undecodable", detail=f"{type(exc).__name__}: {exc}")
+                        except Exception as exc:  # foreign bytes on the internal topic: dead-lettered; the rest fails the batch
+                            verdict = INDEX_CLASSIFIER.classify(exc)
+                            if verdict.transient:
+                                raise
+                            await dead_letter_record(record, reason=verdict.reason, detail=verdict.detail)
                     await circuit.write(batch)
                     await consumer.commit(records)
             finally:
                 await consumer.stop()
                 await search.close()
 
-    topics_by_name: dict[str, faust.TopicT] = {}
-
-    def topic_named(name: str) -> faust.TopicT:
-        if name not in topics_by_name:
-            topics_by_name[name] = app.topic(name)
-        return topics_by_name[name]
-
     async def park(value: bytes, headers: dict[str, bytes], *, source: str, partition: int, offset: int,
                    error: Exception | str, target: str) -> None:
         """A record that failed transiently: to the retry tier for its attempt, or the DLQ after the last."""
-        headers = retry_headers(headers, source=source, partition=partition, offset=offset, error=error,
-                                target=target, now_ms=int(time.time() * 1000))
-        route = route_for(headers, settings)
-        if route.dead:
-            headers["dlq_reason"] = b"retries_exhausted"
-            DLQ_RECORDS.labels("retries_exhausted").inc()
+        routed = router.retry(value=value, headers=headers, source=source, partition=partition, offset=offset,
+                              error=error, target=target, now_ms=int(time.time() * 1000))
+        if routed.role is Role.DEAD_LETTER:
+            DLQ_RECORDS.labels(RETRIES_EXHAUSTED).inc()
         else:
-            RETRIES.labels(route.topic).inc()
-        await (await topic_named(route.topic).send(value=value, headers=headers, force=True))
+            RETRIES.labels(routed.topic).inc()
+        await (await send_routed(routed))
 
     async def index_later(batch: WriteBatch, error: Exception) -> None:
         for blob in pack(batch.stored, settings.packed_record_max_bytes):
@@ -489,7 +501,7 @@ def create_app(settings: Settings) -> faust.App:
                     for record in records:
                         if (wait := due_in_s(record.timestamp_ms, delay_s)) > 0:
                             await consumer.wait_paused(wait)
-                        target = record.headers.get(TARGET, settings.topic_alerts.encode()).decode()
+                        target = retry_target_of(record.headers, settings.topic_alerts)
                         await (await topic_named(target).send(key=record.key, value=record.value,
                                                               headers=record.headers, force=True))
                     await consumer.commit(records)
