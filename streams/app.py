@@ -49,7 +49,7 @@ from schemas.alert import NormalizedAlert
 from schemas.normalizers import NormalizeLimits
 from schemas.normalizers.canonical import PROVIDER as CANONICAL_PROVIDER
 from schemas.rules import load_rules
-from sinks.base import CircuitBreaker, WriteBatch
+from sinks.base import CircuitBreaker, Sinks, WriteBatch
 from sinks.maintenance import run_maintenance_forever
 from sinks.postgres import PostgresSink
 from sinks.raw_storage import RawBatch, RawPolicy, RawSink, raw_rows_for
@@ -188,6 +188,11 @@ def create_app(settings: Settings) -> faust.App:
     failpoints = FailPoints(settings.failpoints_path)
     limits = NormalizeLimits(**settings.normalizer_limits.model_dump())
     router = error_router(settings)  # every dead letter, retry and parked record is built there
+    # the one owner of the sinks: each stage holds the ones it writes to (`sinks.use`), the first
+    # to ask starts a sink, the last stage to stop closes them all, in reverse order
+    sinks = Sinks()
+    postgres = sinks.add(PostgresSink(settings.require_database_url(), pool_size=settings.db_pool_size))
+    raw_sink = None if raw_policy.stores_nothing else sinks.add(RawSink(settings.require_database_url(), pool_size=2))
     topics_by_name: dict[str, faust.TopicT] = {settings.topic_dlq: dlq_topic}
 
     def topic_named(name: str) -> faust.TopicT:
@@ -230,36 +235,37 @@ def create_app(settings: Settings) -> faust.App:
         """Stage 1 as a batch consumer: stateless, so it needs none of Faust's per-record
         machinery, which caps an agent at ~5k records/s on this hardware (docs/decisions.md)."""
         consumer = BatchConsumer(settings, group_id=group_id, topic=topic)
-        await consumer.start()
         throttle = None if critical else ConsumerThrottle(settings.consumer_provider_rate_limits)
-        raw_sink = None if raw_policy.stores_nothing else RawSink(PostgresSink(settings.require_database_url(), pool_size=1))
         raw_circuit = None
         if raw_sink is not None:
-            await raw_sink.start()
             raw_circuit = CircuitBreaker(raw_sink, settings.sink_retry, dead_letter_alert(settings.topic_alerts),
                                          wait=consumer.wait_paused)
-        try:
-            async for records in consumer.batches(settings.stream_batch):
-                RECORDS_RECEIVED.labels("normalize").inc(len(records))
-                # critical work holds this process's bulk stages back while it runs (streams/priority.py)
-                with gate.holding(len(records)) if critical else contextlib.nullcontext():
-                    # in chunks: sending one (an await) gives the loop its turn and bounds what is held
-                    for result in iter_process_records(
-                            records, partitions=settings.topic_partitions, default_tenant=settings.default_tenant,
-                            max_payload_bytes=settings.max_payload_bytes, rules=rules,
-                            max_age_ms=int(settings.record_max_age_s * 1000), throttle=throttle,
-                            clock_s=time.monotonic(), limits=limits, chunk_max_ms=settings.normalizer_chunk_max_ms,
-                            chunk_max_output_bytes=settings.normalizer_chunk_max_output_bytes):
-                        raw_rows = raw_rows_for(result.records, result.dead_letters, raw_policy,
-                                                default_tenant=settings.default_tenant) if raw_circuit is not None else []
-                        await asyncio.gather(emit(result), raw_circuit.write(RawBatch(raw_rows)) if raw_rows else asyncio.sleep(0))
-                    await consumer.commit(records)  # only after the broker acked every chunk's output
-                if not critical:
-                    await gate.wait_idle()  # let critical work in flight go first
-        finally:
-            await consumer.stop()
-            if raw_sink is not None:
-                await raw_sink.close()
+        async with sinks.use(*([raw_sink] if raw_sink is not None else [])):
+            await consumer.start()
+            try:
+                await normalize_batches(consumer, critical, throttle, raw_circuit)
+            finally:
+                await consumer.stop()
+
+    async def normalize_batches(consumer: BatchConsumer, critical: bool, throttle: ConsumerThrottle | None,
+                                raw_circuit: CircuitBreaker[RawBatch] | None) -> None:
+        async for records in consumer.batches(settings.stream_batch):
+            RECORDS_RECEIVED.labels("normalize").inc(len(records))
+            # critical work holds this process's bulk stages back while it runs (streams/priority.py)
+            with gate.holding(len(records)) if critical else contextlib.nullcontext():
+                # in chunks: sending one (an await) gives the loop its turn and bounds what is held
+                for result in iter_process_records(
+                        records, partitions=settings.topic_partitions, default_tenant=settings.default_tenant,
+                        max_payload_bytes=settings.max_payload_bytes, rules=rules,
+                        max_age_ms=int(settings.record_max_age_s * 1000), throttle=throttle,
+                        clock_s=time.monotonic(), limits=limits, chunk_max_ms=settings.normalizer_chunk_max_ms,
+                        chunk_max_output_bytes=settings.normalizer_chunk_max_output_bytes):
+                    raw_rows = raw_rows_for(result.records, result.dead_letters, raw_policy,
+                                            default_tenant=settings.default_tenant) if raw_circuit is not None else []
+                    await asyncio.gather(emit(result), raw_circuit.write(RawBatch(raw_rows)) if raw_rows else asyncio.sleep(0))
+                await consumer.commit(records)  # only after the broker acked every chunk's output
+            if not critical:
+                await gate.wait_idle()  # let critical work in flight go first
 
     @app.task
     async def normalize() -> None:
@@ -282,8 +288,6 @@ def create_app(settings: Settings) -> faust.App:
                 key=item.alert.fingerprint.encode(), value=_encode_json(item), tenant=item.alert.tenant, uid=item.uid,
                 provider=CANONICAL_PROVIDER, detail=reason, replay_to=replay_to, now_ms=int(time.time() * 1000))))
         return dead_letter
-
-    postgres = PostgresSink(settings.require_database_url(), pool_size=settings.db_pool_size)
 
     async def deduplicate_stream(stream, stage: str, critical: bool) -> None:  # noqa: ANN001 - a Faust stream
         # blocking this agent is the backpressure: Faust stops fetching once its buffers are full
@@ -405,19 +409,18 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(normalized_topic, name="deduplicate")
     async def deduplicate(stream):  # noqa: ANN001
-        await postgres.start()
         try:
-            await deduplicate_stream(stream, "deduplicate", critical=False)
+            async with sinks.use(postgres):
+                await deduplicate_stream(stream, "deduplicate", critical=False)
         finally:
-            await postgres.close()
             await asyncio.to_thread(changelog.close)  # a bounded flush; every checkpoint already waited for its records
 
     @app.agent(critical_topic, name="deduplicate-critical")
     async def deduplicate_critical(stream):  # noqa: ANN001
         """The same stage for critical alerts, on their own co-partitioned topic and agent: it
         shares the dedup table, so an identity has one state whatever its severity."""
-        await postgres.ready.wait()
-        await deduplicate_stream(stream, "deduplicate-critical", critical=True)
+        async with sinks.use(postgres):
+            await deduplicate_stream(stream, "deduplicate-critical", critical=True)
 
     seen_totals: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])  # (tenant, provider) → [seen, duplicates]
 
@@ -449,32 +452,35 @@ def create_app(settings: Settings) -> faust.App:
         async def index() -> None:
             """The search sink as its own consumer of stored alerts: a slow or down search
             store shows as this consumer's lag, and never holds back Postgres."""
-            search = build_search_sink(settings)
-            await search.start()
+            search = sinks.add(build_search_sink(settings))
             consumer = BatchConsumer(settings, group_id=f"{settings.app_id}-index", topic=settings.topic_stored)
+            # throttled documents: tried again with the shared backoff, then parked on a retry topic
             circuit = CircuitBreaker(search, settings.sink_retry, dead_letter_alert(settings.topic_stored), wait=consumer.wait_paused,
-                                     retry_later=index_later)
-            await consumer.start()
-            try:
-                async for records in consumer.batches(settings.index_batch):
-                    RECORDS_RECEIVED.labels("index").inc(len(records))
-                    batch = WriteBatch()
-                    for record in records:
-                        try:
-                            if record.headers.get(PROVIDER) == CANONICAL_PROVIDER.encode():  # replayed from the DLQ
-                                batch.stored.append(_decode_canonical(record.value or b""))
-                            else:
-                                batch.stored.extend(unpack(record.value))
-                        except Exception as exc:  # foreign bytes on the internal topic: dead-lettered; the rest fails the batch
-                            verdict = INDEX_CLASSIFIER.classify(exc)
-                            if verdict.transient:
-                                raise
-                            await dead_letter_record(record, reason=verdict.reason, detail=verdict.detail)
-                    await circuit.write(batch)
-                    await consumer.commit(records)
-            finally:
-                await consumer.stop()
-                await search.close()
+                                     retry_later=index_later, throttle_retries=settings.search_throttle_retries)
+            async with sinks.use(search):
+                await consumer.start()
+                try:
+                    await index_batches(consumer, circuit)
+                finally:
+                    await consumer.stop()
+
+        async def index_batches(consumer: BatchConsumer, circuit: CircuitBreaker[WriteBatch]) -> None:
+            async for records in consumer.batches(settings.index_batch):
+                RECORDS_RECEIVED.labels("index").inc(len(records))
+                batch = WriteBatch()
+                for record in records:
+                    try:
+                        if record.headers.get(PROVIDER) == CANONICAL_PROVIDER.encode():  # replayed from the DLQ
+                            batch.stored.append(_decode_canonical(record.value or b""))
+                        else:
+                            batch.stored.extend(unpack(record.value))
+                    except Exception as exc:  # foreign bytes on the internal topic: dead-lettered; the rest fails the batch
+                        verdict = INDEX_CLASSIFIER.classify(exc)
+                        if verdict.transient:
+                            raise
+                        await dead_letter_record(record, reason=verdict.reason, detail=verdict.detail)
+                await circuit.write(batch)
+                await consumer.commit(records)
 
     async def park(value: bytes, headers: dict[str, bytes], *, source: str, partition: int, offset: int,
                    error: Exception | str, target: str) -> None:
