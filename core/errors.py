@@ -149,10 +149,10 @@ class Classifier:
         return Verdict(False, self.otherwise, error_text(exc))
 
 
-def sink_classifier(is_permanent: Callable[[BaseException], bool]) -> Classifier:
+def sink_classifier(is_permanent: Callable[[Exception], bool]) -> Classifier:
     """A sink's failures: what the sink calls permanent (bad data) is `sink_rejected`, everything
     else (server down, timeout, deadlock) transient."""
-    return Classifier((permanent(is_permanent, SINK_REJECTED),))
+    return Classifier((permanent(lambda exc: isinstance(exc, Exception) and is_permanent(exc), SINK_REJECTED),))
 
 
 # --------------------------------------------------------------------------------------- routing

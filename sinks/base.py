@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from core.errors import error_text, sink_classifier
 from schemas.alert import NormalizedAlert
@@ -208,7 +208,7 @@ class CircuitBreaker(Generic[BatchT]):
                 raise
             except RejectedAlerts as exc:
                 await self._reject(batch, exc.rejected)
-                batch = exc.retry
+                batch = cast(BatchT, exc.retry)  # the sink hands back its own batch type
                 if batch.is_empty():
                     self._set(CircuitState.CLOSED)
                     return 0
