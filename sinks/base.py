@@ -224,6 +224,7 @@ class CircuitBreaker(Generic[BatchT]):
                     return await self._bisect(batch, exc)
                 failures += 1
                 if self.give_up_after is not None and failures >= self.give_up_after:
+                    self._set(CircuitState.CLOSED)  # the caller stops here: no stage is held back by this circuit
                     raise
                 self._set(CircuitState.OPEN)
                 log.warning("sink %s: circuit open after %s: %s; probing again in <= %.1fs",

@@ -169,6 +169,7 @@ def test_give_up_after_raises_the_outage_instead_of_probing_forever() -> None:
     with pytest.raises(ConnectionRefusedError):
         asyncio.run(cb.write(batch("a")))
     assert sink.attempts == 3 and len(rec.waits) == 2
+    assert cb.state is CircuitState.CLOSED  # a job that gave up leaves no open circuit behind (readiness)
 
 
 def test_a_raw_batch_is_never_bisected_and_every_failure_is_retried() -> None:
