@@ -168,3 +168,26 @@ def test_header_readers() -> None:
     assert errors.attempts_of({ATTEMPTS: b"x"}) == 0 and errors.attempts_of({ATTEMPTS: b"-3"}) == 0
     assert errors.retry_target_of({}, "alerts") == "alerts"
     assert errors.retry_target_of({RETRY_TARGET: b"alerts.stored"}, "alerts") == "alerts.stored"
+
+
+def test_no_module_spells_a_failure_header_itself() -> None:
+    """The router is the one place the dlq_*/retry headers are named: a string literal equal to one
+    of them anywhere else in the code would be a second definition drifting from it."""
+    import ast
+    from pathlib import Path
+
+    root = Path(errors.__file__).resolve().parent.parent
+    names = {value for key, value in vars(errors).items()
+             if key.isupper() and isinstance(value, str) and (value.startswith(errors.DLQ_PREFIX) or value in (
+                 errors.RETRY_TARGET, errors.THROTTLED))}
+    offenders = []
+    for path in sorted(root.glob("*/**/*.py")):
+        relative = path.relative_to(root)
+        if relative.parts[0] in ("tests", ".venv") or relative == Path("core/errors.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes)):
+                text = node.value.decode(errors="replace") if isinstance(node.value, bytes) else node.value
+                if text in names:
+                    offenders.append(f"{relative}:{node.lineno}: {text!r}")
+    assert not offenders, "header names spelled outside core/errors.py:\n" + "\n".join(offenders)
