@@ -33,6 +33,7 @@ from agents.deduplicator import PackedRecord, StageTwoPlan
 from agents.normalizer import RawRecord, StageOneResult, iter_process_records, pack, unpack
 from agents.throttle import THROTTLED_RECORDS, ConsumerThrottle
 from core.errors import (
+    ATTEMPTS,
     PROVIDER,
     RETRIES_EXHAUSTED,
     SINK_REJECTED,
@@ -63,7 +64,7 @@ from streams.status_page import install as install_observability
 from streams.priority import PriorityGate
 from streams import stall_watchdog as stall_exit
 from streams.stall_watchdog import EXIT_STALLED, AgentWatchdog, OffsetTracker
-from streams.retry import due_in_s, error_router, tier_topics
+from streams.retry import by_origin, due_in_s, error_router, tier_topics
 from streams.metrics import (
     ALERTS,
     DEDUP_BATCH_FAILURES,
@@ -468,12 +469,16 @@ def create_app(settings: Settings) -> faust.App:
             async for records in consumer.batches(settings.index_batch):
                 RECORDS_RECEIVED.labels("index").inc(len(records))
                 batch = WriteBatch()
+                retried_from.clear()
                 for record in records:
                     try:
                         if record.headers.get(PROVIDER) == CANONICAL_PROVIDER.encode():  # replayed from the DLQ
                             batch.stored.append(_decode_canonical(record.value or b""))
                         else:
-                            batch.stored.extend(unpack(record.value))
+                            items = unpack(record.value)
+                            batch.stored.extend(items)
+                            if record.headers.get(ATTEMPTS):  # back from a retry tier: it keeps its count
+                                retried_from.update((item.uid, record.headers) for item in items)
                     except Exception as exc:  # foreign bytes on the internal topic: dead-lettered; the rest fails the batch
                         verdict = INDEX_CLASSIFIER.classify(exc)
                         if verdict.transient:
@@ -493,9 +498,15 @@ def create_app(settings: Settings) -> faust.App:
             RETRIES.labels(routed.topic).inc()
         await (await send_routed(routed))
 
+    retried_from: dict[str, dict[str, bytes]] = {}  # this index batch: alert uid → the retry record it came back on
+
     async def index_later(batch: WriteBatch, error: Exception) -> None:
-        for blob in pack(batch.stored, settings.packed_record_max_bytes):
-            await park(blob, {}, source=settings.topic_stored, partition=-1, offset=-1, error=error, target=settings.topic_stored)
+        """Still throttled: parked again with the failure headers it came back with (none on a first
+        failure), so its attempts count up to the DLQ (`retries_exhausted`) instead of starting over."""
+        for headers, alerts in by_origin(batch.stored, retried_from, lambda item: item.uid):
+            for blob in pack(alerts, settings.packed_record_max_bytes):
+                await park(blob, headers, source=settings.topic_stored, partition=-1, offset=-1, error=error,
+                           target=settings.topic_stored)
 
     def retry_forwarder(tier: int, topic: str, delay_s: float):  # noqa: ANN202
         async def forward() -> None:

@@ -11,9 +11,13 @@ configured topics and times the delays.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
-from core.errors import ErrorRouter
+from core.errors import ATTEMPTS, ErrorRouter
 from streams.settings import Settings
+
+T = TypeVar("T")
 
 
 def tier_topics(settings: Settings) -> list[str]:
@@ -23,6 +27,19 @@ def tier_topics(settings: Settings) -> list[str]:
 def error_router(settings: Settings) -> ErrorRouter:
     """The error router for the configured dead-letter topic and retry tiers."""
     return ErrorRouter(settings.topic_dlq, tuple(tier_topics(settings)))
+
+
+def by_origin(items: list[T], origin: Mapping[str, Mapping[str, bytes]], uid: Callable[[T], str]
+              ) -> list[tuple[dict[str, bytes], list[T]]]:
+    """`items` grouped by the headers of the retry record each came back on (`origin`: uid →
+    headers), `{}` for items failing for the first time, in order of first appearance: parked
+    again with those headers, each group climbs from its own attempt count toward the DLQ."""
+    groups: dict[int, tuple[dict[str, bytes], list[T]]] = {}
+    for item in items:
+        headers = origin.get(uid(item))
+        headers = headers if headers is not None and headers.get(ATTEMPTS) else {}
+        groups.setdefault(id(headers) if headers else 0, (dict(headers), []))[1].append(item)
+    return list(groups.values())
 
 
 def due_in_s(record_timestamp_ms: int, delay_s: float, now_ms: int | None = None) -> float:

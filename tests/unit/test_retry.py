@@ -30,3 +30,21 @@ def test_each_failure_moves_a_record_one_tier_up_then_to_the_dlq() -> None:
 def test_due_time_counts_from_the_parked_record() -> None:
     assert due_in_s(10_000, 10, now_ms=15_000) == 5
     assert due_in_s(10_000, 10, now_ms=25_000) == 0
+
+
+def test_documents_throttled_again_keep_the_count_of_the_record_they_came_back_on() -> None:
+    from streams.retry import by_origin
+
+    first = {"dlq_attempts": b"1", "retry_target": b"alerts.stored"}
+    second = {"dlq_attempts": b"2", "retry_target": b"alerts.stored"}
+    origin = {"a": first, "b": second, "c": first, "d": {"tenant": b"t"}}  # d: a record that never failed
+    groups = by_origin(["a", "b", "c", "d", "e"], origin, lambda uid: uid)
+    assert groups == [(first, ["a", "c"]), (second, ["b"]), ({}, ["d", "e"])]
+
+    router = error_router(SETTINGS)
+    topics = [router.retry(value=b"v", headers=h, source="alerts.stored", partition=-1, offset=-1, error="429",
+                           target="alerts.stored", now_ms=0).topic for h, _ in groups]
+    assert topics == ["alerts.retry.2", "alerts.retry.3", "alerts.retry.1"]
+    third = router.retry(value=b"v", headers={**second, "dlq_attempts": b"3"}, source="s", partition=0, offset=0,
+                         error="429", target="alerts.stored", now_ms=0)
+    assert third.role is Role.DEAD_LETTER and third.reason == "retries_exhausted"
