@@ -27,6 +27,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
+from operator import attrgetter
 from typing import TYPE_CHECKING, Iterator
 
 import msgspec
@@ -65,7 +66,7 @@ class RawRecord:
 
 # the stage's failures (core/errors.py): what the normalizers refuse goes to the DLQ with their
 # reason; anything else is a bug, dead-lettered as `internal_error` so the partition keeps going
-CLASSIFIER = Classifier((permanent(InvalidPayload, lambda exc: exc.reason, lambda exc: exc.detail),), otherwise=INTERNAL_ERROR)
+CLASSIFIER = Classifier((permanent(InvalidPayload, attrgetter("reason"), attrgetter("detail")),), otherwise=INTERNAL_ERROR)
 
 
 @dataclass(slots=True)
