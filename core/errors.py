@@ -63,7 +63,7 @@ Headers = Mapping[str, bytes]
 def header_text(headers: Headers, name: str) -> str | None:
     """A header as text (bytes that are not UTF-8 replaced), None when absent or empty."""
     value = headers.get(name)
-    return value.decode(errors="replace") or None if value else None
+    return value.decode(errors="replace") if value else None
 
 
 def provider_of(headers: Headers) -> str:
