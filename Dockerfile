@@ -19,6 +19,7 @@ RUN mkdir -p streams agents tables schemas sinks gateway benchmarks query \
  && /opt/alertstream/bin/pip install --upgrade pip setuptools wheel \
  && /opt/alertstream/bin/pip install . \
  && /opt/alertstream/bin/pip uninstall -y alertstream
+COPY core ./core
 COPY streams ./streams
 COPY agents ./agents
 COPY tables ./tables

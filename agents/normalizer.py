@@ -27,12 +27,14 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
+from operator import attrgetter
 from typing import TYPE_CHECKING, Iterator
 
 import msgspec
 
+from core.errors import DEFAULT_PROVIDER, EXPIRED, INTERNAL_ERROR, PROVIDER, PROVIDER_ID, TENANT, Classifier, permanent
 from schemas.alert import NormalizedAlert, NormalizedBatch
-from schemas.normalizers import DEFAULT_PROVIDER, InvalidPayload, NormalizeContext, normalize
+from schemas.normalizers import InvalidPayload, NormalizeContext, normalize
 from schemas.normalizers.base import DEFAULT_LIMITS, Budget, NormalizeLimits, check_alert_document, encode_and_check
 from schemas.rules import DEFAULT_RULES, RuleSet
 
@@ -60,6 +62,11 @@ class RawRecord:
     key: bytes | None
     value: bytes | None
     headers: dict[str, bytes]
+
+
+# the stage's failures (core/errors.py): what the normalizers refuse goes to the DLQ with their
+# reason; anything else is a bug, dead-lettered as `internal_error` so the partition keeps going
+CLASSIFIER = Classifier((permanent(InvalidPayload, attrgetter("reason"), attrgetter("detail")),), otherwise=INTERNAL_ERROR)
 
 
 @dataclass(slots=True)
@@ -147,10 +154,10 @@ def _normalize_record(record: RawRecord, default_tenant: str, max_payload_bytes:
     if b"\\u0000" in record.value and _JSON_NUL.search(record.value):
         raise InvalidPayload("invalid_field", "the payload contains a NUL character (\\u0000), which PostgreSQL cannot store")
     budget = Budget(limits)  # the record's CPU budget starts before parsing
-    provider = _header(record, "provider") or DEFAULT_PROVIDER
-    tenant = _header(record, "tenant") or default_tenant
+    provider = _header(record, PROVIDER) or DEFAULT_PROVIDER
+    tenant = _header(record, TENANT) or default_tenant
     ctx = NormalizeContext(tenant=tenant, received_at=iso_utc(record.timestamp_ms),
-                           provider_id=_header(record, "provider_id"), budget=budget, check_content=False)
+                           provider_id=_header(record, PROVIDER_ID), budget=budget, check_content=False)
     alerts = normalize(provider, record.value, ctx)
     cap = output_cap(len(record.value), len(alerts), limits)
     out = []
@@ -237,18 +244,17 @@ def _stage_one_record(record: RawRecord, result: StageOneResult, partitions: int
                       max_payload_bytes: int, rules: RuleSet, max_age_ms: int, now_ms: int | None,
                       throttle: ConsumerThrottle | None, clock_s: float, limits: NormalizeLimits) -> None:
     if max_age_ms and now_ms - record.timestamp_ms > max_age_ms:
-        result.dead_letters.append(DeadLetter(record, "expired", f"{(now_ms - record.timestamp_ms) / 1000:.0f}s old > limit {max_age_ms / 1000:.0f}s"))
+        result.dead_letters.append(DeadLetter(record, EXPIRED, f"{(now_ms - record.timestamp_ms) / 1000:.0f}s old > limit {max_age_ms / 1000:.0f}s"))
         return
     try:
         alerts, size = _normalize_record(record, default_tenant, max_payload_bytes, rules, limits)
-    except InvalidPayload as exc:
-        result.dead_letters.append(DeadLetter(record, exc.reason, exc.detail))
+    except Exception as exc:  # every failure here is permanent: a bug must not stall the partition either
+        verdict = CLASSIFIER.classify(exc)
+        if verdict.reason == INTERNAL_ERROR:
+            log.exception("normalizer crashed on %s/%d@%d", record.topic, record.partition, record.offset)
+        result.dead_letters.append(DeadLetter(record, verdict.reason, verdict.detail))
         return
-    except Exception as exc:  # a bug must not stall the partition: park the record, keep going
-        log.exception("normalizer crashed on %s/%d@%d", record.topic, record.partition, record.offset)
-        result.dead_letters.append(DeadLetter(record, "internal_error", f"{type(exc).__name__}: {exc}"))
-        return
-    if throttle and not throttle.admit(_header(record, "tenant") or default_tenant, _header(record, "provider") or DEFAULT_PROVIDER,
+    if throttle and not throttle.admit(_header(record, TENANT) or default_tenant, _header(record, PROVIDER) or DEFAULT_PROVIDER,
                                        len(alerts), clock_s):
         result.throttled.append(record)  # consumer-side throttling (docs/gateway.md): delayed, not dropped
         return
@@ -277,20 +283,3 @@ _decode_batch = msgspec.msgpack.Decoder(NormalizedBatch).decode
 
 def unpack(blob: bytes) -> list[NormalizedAlert]:
     return _decode_batch(blob).alerts
-
-
-def dead_letter_headers(letter: DeadLetter, now_ms: int) -> dict[str, bytes]:
-    """The original headers plus what an operator needs to understand and replay the record."""
-    record = letter.record
-    headers = dict(record.headers)
-    headers.update({
-        "dlq_reason": letter.reason.encode(),
-        "dlq_detail": letter.detail[:2000].encode(),
-        "dlq_topic": record.topic.encode(),
-        "dlq_partition": str(record.partition).encode(),
-        "dlq_offset": str(record.offset).encode(),
-        # a replayed record that fails again keeps its first failure time and counts its attempts
-        "dlq_first_failure_ms": record.headers.get("dlq_first_failure_ms") or str(now_ms).encode(),
-        "dlq_attempts": record.headers.get("dlq_attempts") or b"1",
-    })
-    return headers

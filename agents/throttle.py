@@ -1,8 +1,9 @@
 """Consumer-side throttling: a token bucket per (tenant, provider), counted in alerts.
 
 A record whose provider is over its processing rate is not processed now: the
-normalizer parks it unchanged on the first retry tier, whose forwarder brings it
-back after the tier's delay (docs/gateway.md, "Consumer-side throttling").
+normalizer parks it unchanged on the first retry tier (`core.errors.ErrorRouter.park`),
+whose forwarder brings it back after the tier's delay (docs/gateway.md, "Consumer-side
+throttling").
 Pure: the clock is passed in.
 """
 
@@ -11,10 +12,7 @@ from __future__ import annotations
 from prometheus_client import Counter
 
 from gateway.ratelimit import Bucket
-from streams.retry import TARGET
 from streams.settings import RateLimit
-
-THROTTLED = "throttled_count"  # header: how often a record was parked for its rate (never advances dlq_attempts)
 
 
 class ConsumerThrottle:
@@ -47,11 +45,3 @@ THROTTLED_RECORDS = Counter(
     "Input records over their provider's processing rate, parked on the first retry tier (delayed, not dropped).",
     ["tenant", "provider"])
 
-
-def parked_headers(headers: dict[str, bytes], source_topic: str) -> dict[str, bytes]:
-    """The record's own headers plus where to come back to; `dlq_attempts` is left alone, so a
-    throttled record never walks toward the DLQ the way a failing one does."""
-    out = dict(headers)
-    out[TARGET] = source_topic.encode()
-    out[THROTTLED] = str(int(headers.get(THROTTLED, b"0") or 0) + 1).encode()
-    return out

@@ -27,6 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.routing import APIRoute
 from fastapi.responses import JSONResponse, Response
 
+from core.errors import DEFAULT_PROVIDER, PROVIDER, PROVIDER_ID, TENANT, ErrorRouter
 from gateway import metrics
 from gateway.apikeys import KeyStore
 from gateway.auth import AUTH_RESPONSES, SNS_MESSAGE_TYPE, SNS_PATH, AuthError, Tenant, uses_auth
@@ -36,11 +37,11 @@ from gateway.validation import PoolBusy, ValidationPool, ValidatorFailed
 from schemas.normalizers import PROVIDER_MODULES
 from streams.health import loop_check, report
 from streams.loop_monitor import PROBE_INTERVAL_S as LOOP_PROBE_INTERVAL_S
-from streams.retry import TARGET, tier_topics
+from streams.retry import error_router
 from streams.settings import Settings
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "schemas" / "examples"
-GENERIC = "keep"  # POST /alerts/event: Keep's AlertDto, no `provider` header (the pipeline's default provider)
+GENERIC = DEFAULT_PROVIDER  # POST /alerts/event: Keep's AlertDto, no `provider` header (the pipeline's default provider)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +54,7 @@ class SenderPolicy:
 
 _RETRIES_ON_5XX = SenderPolicy(503, False)
 SENDERS: dict[str, SenderPolicy] = {
-    "keep": SenderPolicy(429, False),  # API clients and Keep's own workflows: 429 + Retry-After is the contract
+    GENERIC: SenderPolicy(429, False),  # API clients and Keep's own workflows: 429 + Retry-After is the contract
     "prometheus": _RETRIES_ON_5XX,  # Alertmanager retries on 5xx only, never on 429
     "alertmanager": _RETRIES_ON_5XX,
     "grafana": SenderPolicy(503, True),  # Grafana's webhook notifier never retries
@@ -71,6 +72,7 @@ class Gateway:
     producer: GatewayProducer
     limiter: RateLimiter
     validator: ValidationPool  # started by gateway/server.py before the first request
+    router: ErrorRouter  # a deferred webhook is parked on the first retry tier (core/errors.py)
 
     @property
     def body_cap(self) -> int:
@@ -100,7 +102,7 @@ def create_app(settings: Settings, producer: GatewayProducer, keystore: KeyStore
     app.state.keystore = keystore
     app.state.auth_guard = AuthGuard.from_settings(settings)
     app.state.gateway = Gateway(settings, producer, limiter or RateLimiter.from_settings(settings),
-                                validator or ValidationPool.from_settings(settings))
+                                validator or ValidationPool.from_settings(settings), error_router(settings))
     app.add_exception_handler(AuthError, _auth_failed)
     app.add_api_route("/alerts/event", _handler(GENERIC), methods=["POST"], status_code=202,
                       summary="Keep's generic alert (AlertDto or a list of them)", **_route_doc(GENERIC))
@@ -170,9 +172,10 @@ async def _ingest(gw: Gateway, request: Request, provider: str, tenant: str, pro
     metrics.RECEIVED_BYTES.labels(tenant, provider).inc(len(body))
     headers = _record_headers(provider, tenant, provider_id)
     count, key, critical = await _validate(gw, body, headers, tenant, policy)
-    topic = _topic(gw.settings, deferred, critical)
-    if deferred:
-        headers[TARGET] = (gw.settings.topic_critical if critical else gw.settings.topic_alerts).encode()
+    topic = gw.settings.topic_critical if critical else gw.settings.topic_alerts
+    if deferred:  # over its rate, for a sender that never retries: delayed on the first retry tier, not refused
+        parked = gw.router.park(key=key, value=body, headers=headers, target=topic, counted=False)
+        topic, headers = parked.topic, parked.headers
     try:
         delivered = await gw.producer.send(topic, key, body, list(headers.items()))
     except Backpressure as exc:
@@ -223,11 +226,11 @@ async def _read_body(request: Request, cap: int) -> bytes:
 
 
 def _record_headers(provider: str, tenant: str, provider_id: str | None) -> dict[str, bytes]:
-    headers = {"tenant": tenant.encode()}
+    headers = {TENANT: tenant.encode()}
     if provider != GENERIC:
-        headers["provider"] = provider.encode()
+        headers[PROVIDER] = provider.encode()
     if provider_id:
-        headers["provider_id"] = provider_id.encode()
+        headers[PROVIDER_ID] = provider_id.encode()
     return headers
 
 
@@ -248,12 +251,6 @@ async def _validate(gw: Gateway, body: bytes, headers: dict[str, bytes], tenant:
     if outcome.reason is not None:
         raise Refused(400, outcome.reason, outcome.detail)
     return outcome.alerts, outcome.key, outcome.critical
-
-
-def _topic(settings: Settings, deferred: bool, critical: bool) -> str:
-    if deferred:
-        return tier_topics(settings)[0]
-    return settings.topic_critical if critical else settings.topic_alerts
 
 
 async def _auth_failed(request: Request, exc: AuthError) -> JSONResponse:

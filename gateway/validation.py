@@ -78,21 +78,20 @@ _LIMITS = DEFAULT_LIMITS  # the worker's normalizer limits, set once in a valida
 def validate_body(body: bytes, headers: dict[str, bytes], default_tenant: str, max_payload_bytes: int) -> Outcome:
     """(alert count, record key, any critical) by the pipeline's own stage-one code, or the reason it
     would dead-letter the body. Runs in a validation process."""
-    from agents.normalizer import RawRecord, normalize_record
-    from schemas.normalizers import InvalidPayload
+    from agents.normalizer import CLASSIFIER, RawRecord, normalize_record
+    from core.errors import TENANT
 
-    tenant = headers.get("tenant", b"").decode() or default_tenant
+    tenant = headers.get(TENANT, b"").decode() or default_tenant
     record = RawRecord("gateway", 0, 0, int(time.time() * 1000), None, body, headers)
     try:
         alerts = normalize_record(record, default_tenant=default_tenant, max_payload_bytes=max_payload_bytes, limits=_LIMITS)
-    except InvalidPayload as exc:
-        if exc.reason in ACCEPTED_INVALID:
-            return Outcome(0, tenant.encode())
-        return Outcome(reason=exc.reason, detail=exc.detail[:DETAIL_MAX])
     except MemoryError:
         raise
-    except Exception as exc:  # noqa: BLE001 - a normalizer bug: the pipeline would park it as internal_error
-        return Outcome(reason="internal_error", detail=f"{type(exc).__name__}: {exc}"[:DETAIL_MAX])
+    except Exception as exc:  # noqa: BLE001 - classified as the pipeline classifies it: refused here what it would dead-letter
+        verdict = CLASSIFIER.classify(exc)
+        if verdict.reason in ACCEPTED_INVALID:
+            return Outcome(0, tenant.encode())
+        return Outcome(reason=verdict.reason, detail=verdict.detail[:DETAIL_MAX])
     # key: the first alert's identity, so repeats of one alert keep their order on the input topic
     key = f"{tenant}\x00{alerts[0].alert.fingerprint}".encode() if alerts else tenant.encode()
     return Outcome(len(alerts), key, any(item.alert.severity == "critical" for item in alerts))

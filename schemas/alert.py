@@ -11,6 +11,8 @@ from typing import Any
 
 import msgspec
 
+from core.errors import DEFAULT_PROVIDER
+
 SCHEMA_VERSION = 1
 
 STATUSES = ("firing", "resolved", "acknowledged", "suppressed", "pending")
@@ -26,7 +28,7 @@ class Alert(msgspec.Struct, rename="camel", kw_only=True):
     last_received: str  # ISO 8601, UTC
     fingerprint: str = ""  # filled by the fingerprinter when the normalizer leaves it empty
     tenant: str = "default"
-    provider_type: str = "keep"
+    provider_type: str = DEFAULT_PROVIDER
     provider_id: str | None = None
     id: str | None = None  # the provider's own alert id, as Keep's AlertDto.id
     environment: str = "undefined"

@@ -35,7 +35,7 @@ from elasticsearch import AsyncElasticsearch
 from prometheus_client import Counter
 
 from schemas.alert import Alert, NormalizedAlert
-from sinks.base import RejectedAlerts, WriteBatch
+from sinks.base import CircuitBreaker, Sinks, WriteBatch
 from sinks.maintenance import DDL_LOCK_TIMEOUT_MS, LOCK_PARTITIONS, day_start, partitions_of, retire_partition
 from sinks.search import SearchSink, client_from_settings
 from streams.settings import Settings
@@ -44,6 +44,9 @@ from streams.periodic import run_periodically
 log = logging.getLogger(__name__)
 
 LOCK_ARCHIVE = 0x616C65727403  # "alert" + 03, next to the maintenance locks
+# a store outage: the write is tried this often (the breaker's backoff between), then the run stops
+# and the next one resumes from the checkpoint (the lock is not held through a long outage)
+WRITE_ATTEMPTS = 3
 _DAY = timedelta(days=1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -127,6 +130,17 @@ class Archiver:
     def __init__(self, conn: asyncpg.Connection, sink: SearchSink, client: AsyncElasticsearch, settings: Settings) -> None:
         self.conn, self.sink, self.client, self.settings = conn, sink, client, settings
         self.batch = settings.archive_batch_size
+        # the search sink through its circuit breaker, like the indexer's: throttled documents are
+        # tried again with the shared backoff; still throttled, the run stops (ArchiveStalled)
+        self.circuit = CircuitBreaker(sink, settings.sink_retry, self._refused, retry_later=self._stalled,
+                                      throttle_retries=settings.search_throttle_retries, give_up_after=WRITE_ATTEMPTS)
+        self._rejected: dict[str, str] = {}
+
+    async def _refused(self, item: NormalizedAlert, reason: str) -> None:
+        self._rejected[item.uid] = reason  # it stays in Postgres, not dead-lettered
+
+    async def _stalled(self, batch: WriteBatch, exc: Exception) -> None:
+        raise ArchiveStalled(f"{len(batch.stored)} documents still throttled by the search store") from exc
 
     async def run_day(self, day: date) -> DayReport:
         report = DayReport(day)
@@ -191,16 +205,13 @@ class Archiver:
             ARCHIVE_ROWS.labels("copied").inc(copied)
 
     async def _index(self, items: list[NormalizedAlert]) -> dict[str, str]:
-        """Index; return the refused ones (uid → reason). Throttled past the sink's retries: stop."""
-        try:
-            await self.sink.write(WriteBatch(stored=items))
-            return {}
-        except RejectedAlerts as exc:
-            if exc.retry.stored:
-                raise ArchiveStalled(f"{len(exc.retry.stored)} documents still throttled by the search store") from exc
-            for uid, reason in exc.rejected.items():
-                log.error("archive: search store refused alert %s: %s (it stays in Postgres)", uid, reason[:300])
-            return exc.rejected
+        """Index through the breaker; return the refused ones (uid → reason). Throttled past the
+        retries, or the store down past WRITE_ATTEMPTS: raise, the next run resumes."""
+        self._rejected = {}
+        await self.circuit.write(WriteBatch(stored=items))
+        for uid, reason in self._rejected.items():
+            log.error("archive: search store refused alert %s: %s (it stays in Postgres)", uid, reason[:300])
+        return self._rejected
 
     async def _present(self, ids: list[str]) -> set[str]:
         response = await self.client.search(
@@ -258,12 +269,11 @@ async def archive(settings: Settings, *, older_than_days: int | None = None, now
         client = client_from_settings(settings)
         sink = SearchSink(client, settings.search_index, settings)
         try:
-            await sink.start()
-            archiver = Archiver(conn, sink, client, settings)
-            for day in await _listed_days(conn, cutoff):
-                report.days.append(await archiver.run_day(day))
+            async with Sinks(sink):
+                archiver = Archiver(conn, sink, client, settings)
+                for day in await _listed_days(conn, cutoff):
+                    report.days.append(await archiver.run_day(day))
         finally:
-            await sink.close()
             await conn.fetchval("SELECT pg_advisory_unlock($1)", LOCK_ARCHIVE)
     finally:
         await conn.close()

@@ -50,14 +50,15 @@ from typing import Any
 import asyncpg
 import orjson
 
+from core.errors import DEFAULT_PROVIDER
 from schemas.alert import Alert, NormalizedAlert
 from schemas.fingerprint import sha256_hex
 from schemas.normalizers import InvalidPayload, NormalizeContext, cloudwatch, datadog, grafana, normalize, sentry, zabbix
 from schemas.normalizers.base import string_map
 from schemas.rules import DEFAULT_RULES, RuleSet
 from sinks.maintenance import DDL_LOCK_TIMEOUT_MS, LOCK_PARTITIONS, ensure_partition, partitions_of
-from sinks.postgres import _ALERT_COLUMNS, _CREATE_STAGING, _INSERT_ALERTS, _INSERT_RAW, alert_rows
-from sinks.raw_storage import RAW_COLUMNS
+from sinks.postgres import _ALERT_COLUMNS, _CREATE_STAGING, _INSERT_ALERTS, alert_rows
+from sinks.raw_storage import CREATE_RAW_STAGING, INSERT_RAW, RAW_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -286,9 +287,9 @@ def keep_event_to_alert(event: str | bytes | dict[str, Any] | None, *, tenant: s
         # anything else as its JSON
         document["labels"] = {k: _label_text(v) for k, v in labels.items()}
     stamp = _utc(received_at).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    (alert,) = normalize("keep", orjson.dumps(document), NormalizeContext(tenant=tenant, received_at=stamp,
+    (alert,) = normalize(DEFAULT_PROVIDER, orjson.dumps(document), NormalizeContext(tenant=tenant, received_at=stamp,
                                                                        provider_id=provider_id))
-    alert.provider_type = provider_type or "keep"
+    alert.provider_type = provider_type or DEFAULT_PROVIDER
     alert.fingerprint = identity  # the same key for last_alert, history and the provider's next webhook
     if identity != fingerprint:
         alert.extra["keepFingerprint"] = fingerprint
@@ -312,6 +313,7 @@ class _Target:
 
     async def start(self) -> None:
         await self.conn.execute(_CREATE_STAGING)
+        await self.conn.execute(CREATE_RAW_STAGING)
         await self.conn.execute(_CREATE_LAST_STAGE)
         for table in ("alert", "alert_raw"):
             self._days[table] = set((await partitions_of(self.conn, table)).keys())
@@ -345,7 +347,7 @@ class _Target:
         await self.ensure_days("alert_raw", [r[1] for r in rows])
         async with self.conn.transaction():
             await self.conn.copy_records_to_table("alert_raw_stage", records=rows, columns=RAW_COLUMNS)
-            status = await self.conn.execute(_INSERT_RAW)
+            status = await self.conn.execute(INSERT_RAW)
         return int(status.split()[-1])
 
     async def write_last(self, rows: list[tuple]) -> int:
@@ -393,7 +395,7 @@ async def import_from_keep(keep_dsn: str, target_dsn: str, *, default_tenant: st
 def _error_row(row_id: uuid.UUID, received_at: datetime, tenant: str, provider_type: str | None, source: str,
                raw: str | None, exc: Exception) -> tuple:
     reason = f"{exc.reason}: {exc.detail}" if isinstance(exc, InvalidPayload) else f"{type(exc).__name__}: {exc}"
-    return (row_id, _utc(received_at), tenant, provider_type or "keep", source,
+    return (row_id, _utc(received_at), tenant, provider_type or DEFAULT_PROVIDER, source,
             raw.encode() if raw is not None else None, f"keep_import {reason}".replace("\x00", "\ufffd"))
 
 
@@ -489,7 +491,7 @@ async def _import_raw(keep: asyncpg.Connection, out: _Target, report: ImportRepo
     while rows := await cursor.fetch(batch):
         report.raw_read += len(rows)
         converted = [
-            (r["id"], _utc(r["timestamp"]), tenants.get(r["tenant_id"], r["tenant_id"]), r["provider_type"] or "keep",
+            (r["id"], _utc(r["timestamp"]), tenants.get(r["tenant_id"], r["tenant_id"]), r["provider_type"] or DEFAULT_PROVIDER,
              "keep:alertraw", r["raw_alert"].encode() if r["raw_alert"] is not None else None,
              ((r["error_message"] or "error").replace("\x00", "\ufffd")) if r["error"] else None)
             for r in rows

@@ -7,7 +7,7 @@
   overlapping fingerprints cannot deadlock. A sighting at or before the highest
   source position counted in its flow (`source_marks`) was sent again after a
   crash and is not counted again.
-- `alert_raw` (write_raw): the same COPY + INSERT ... ON CONFLICT DO NOTHING.
+- `alert_raw` is the raw store's own sink (sinks/raw_storage.py `RawSink`).
 - Isolation: READ COMMITTED. Every statement either inserts with a unique key
   or updates rows it has locked, so the stronger levels would only add
   serialization failures to retry (docs/postgres.md).
@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections import defaultdict
 from datetime import datetime, timezone
@@ -25,7 +24,6 @@ import msgspec
 
 from schemas.alert import NormalizedAlert
 from sinks.base import Sighting, WriteBatch
-from sinks.raw_storage import RAW_COLUMNS
 
 _ALERT_COLUMNS = (
     "id", "received_at", "tenant", "fingerprint", "provider_type", "provider_id",
@@ -45,19 +43,11 @@ CREATE TEMP TABLE IF NOT EXISTS last_alert_stage (
     first_received timestamptz, last_received timestamptz,
     flows text[], positions bigint[]
 ) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS alert_raw_stage (LIKE alert_raw INCLUDING DEFAULTS INCLUDING COMPRESSION) ON COMMIT DELETE ROWS;
 """
 
 _INSERT_ALERTS = f"""
 INSERT INTO alert ({", ".join(_ALERT_COLUMNS)})
 SELECT {", ".join(_ALERT_COLUMNS)} FROM alert_stage
-ORDER BY id, received_at
-ON CONFLICT DO NOTHING
-"""
-
-_INSERT_RAW = f"""
-INSERT INTO alert_raw ({", ".join(RAW_COLUMNS)})
-SELECT {", ".join(RAW_COLUMNS)} FROM alert_raw_stage
 ORDER BY id, received_at
 ON CONFLICT DO NOTHING
 """
@@ -162,13 +152,11 @@ class PostgresSink:
         self._dsn = dsn
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
-        self.ready = asyncio.Event()  # set once the pool exists (several stages share one sink)
 
     async def start(self) -> None:
         self._pool = await asyncpg.create_pool(
             self._dsn, min_size=1, max_size=self._pool_size, init=self._init_connection
         )
-        self.ready.set()
 
     @staticmethod
     async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -195,16 +183,6 @@ class PostgresSink:
         # 22xxx data exceptions (bad value, NUL byte) and 54xxx limits (index row too large) are
         # about the rows, not the server: retrying cannot help.
         return isinstance(exc, (asyncpg.exceptions.DataError, asyncpg.exceptions.ProgramLimitExceededError))
-
-    async def write_raw(self, rows: list[tuple]) -> int:
-        """Raw payload rows (`sinks.raw_storage.raw_rows_for`) into `alert_raw`; a replay adds nothing."""
-        if not rows:
-            return 0
-        assert self._pool is not None, "start() first"
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.copy_records_to_table("alert_raw_stage", records=rows, columns=RAW_COLUMNS)
-            status = await conn.execute(_INSERT_RAW)
-        return int(status.split()[-1])
 
     async def close(self) -> None:
         if self._pool is not None:

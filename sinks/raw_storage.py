@@ -27,7 +27,9 @@ JSON under a rule with a field list is recorded with raw = NULL (its error text 
 deny list protects is never written unfiltered.
 
 Rows are derived from the source position (id = hash of topic/partition/offset), so writing the
-rows of a replayed batch again adds nothing (`INSERT ... ON CONFLICT DO NOTHING`).
+rows of a replayed batch again adds nothing (`INSERT ... ON CONFLICT DO NOTHING`). `RawSink` writes
+them, a sink like the others (sinks/base.py): its own pool, its batch type `RawBatch`, its
+retries the circuit breaker's.
 """
 
 from __future__ import annotations
@@ -35,23 +37,34 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Literal
 
+import asyncpg
 import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from core.errors import DEFAULT_PROVIDER, PROVIDER, TENANT
 from schemas.rules import ANY, PROVIDER_ALIASES, PROVIDERS, check_unique_scopes
 
 if TYPE_CHECKING:
     from agents.normalizer import DeadLetter, RawRecord
-    from sinks.postgres import PostgresSink
+    from schemas.alert import NormalizedAlert
 
-DEFAULT_PROVIDER = "keep"  # a record without a `provider` header is Keep's generic alert
 RAW_COLUMNS = ("id", "received_at", "tenant", "provider_type", "source", "raw", "error")
+CREATE_RAW_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS alert_raw_stage (LIKE alert_raw INCLUDING DEFAULTS INCLUDING COMPRESSION) ON COMMIT DELETE ROWS;
+"""
+INSERT_RAW = f"""
+INSERT INTO alert_raw ({", ".join(RAW_COLUMNS)})
+SELECT {", ".join(RAW_COLUMNS)} FROM alert_raw_stage
+ORDER BY id, received_at
+ON CONFLICT DO NOTHING
+"""
 _MISSING = object()
 
 
@@ -320,8 +333,8 @@ def raw_rows_for(records: Iterable[RawRecord], dead_letters: Iterable[DeadLetter
     rows = []
     for record in records:
         letter = errors.get((record.topic, record.partition, record.offset))
-        tenant = _text(record.headers.get("tenant")) or default_tenant
-        provider = _text(record.headers.get("provider")) or DEFAULT_PROVIDER
+        tenant = _text(record.headers.get(TENANT)) or default_tenant
+        provider = _text(record.headers.get(PROVIDER)) or DEFAULT_PROVIDER
         rule = policy.for_(tenant, provider)
         row_id, draw = raw_identity(record.topic, record.partition, record.offset)
         if not rule.keeps(error=letter is not None, draw=draw):
@@ -340,35 +353,64 @@ def raw_rows_for(records: Iterable[RawRecord], dead_letters: Iterable[DeadLetter
 
 @dataclass(slots=True)
 class RawBatch:
-    """The rows of one normalizer batch, shaped for `sinks.base.CircuitBreaker`."""
+    """The `alert_raw` rows (RAW_COLUMNS) of one normalizer batch: the raw store's batch type.
+
+    No row is ever refused alone (they are sanitized in `raw_rows_for`: no NUL in text, bounded
+    keys), so there is nothing to bisect to or dead-letter: every failure is retried."""
 
     rows: list[tuple]
 
     @property
-    def stored(self) -> list[tuple]:  # the breaker observes len(batch.stored) as the batch size
-        return self.rows
+    def size(self) -> int:
+        return len(self.rows)
+
+    def is_empty(self) -> bool:
+        return not self.rows
+
+    def refusable(self) -> Sequence[NormalizedAlert]:
+        return ()
+
+    def split(self) -> tuple[RawBatch, RawBatch]:
+        half = len(self.rows) // 2
+        return RawBatch(self.rows[:half]), RawBatch(self.rows[half:])
+
+    def without(self, uids: Collection[str]) -> RawBatch:
+        return self
 
 
 class RawSink:
-    """`alert_raw` writes through a PostgresSink, as a Sink for `sinks.base.CircuitBreaker`.
-
-    Every failure is retried (the circuit opens, then probes): the rows are sanitized in
-    `raw_rows_for` (no NUL in text, bounded keys), so no failure is about the data.
-    """
+    """`alert_raw`: COPY into a staging table, then INSERT ... ON CONFLICT DO NOTHING, in one
+    transaction per batch, on a pool of its own. A replayed batch adds nothing."""
 
     name = "postgres_raw"
 
-    def __init__(self, postgres: PostgresSink) -> None:
-        self.postgres = postgres
+    def __init__(self, dsn: str, pool_size: int = 2) -> None:
+        self._dsn = dsn
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
 
     async def start(self) -> None:
-        await self.postgres.start()
+        self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._pool_size,
+                                               init=self._init_connection)
+
+    @staticmethod
+    async def _init_connection(conn: asyncpg.Connection) -> None:
+        await conn.execute(CREATE_RAW_STAGING)
 
     async def write(self, batch: RawBatch) -> int:
-        return await self.postgres.write_raw(batch.rows)
+        """The rows inserted (0 for rows already there)."""
+        if not batch.rows:
+            return 0
+        assert self._pool is not None, "start() first"
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.copy_records_to_table("alert_raw_stage", records=batch.rows, columns=RAW_COLUMNS)
+            status = await conn.execute(INSERT_RAW)
+        return int(status.split()[-1])
 
     def is_permanent(self, exc: Exception) -> bool:
         return False
 
     async def close(self) -> None:
-        await self.postgres.close()
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None

@@ -4,16 +4,15 @@ Documents are indexed with `_id` = the alert row id, through the write alias
 that `sinks/search_schema.py` sets up with the index template and lifecycle
 policy, so re-indexing a replayed batch overwrites the same documents. No
 per-document failure is logged and dropped (Keep's failure mode): throttled
-documents (429, 5xx) are retried here with jittered backoff, then handed back
-for a retry topic; refused ones (a 400 mapping error) go to the DLQ with the
-store's reason (docs/search.md).
+documents (429, 5xx) are handed back to the circuit breaker, which tries them
+again with the shared jittered backoff and then parks them on a retry topic;
+refused ones (a 400 mapping error) go to the DLQ with the store's reason
+(docs/search.md).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 from typing import Any
 
 import msgspec
@@ -79,7 +78,7 @@ def make_client(url: str, *, username: str | None = None, password: str | None =
         auth["api_key"] = api_key
     elif username:
         auth["basic_auth"] = (username, password or "")
-    # retry_on_status=(): statuses (429 above all) are retried by SearchSink with jittered backoff;
+    # retry_on_status=(): statuses (429 above all) are retried by the circuit breaker with jittered backoff;
     # the transport's own retries (immediate, no jitter) stay for connection errors only
     return AsyncElasticsearch(url, node_class=PlainJsonNode, request_timeout=30, retry_on_status=(), **auth)
 
@@ -109,11 +108,11 @@ _RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
 
 
 class SearchSink:
-    """Bulk writes to the write alias. Within one `write`: a 429 for the whole request, or
-    429/5xx for single documents, is retried up to `search_throttle_retries` times with jittered,
-    doubling backoff; documents still throttled after that are handed back as `retry` (the
-    worker parks them on a retry topic), documents refused for good (a 400 mapping error) as
-    `rejected` (→ DLQ with the store's reason). Nothing is logged and dropped."""
+    """Bulk writes to the write alias, one request per `write`. A 429 for the whole request, or
+    429/5xx for single documents: those documents are handed back as `retry` of `RejectedAlerts`
+    (the circuit breaker tries them again `search_throttle_retries` times with the shared jittered,
+    doubling backoff, then parks them on a retry topic); documents refused for good (a 400
+    mapping error) as `rejected` (→ DLQ with the store's reason). Nothing is logged and dropped."""
 
     name = "search"
 
@@ -136,15 +135,8 @@ class SearchSink:
             return 0
         if not self._index_ready:  # after an outage the store may be a new, empty one
             await self._ensure_index()
-        pending, rejected = list(batch.stored), {}
-        retry = self._settings.sink_retry
-        backoff = retry.initial_backoff_s
-        for attempt in range(self._settings.search_throttle_retries + 1):
-            pending = await self._bulk_once(pending, rejected)
-            if not pending or attempt == self._settings.search_throttle_retries:
-                break
-            await asyncio.sleep(random.uniform(backoff / 2, backoff))  # full jitter: throttled writers spread out
-            backoff = min(backoff * 2, retry.max_backoff_s)
+        rejected: dict[str, str] = {}
+        pending = await self._bulk_once(batch.stored, rejected)
         if rejected or pending:
             raise RejectedAlerts(rejected, WriteBatch(stored=pending))
         return len(batch.stored)

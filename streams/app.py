@@ -30,13 +30,27 @@ from mode.utils.logging import cry
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.deduplicator import PackedRecord, StageTwoPlan
-from agents.normalizer import DeadLetter, RawRecord, StageOneResult, dead_letter_headers, iter_process_records, pack, unpack
-from agents.throttle import THROTTLED_RECORDS, ConsumerThrottle, parked_headers
+from agents.normalizer import RawRecord, StageOneResult, iter_process_records, pack, unpack
+from agents.throttle import THROTTLED_RECORDS, ConsumerThrottle
+from core.errors import (
+    ATTEMPTS,
+    PROVIDER,
+    RETRIES_EXHAUSTED,
+    SINK_REJECTED,
+    UNDECODABLE,
+    Classifier,
+    Role,
+    Routed,
+    permanent,
+    provider_of,
+    retry_target_of,
+    tenant_of,
+)
 from schemas.alert import NormalizedAlert
 from schemas.normalizers import NormalizeLimits
 from schemas.normalizers.canonical import PROVIDER as CANONICAL_PROVIDER
 from schemas.rules import load_rules
-from sinks.base import CircuitBreaker, WriteBatch
+from sinks.base import CircuitBreaker, Sinks, WriteBatch
 from sinks.maintenance import run_maintenance_forever
 from sinks.postgres import PostgresSink
 from sinks.raw_storage import RawBatch, RawPolicy, RawSink, raw_rows_for
@@ -50,7 +64,7 @@ from streams.status_page import install as install_observability
 from streams.priority import PriorityGate
 from streams import stall_watchdog as stall_exit
 from streams.stall_watchdog import EXIT_STALLED, AgentWatchdog, OffsetTracker
-from streams.retry import TARGET, due_in_s, retry_headers, route_for, tier_topics
+from streams.retry import by_origin, due_in_s, error_router, tier_topics
 from streams.metrics import (
     ALERTS,
     DEDUP_BATCH_FAILURES,
@@ -74,6 +88,9 @@ log = logging.getLogger(__name__)
 _encode_json = msgspec.json.Encoder().encode
 _decode_canonical = msgspec.json.Decoder(NormalizedAlert).decode  # a dead-lettered alert, replayed
 MAX_RECORD_BYTES = 16 * 1024 * 1024  # the largest input record alertstream can read and dead-letter
+# the indexer's failures per record: bytes on alerts.stored that are not alertstream's are
+# dead-lettered; anything else is not about the record and fails the batch (core/errors.py)
+INDEX_CLASSIFIER = Classifier((permanent(msgspec.DecodeError, UNDECODABLE),))
 
 
 class HeldAcks:
@@ -180,6 +197,22 @@ def create_app(settings: Settings) -> faust.App:
     ttl_ms = int(settings.dedup_state_ttl_s * 1000)
     failpoints = FailPoints(settings.failpoints_path)
     limits = NormalizeLimits(**settings.normalizer_limits.model_dump())
+    router = error_router(settings)  # every dead letter, retry and parked record is built there
+    # the one owner of the sinks: each stage holds the ones it writes to (`sinks.use`), the first
+    # to ask starts a sink, the last stage to stop closes them all, in reverse order
+    sinks = Sinks()
+    postgres = sinks.add(PostgresSink(settings.require_database_url(), pool_size=settings.db_pool_size))
+    raw_sink = None if raw_policy.stores_nothing else sinks.add(RawSink(settings.require_database_url(), pool_size=2))
+    topics_by_name: dict[str, faust.TopicT] = {settings.topic_dlq: dlq_topic}
+
+    def topic_named(name: str) -> faust.TopicT:
+        if name not in topics_by_name:
+            topics_by_name[name] = app.topic(name)
+        return topics_by_name[name]
+
+    async def send_routed(routed: Routed) -> Awaitable:
+        """Send what the error router built; returns the delivery future (await it for the ack)."""
+        return await topic_named(routed.topic).send(key=routed.key, value=routed.value, headers=routed.headers, force=True)
 
     @app.on_partitions_revoked.connect
     async def forget_revoked(app, revoked, **kwargs) -> None:  # noqa: ANN001
@@ -199,15 +232,11 @@ def create_app(settings: Settings) -> faust.App:
             DLQ_RECORDS.labels(letter.reason).inc()
             log.warning("DLQ %s/%d@%d: %s (%s)", letter.record.topic, letter.record.partition,
                         letter.record.offset, letter.reason, letter.detail[:200])
-            pending.append(await dlq_topic.send(
-                key=letter.record.key, value=letter.record.value or b"",
-                headers=dead_letter_headers(letter, now_ms), force=True,
-            ))
+            pending.append(await send_routed(router.dead_letter(letter.record, letter.reason, letter.detail, now_ms)))
         for record in result.throttled:  # consumer-side throttling: wait on the first tier, come back (docs/gateway.md)
-            THROTTLED_RECORDS.labels((record.headers.get("tenant") or settings.default_tenant.encode()).decode(errors="replace"),
-                                     (record.headers.get("provider") or b"keep").decode(errors="replace")).inc()
-            pending.append(await topic_named(tier_topics(settings)[0]).send(
-                key=record.key, value=record.value or b"", headers=parked_headers(record.headers, record.topic), force=True))
+            THROTTLED_RECORDS.labels(tenant_of(record.headers, settings.default_tenant), provider_of(record.headers)).inc()
+            pending.append(await send_routed(router.park(key=record.key, value=record.value, headers=record.headers,
+                                                         target=record.topic)))
         await asyncio.gather(*pending)
 
     gate = PriorityGate()
@@ -216,36 +245,37 @@ def create_app(settings: Settings) -> faust.App:
         """Stage 1 as a batch consumer: stateless, so it needs none of Faust's per-record
         machinery, which caps an agent at ~5k records/s on this hardware (docs/decisions.md)."""
         consumer = BatchConsumer(settings, group_id=group_id, topic=topic)
-        await consumer.start()
         throttle = None if critical else ConsumerThrottle(settings.consumer_provider_rate_limits)
-        raw_sink = None if raw_policy.stores_nothing else RawSink(PostgresSink(settings.require_database_url(), pool_size=1))
         raw_circuit = None
         if raw_sink is not None:
-            await raw_sink.start()
             raw_circuit = CircuitBreaker(raw_sink, settings.sink_retry, dead_letter_alert(settings.topic_alerts),
                                          wait=consumer.wait_paused)
-        try:
-            async for records in consumer.batches(settings.stream_batch):
-                RECORDS_RECEIVED.labels("normalize").inc(len(records))
-                # critical work holds this process's bulk stages back while it runs (streams/priority.py)
-                with gate.holding(len(records)) if critical else contextlib.nullcontext():
-                    # in chunks: sending one (an await) gives the loop its turn and bounds what is held
-                    for result in iter_process_records(
-                            records, partitions=settings.topic_partitions, default_tenant=settings.default_tenant,
-                            max_payload_bytes=settings.max_payload_bytes, rules=rules,
-                            max_age_ms=int(settings.record_max_age_s * 1000), throttle=throttle,
-                            clock_s=time.monotonic(), limits=limits, chunk_max_ms=settings.normalizer_chunk_max_ms,
-                            chunk_max_output_bytes=settings.normalizer_chunk_max_output_bytes):
-                        raw_rows = raw_rows_for(result.records, result.dead_letters, raw_policy,
-                                                default_tenant=settings.default_tenant) if raw_circuit is not None else []
-                        await asyncio.gather(emit(result), raw_circuit.write(RawBatch(raw_rows)) if raw_rows else asyncio.sleep(0))
-                    await consumer.commit(records)  # only after the broker acked every chunk's output
-                if not critical:
-                    await gate.wait_idle()  # let critical work in flight go first
-        finally:
-            await consumer.stop()
-            if raw_sink is not None:
-                await raw_sink.close()
+        async with sinks.use(*([raw_sink] if raw_sink is not None else [])):
+            await consumer.start()
+            try:
+                await normalize_batches(consumer, critical, throttle, raw_circuit)
+            finally:
+                await consumer.stop()
+
+    async def normalize_batches(consumer: BatchConsumer, critical: bool, throttle: ConsumerThrottle | None,
+                                raw_circuit: CircuitBreaker[RawBatch] | None) -> None:
+        async for records in consumer.batches(settings.stream_batch):
+            RECORDS_RECEIVED.labels("normalize").inc(len(records))
+            # critical work holds this process's bulk stages back while it runs (streams/priority.py)
+            with gate.holding(len(records)) if critical else contextlib.nullcontext():
+                # in chunks: sending one (an await) gives the loop its turn and bounds what is held
+                for result in iter_process_records(
+                        records, partitions=settings.topic_partitions, default_tenant=settings.default_tenant,
+                        max_payload_bytes=settings.max_payload_bytes, rules=rules,
+                        max_age_ms=int(settings.record_max_age_s * 1000), throttle=throttle,
+                        clock_s=time.monotonic(), limits=limits, chunk_max_ms=settings.normalizer_chunk_max_ms,
+                        chunk_max_output_bytes=settings.normalizer_chunk_max_output_bytes):
+                    raw_rows = raw_rows_for(result.records, result.dead_letters, raw_policy,
+                                            default_tenant=settings.default_tenant) if raw_circuit is not None else []
+                    await asyncio.gather(emit(result), raw_circuit.write(RawBatch(raw_rows)) if raw_rows else asyncio.sleep(0))
+                await consumer.commit(records)  # only after the broker acked every chunk's output
+            if not critical:
+                await gate.wait_idle()  # let critical work in flight go first
 
     @app.task
     async def normalize() -> None:
@@ -263,17 +293,11 @@ def create_app(settings: Settings) -> faust.App:
             exactly after a fix: to the input topic for Postgres (normalized as it is, not again),
             to the stored-alerts topic for the search store (its dedup state is already written)."""
             failpoints.hit("dedup.dead_letter")
-            DLQ_RECORDS.labels("sink_rejected").inc()
-            fut = await dlq_topic.send(key=item.alert.fingerprint.encode(), value=_encode_json(item), force=True, headers={
-                "provider": CANONICAL_PROVIDER.encode(), "tenant": item.alert.tenant.encode(),
-                "dlq_reason": b"sink_rejected", "dlq_detail": reason[:2000].encode(),
-                "dlq_topic": replay_to.encode(), "dlq_alert_uid": item.uid.encode(),
-                "dlq_first_failure_ms": str(int(time.time() * 1000)).encode(), "dlq_attempts": b"1",
-            })
-            await fut
+            DLQ_RECORDS.labels(SINK_REJECTED).inc()
+            await (await send_routed(router.dead_letter_alert(
+                key=item.alert.fingerprint.encode(), value=_encode_json(item), tenant=item.alert.tenant, uid=item.uid,
+                provider=CANONICAL_PROVIDER, detail=reason, replay_to=replay_to, now_ms=int(time.time() * 1000))))
         return dead_letter
-
-    postgres = PostgresSink(settings.require_database_url(), pool_size=settings.db_pool_size)
 
     async def deduplicate_stream(stream, stage: str, critical: bool) -> None:  # noqa: ANN001 - a Faust stream
         # blocking this agent is the backpressure: Faust stops fetching once its buffers are full
@@ -353,8 +377,7 @@ def create_app(settings: Settings) -> faust.App:
         """A record a stage cannot read: its bytes and headers to the DLQ, named by its position."""
         DLQ_RECORDS.labels(reason).inc()
         log.error("DLQ %s[%d]@%d: %s (%s)", record.topic, record.partition, record.offset, reason, detail[:200])
-        await (await dlq_topic.send(key=record.key, value=record.value or b"", headers=dead_letter_headers(
-            DeadLetter(record, reason, detail), int(time.time() * 1000)), force=True))
+        await (await send_routed(router.dead_letter(record, reason, detail, int(time.time() * 1000))))
 
     # Faust's view of where each partition resumes (set when it seeks to the committed offsets)
     offsets = OffsetTracker(lambda tp: app.consumer._committed_offset.get(tp))
@@ -430,19 +453,18 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(normalized_topic, name="deduplicate")
     async def deduplicate(stream):  # noqa: ANN001
-        await postgres.start()
         try:
-            await deduplicate_stream(stream, "deduplicate", critical=False)
+            async with sinks.use(postgres):
+                await deduplicate_stream(stream, "deduplicate", critical=False)
         finally:
-            await postgres.close()
             await asyncio.to_thread(changelog.close)  # a bounded flush; every checkpoint already waited for its records
 
     @app.agent(critical_topic, name="deduplicate-critical")
     async def deduplicate_critical(stream):  # noqa: ANN001
         """The same stage for critical alerts, on their own co-partitioned topic and agent: it
         shares the dedup table, so an identity has one state whatever its severity."""
-        await postgres.ready.wait()
-        await deduplicate_stream(stream, "deduplicate-critical", critical=True)
+        async with sinks.use(postgres):
+            await deduplicate_stream(stream, "deduplicate-critical", critical=True)
 
     seen_totals: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])  # (tenant, provider) → [seen, duplicates]
 
@@ -474,53 +496,60 @@ def create_app(settings: Settings) -> faust.App:
         async def index() -> None:
             """The search sink as its own consumer of stored alerts: a slow or down search
             store shows as this consumer's lag, and never holds back Postgres."""
-            search = build_search_sink(settings)
-            await search.start()
+            search = sinks.add(build_search_sink(settings))
             consumer = BatchConsumer(settings, group_id=f"{settings.app_id}-index", topic=settings.topic_stored)
+            # throttled documents: tried again with the shared backoff, then parked on a retry topic
             circuit = CircuitBreaker(search, settings.sink_retry, dead_letter_alert(settings.topic_stored), wait=consumer.wait_paused,
-                                     retry_later=index_later)
-            await consumer.start()
-            try:
-                async for records in consumer.batches(settings.index_batch):
-                    RECORDS_RECEIVED.labels("index").inc(len(records))
-                    batch = WriteBatch()
-                    for record in records:
-                        try:
-                            if record.headers.get("provider") == CANONICAL_PROVIDER.encode():  # replayed from the DLQ
-                                batch.stored.append(_decode_canonical(record.value or b""))
-                            else:
-                                batch.stored.extend(unpack(record.value))
-                        except msgspec.DecodeError as exc:  # foreign bytes on the internal topic
-                            await dead_letter_record(record, reason="undecodable", detail=f"{type(exc).__name__}: {exc}")
-                    await circuit.write(batch)
-                    await consumer.commit(records)
-            finally:
-                await consumer.stop()
-                await search.close()
+                                     retry_later=index_later, throttle_retries=settings.search_throttle_retries)
+            async with sinks.use(search):
+                await consumer.start()
+                try:
+                    await index_batches(consumer, circuit)
+                finally:
+                    await consumer.stop()
 
-    topics_by_name: dict[str, faust.TopicT] = {}
-
-    def topic_named(name: str) -> faust.TopicT:
-        if name not in topics_by_name:
-            topics_by_name[name] = app.topic(name)
-        return topics_by_name[name]
+        async def index_batches(consumer: BatchConsumer, circuit: CircuitBreaker[WriteBatch]) -> None:
+            async for records in consumer.batches(settings.index_batch):
+                RECORDS_RECEIVED.labels("index").inc(len(records))
+                batch = WriteBatch()
+                retried_from.clear()
+                for record in records:
+                    try:
+                        if record.headers.get(PROVIDER) == CANONICAL_PROVIDER.encode():  # replayed from the DLQ
+                            batch.stored.append(_decode_canonical(record.value or b""))
+                        else:
+                            items = unpack(record.value)
+                            batch.stored.extend(items)
+                            if record.headers.get(ATTEMPTS):  # back from a retry tier: it keeps its count
+                                retried_from.update((item.uid, record.headers) for item in items)
+                    except Exception as exc:  # foreign bytes on the internal topic: dead-lettered; the rest fails the batch
+                        verdict = INDEX_CLASSIFIER.classify(exc)
+                        if verdict.transient:
+                            raise
+                        await dead_letter_record(record, reason=verdict.reason, detail=verdict.detail)
+                await circuit.write(batch)
+                await consumer.commit(records)
 
     async def park(value: bytes, headers: dict[str, bytes], *, source: str, partition: int, offset: int,
                    error: Exception | str, target: str) -> None:
         """A record that failed transiently: to the retry tier for its attempt, or the DLQ after the last."""
-        headers = retry_headers(headers, source=source, partition=partition, offset=offset, error=error,
-                                target=target, now_ms=int(time.time() * 1000))
-        route = route_for(headers, settings)
-        if route.dead:
-            headers["dlq_reason"] = b"retries_exhausted"
-            DLQ_RECORDS.labels("retries_exhausted").inc()
+        routed = router.retry(value=value, headers=headers, source=source, partition=partition, offset=offset,
+                              error=error, target=target, now_ms=int(time.time() * 1000))
+        if routed.role is Role.DEAD_LETTER:
+            DLQ_RECORDS.labels(RETRIES_EXHAUSTED).inc()
         else:
-            RETRIES.labels(route.topic).inc()
-        await (await topic_named(route.topic).send(value=value, headers=headers, force=True))
+            RETRIES.labels(routed.topic).inc()
+        await (await send_routed(routed))
+
+    retried_from: dict[str, dict[str, bytes]] = {}  # this index batch: alert uid → the retry record it came back on
 
     async def index_later(batch: WriteBatch, error: Exception) -> None:
-        for blob in pack(batch.stored, settings.packed_record_max_bytes):
-            await park(blob, {}, source=settings.topic_stored, partition=-1, offset=-1, error=error, target=settings.topic_stored)
+        """Still throttled: parked again with the failure headers it came back with (none on a first
+        failure), so its attempts count up to the DLQ (`retries_exhausted`) instead of starting over."""
+        for headers, alerts in by_origin(batch.stored, retried_from, lambda item: item.uid):
+            for blob in pack(alerts, settings.packed_record_max_bytes):
+                await park(blob, headers, source=settings.topic_stored, partition=-1, offset=-1, error=error,
+                           target=settings.topic_stored)
 
     def retry_forwarder(tier: int, topic: str, delay_s: float):  # noqa: ANN202
         async def forward() -> None:
@@ -532,7 +561,7 @@ def create_app(settings: Settings) -> faust.App:
                     for record in records:
                         if (wait := due_in_s(record.timestamp_ms, delay_s)) > 0:
                             await consumer.wait_paused(wait)
-                        target = record.headers.get(TARGET, settings.topic_alerts.encode()).decode()
+                        target = retry_target_of(record.headers, settings.topic_alerts)
                         await (await topic_named(target).send(key=record.key, value=record.value,
                                                               headers=record.headers, force=True))
                     await consumer.commit(records)

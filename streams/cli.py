@@ -79,6 +79,7 @@ def _cmd_dedup_suggest(args: argparse.Namespace, settings: Settings) -> int:
 
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+    from core.errors import PROVIDER, TENANT
     from schemas.adaptive import AdaptiveLearner, to_rules_yaml
     from schemas.rules import load_rules
 
@@ -98,7 +99,7 @@ def _cmd_dedup_suggest(args: argparse.Namespace, settings: Settings) -> int:
                 if m.error() or not m.value():
                     continue
                 headers = {k: v.decode(errors="replace") for k, v in (m.headers() or []) if v is not None}
-                learner.observe_record(headers.get("provider"), headers.get("tenant") or settings.default_tenant, m.value())
+                learner.observe_record(headers.get(PROVIDER), headers.get(TENANT) or settings.default_tenant, m.value())
                 seen += 1
     finally:
         consumer.close()

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 from agents.deduplicator import PackedRecord, StageTwoPlan, plan_batch
 from agents.normalizer import RawRecord
+from core.errors import UNDECODABLE
 from schemas.rules import RuleSet
 from sinks.base import WriteBatch
 from streams.failpoints import FailPoints
@@ -192,7 +193,7 @@ class DeduplicateStage:
             durable.create_task(self._hand_off(plan))
             for record, why in plan.undecodable:
                 raw = RawRecord(self.topic, record.partition, record.offset, 0, None, record.value, {})
-                durable.create_task(self._dead_letter_record(raw, reason="undecodable", detail=why))
+                durable.create_task(self._dead_letter_record(raw, reason=UNDECODABLE, detail=why))
         self._failpoints.hit("dedup.state")
         await self._store.checkpoint(self._state_changes(plan, records))
 

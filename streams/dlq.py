@@ -1,7 +1,7 @@
 """The dead-letter topic: read, select, inspect and replay its records (`alertstream dlq`).
 
 A DLQ record is the original record (key, value bytes, headers) plus the `dlq_*` headers of
-`agents.normalizer.dead_letter_headers`. Reading assigns every partition of the topic directly
+the error router (`core.errors.ErrorRouter.dead_letter`). Reading assigns every partition of the topic directly
 (no consumer-group join, nothing committed) from the beginning or from the offsets of a start time,
 and stops when every partition has reached its end. Replaying re-produces the original value and
 headers, without the failure's `dlq_*` headers, to the topic the record came from.
@@ -24,15 +24,22 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from core.errors import (
+    ATTEMPTS,
+    DEFAULT_PROVIDER,
+    DETAIL,
+    DLQ_PREFIX,
+    FIRST_FAILURE,  # noqa: F401 - part of this module's vocabulary (tests read dlq.FIRST_FAILURE)
+    KEPT_ON_REPLAY,
+    PROVIDER,
+    REASON,
+    REPLAYED_FROM,
+    SOURCE_OFFSET,
+    SOURCE_PARTITION,
+    SOURCE_TOPIC,
+    TENANT,
+)
 from streams.settings import Settings
-
-DLQ_PREFIX = "dlq_"
-REPLAYED_FROM = "dlq_replayed_from"
-ATTEMPTS = "dlq_attempts"
-FIRST_FAILURE = "dlq_first_failure_ms"
-# the failure's history travels with a replayed record; the rest of dlq_* describes one failure
-KEPT_ON_REPLAY = (FIRST_FAILURE,)
-DEFAULT_PROVIDER = "keep"  # schemas.normalizers.DEFAULT_PROVIDER: no `provider` header means Keep's generic alert
 
 Header = tuple[str, bytes | None]
 
@@ -66,16 +73,16 @@ class DeadLetterRecord:
 
     @property
     def reason(self) -> str:
-        return self.header("dlq_reason") or "(none)"
+        return self.header(REASON) or "(none)"
 
     @property
     def detail(self) -> str:
-        return self.header("dlq_detail") or ""
+        return self.header(DETAIL) or ""
 
     @property
     def source(self) -> str:
         """topic/partition@offset of the original record."""
-        return f"{self.header('dlq_topic') or '?'}/{self.header('dlq_partition') or '?'}@{self.header('dlq_offset') or '?'}"
+        return f"{self.header(SOURCE_TOPIC) or '?'}/{self.header(SOURCE_PARTITION) or '?'}@{self.header(SOURCE_OFFSET) or '?'}"
 
     @property
     def attempts(self) -> int:
@@ -85,10 +92,10 @@ class DeadLetterRecord:
             return 1
 
     def provider(self) -> str:
-        return self.header("provider") or DEFAULT_PROVIDER
+        return self.header(PROVIDER) or DEFAULT_PROVIDER
 
     def tenant(self, default_tenant: str) -> str:
-        return self.header("tenant") or default_tenant
+        return self.header(TENANT) or default_tenant
 
 
 # ---------------------------------------------------------------------------------------- selection
@@ -224,8 +231,8 @@ def record_json(record: DeadLetterRecord, default_tenant: str) -> dict[str, Any]
         "provider": record.provider(), "tenant": record.tenant(default_tenant),
         "size": len(record.value),
         "key": None if record.key is None else record.key.decode(errors="backslashreplace"),
-        "source": {"topic": record.header("dlq_topic"), "partition": source_int("dlq_partition"),
-                   "offset": source_int("dlq_offset")},
+        "source": {"topic": record.header(SOURCE_TOPIC), "partition": source_int(SOURCE_PARTITION),
+                   "offset": source_int(SOURCE_OFFSET)},
         "attempts": record.attempts,
         "replayed_from": record.header(REPLAYED_FROM),
         "headers": [[k, None if v is None else v.decode(errors="backslashreplace")] for k, v in record.headers],
@@ -516,7 +523,7 @@ def replay(settings: Settings, records: Iterable[DeadLetterRecord], *, to: str |
         return known_topics[name]
 
     for record in records:
-        target = to or record.header("dlq_topic")
+        target = to or record.header(SOURCE_TOPIC)
         if not target:
             report.fail(record, "no dlq_topic header: pass --to")
             continue

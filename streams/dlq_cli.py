@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from typing import Any
 
+from core.errors import FIRST_FAILURE
 from streams import dlq
 from streams.settings import Settings
 
@@ -200,7 +201,7 @@ def format_show(record: dlq.DeadLetterRecord, default_tenant: str, max_bytes: in
     width = max((len(k) for k, _ in record.headers), default=0)
     for name, value in record.headers:
         text = "(null)" if value is None else value.decode(errors="backslashreplace")
-        if name == dlq.FIRST_FAILURE and text.isdigit():
+        if name == FIRST_FAILURE and text.isdigit():
             text += f"  ({dlq.iso(int(text))})"
         lines.append(f"  {dlq.one_line(name, 80):<{width}}  {dlq.one_line(text, 4000)}")
     kind, body = dlq.render_value(record.value, max_bytes)

@@ -4,60 +4,42 @@ A record that failed for a transient reason is parked on the tier for its attemp
 tier's forwarder sends it back to its target topic once its delay has passed. After the last
 tier it goes to the DLQ with reason `retries_exhausted`. Waiting pauses the tier's partitions
 (no hot loop), and records of a tier are due in order because they all wait the same delay.
+Which tier, and every header, is the error router's (core/errors.py); this module names the
+configured topics and times the delays.
 """
 
 from __future__ import annotations
 
-import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
+from core.errors import ATTEMPTS, ErrorRouter
 from streams.settings import Settings
 
-log = logging.getLogger(__name__)
-
-# headers every retried record carries (the DLQ uses the same names)
-ATTEMPT = "dlq_attempts"
-FIRST_FAILURE = "dlq_first_failure_ms"
-TARGET = "retry_target"
+T = TypeVar("T")
 
 
 def tier_topics(settings: Settings) -> list[str]:
     return [f"{settings.topic_retry_prefix}{i}" for i in range(1, len(settings.retry_delays_s) + 1)]
 
 
-def retry_headers(original: dict[str, bytes], *, source: str, partition: int, offset: int, error: Exception | str,
-                  target: str, now_ms: int) -> dict[str, bytes]:
-    """Headers of the next attempt: what failed, where the record came from, how often it was tried."""
-    attempt = int(original.get(ATTEMPT, b"0") or 0) + 1
-    error_class = type(error).__name__ if isinstance(error, Exception) else "Error"
-    headers = dict(original)
-    headers.update({
-        ATTEMPT: str(attempt).encode(),
-        FIRST_FAILURE: original.get(FIRST_FAILURE) or str(now_ms).encode(),
-        TARGET: target.encode(),
-        "dlq_topic": original.get("dlq_topic") or source.encode(),
-        "dlq_partition": original.get("dlq_partition") or str(partition).encode(),
-        "dlq_offset": original.get("dlq_offset") or str(offset).encode(),
-        "dlq_error_class": error_class.encode(),
-        "dlq_detail": str(error)[:2000].encode(),
-    })
-    return headers
+def error_router(settings: Settings) -> ErrorRouter:
+    """The error router for the configured dead-letter topic and retry tiers."""
+    return ErrorRouter(settings.topic_dlq, tuple(tier_topics(settings)))
 
 
-@dataclass(frozen=True)
-class Route:
-    topic: str  # where the record goes now
-    dead: bool  # True: the DLQ, retries exhausted
-
-
-def route_for(headers: dict[str, bytes], settings: Settings) -> Route:
-    """The tier for the record's attempt number, or the DLQ after the last one."""
-    attempt = int(headers.get(ATTEMPT, b"1"))
-    tiers = tier_topics(settings)
-    if attempt > len(tiers):
-        return Route(settings.topic_dlq, dead=True)
-    return Route(tiers[attempt - 1], dead=False)
+def by_origin(items: list[T], origin: Mapping[str, Mapping[str, bytes]], uid: Callable[[T], str]
+              ) -> list[tuple[dict[str, bytes], list[T]]]:
+    """`items` grouped by the headers of the retry record each came back on (`origin`: uid →
+    headers), `{}` for items failing for the first time, in order of first appearance: parked
+    again with those headers, each group climbs from its own attempt count toward the DLQ."""
+    groups: dict[int, tuple[dict[str, bytes], list[T]]] = {}
+    for item in items:
+        headers = origin.get(uid(item))
+        headers = headers if headers is not None and headers.get(ATTEMPTS) else {}
+        groups.setdefault(id(headers) if headers else 0, (dict(headers), []))[1].append(item)
+    return list(groups.values())
 
 
 def due_in_s(record_timestamp_ms: int, delay_s: float, now_ms: int | None = None) -> float:

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import orjson
 
+from core.errors import DEFAULT_PROVIDER
 from schemas.alert import Alert
 from schemas.normalizers.base import (
     DEFAULT_LIMITS,
@@ -32,7 +33,7 @@ Normalizer = Callable[[Any, NormalizeContext], list[Alert]]
 
 # provider name (the `provider` header, the gateway's path) → module in this package
 PROVIDER_MODULES: dict[str, str] = {
-    "keep": "generic",
+    DEFAULT_PROVIDER: "generic",  # "keep": Keep's generic alert, also what no `provider` header means
     "prometheus": "alertmanager",
     "alertmanager": "alertmanager",
     "grafana": "grafana",
@@ -42,7 +43,6 @@ PROVIDER_MODULES: dict[str, str] = {
     "sentry": "sentry",
     "zabbix": "zabbix",
 }
-DEFAULT_PROVIDER = "keep"
 # written by alertstream itself (a dead-lettered canonical alert, replayed): no public path for it
 INTERNAL_PROVIDER_MODULES: dict[str, str] = {"alertstream": "canonical"}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.errors import DEFAULT_PROVIDER
 from schemas.alert import SEVERITIES, STATUSES, Alert
 from schemas.normalizers.base import (
     InvalidPayload,
@@ -67,8 +68,8 @@ def _one(item: dict[str, Any], ctx: NormalizeContext) -> Alert:
         status=status,
         severity=severity,
         tenant=ctx.tenant,
-        provider_type="keep",
-        source=source or ["keep"],
+        provider_type=DEFAULT_PROVIDER,
+        source=source or [DEFAULT_PROVIDER],
         labels=string_map(item.get("labels"), "labels"),
         extra=extra,
     )

@@ -18,7 +18,7 @@ import httpx
 import orjson
 import pytest
 
-from streams.retry import TARGET
+from core.errors import RETRY_TARGET as TARGET
 from streams.topics import ensure_topics
 from tests.conftest import free_port, isolated, wait_until
 from tests.integration.gateway_support import (

@@ -10,7 +10,6 @@ import pytest
 
 from agents.normalizer import DeadLetter, RawRecord
 from sinks.base import CircuitBreaker
-from sinks.postgres import PostgresSink
 from sinks.raw_storage import RawBatch, RawPolicy, RawSink, raw_rows_for
 from streams.settings import RetryConfig
 
@@ -40,7 +39,7 @@ async def test_raw_rows_are_written_once_and_errors_are_findable(dsn: str, db: a
     rows = raw_rows_for(records, letters, policy, default_tenant="default")
     assert len(rows) == 51
 
-    sink = RawSink(PostgresSink(dsn, pool_size=1))
+    sink = RawSink(dsn, pool_size=1)
     await sink.start()
     try:
         async def no_dead_letters(item, reason):  # noqa: ANN001, ANN202

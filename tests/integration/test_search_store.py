@@ -185,18 +185,30 @@ def test_429s_are_retried_with_backoff_and_nothing_is_lost(search_settings: Sett
     proxy = ThrottlingProxy(search_settings.search_url, bulk_429s=2, item_429s=2)
     batch = WriteBatch(stored=[alert(n) for n in range(20)])
 
+    waits: list[float] = []
+
+    async def wait(seconds: float) -> None:
+        waits.append(seconds)
+        await asyncio.sleep(seconds)
+
+    async def never(*_) -> None:  # noqa: ANN002
+        raise AssertionError("nothing is still throttled after the retries")
+
     async def run() -> None:
         url = await start(proxy)
         sink = await _with_sink(search_settings, url)
         try:
-            assert await sink.write(batch) == 20  # 2 whole-request 429s, then 2 responses with a throttled document
+            # the sink sends one request per write; the breaker's shared backoff retries the throttled part
+            await CircuitBreaker(sink, search_settings.sink_retry, never, wait=wait, retry_later=never,
+                                 throttle_retries=search_settings.search_throttle_retries).write(batch)
         finally:
             await sink.close()
             for r in runners:
                 await r.cleanup()
 
     asyncio.run(run())
-    assert proxy.bulk_requests == 5
+    assert proxy.bulk_requests == 5  # 2 whole-request 429s, then 2 responses with a throttled document, then the last one
+    assert len(waits) == 4
     assert asyncio.run(_count(search_settings)) == 20
 
 
@@ -214,10 +226,11 @@ def test_documents_still_throttled_after_the_retries_are_handed_back_not_dropped
         url = await start(proxy)
         sink = await _with_sink(settings, url)
         try:
-            with pytest.raises(RejectedAlerts) as info:
+            with pytest.raises(RejectedAlerts) as info:  # one request, no retries of the sink's own
                 await sink.write(batch)
-            assert not info.value.rejected and len(info.value.retry.stored) == 5
-            await CircuitBreaker(sink, settings.sink_retry, lambda *_: None, retry_later=retry_later).write(batch)
+            assert not info.value.rejected and len(info.value.retry.stored) == 5 and proxy.bulk_requests == 1
+            await CircuitBreaker(sink, settings.sink_retry, lambda *_: None, retry_later=retry_later,
+                                 throttle_retries=settings.search_throttle_retries).write(batch)
         finally:
             await sink.close()
             for r in runners:
@@ -225,6 +238,7 @@ def test_documents_still_throttled_after_the_retries_are_handed_back_not_dropped
 
     asyncio.run(run())
     assert [len(b.stored) for b in parked] == [5]
+    assert proxy.bulk_requests == 3  # the sink's one, then the breaker's first attempt and its one retry
 
 
 def test_elasticsearch_flavour_on_a_store_without_ilm_or_flattened_falls_back_and_says_so(search_settings: Settings) -> None:

@@ -131,3 +131,75 @@ def test_circuit_state_metric_ends_closed(outages: int) -> None:
     sink, rec = ScriptedSink(outages=outages), Recorder()
     asyncio.run(breaker(sink, rec).write(batch("x")))
     assert REGISTRY.get_sample_value("alertstream_sink_circuit_state", {"sink": "scripted"}) == 0
+
+
+def test_throttled_documents_are_retried_by_the_breaker_then_handed_to_a_retry_topic() -> None:
+    class AlwaysThrottled(ScriptedSink):
+        async def write(self, b: WriteBatch) -> int:
+            self.attempts += 1
+            raise RejectedAlerts({}, WriteBatch([a for a in b.stored]))
+
+    parked: list[list[str]] = []
+
+    async def retry_later(b: WriteBatch, exc: Exception) -> None:
+        parked.append([a.uid for a in b.stored])
+
+    sink, rec = AlwaysThrottled(), Recorder()
+    cb = CircuitBreaker(sink, RETRY, rec.dead_letter, wait=rec.wait, retry_later=retry_later, throttle_retries=2)
+    asyncio.run(cb.write(batch("a", "b")))
+    assert sink.attempts == 3 and len(rec.waits) == 2  # the first try and two retries, with the shared backoff
+    assert parked == [["a", "b"]] and cb.state is CircuitState.CLOSED
+
+
+def test_throttled_documents_written_on_a_retry_are_not_parked() -> None:
+    parked: list[WriteBatch] = []
+
+    async def retry_later(b: WriteBatch, exc: Exception) -> None:
+        parked.append(b)
+
+    sink, rec = ScriptedSink(throttled_once={"b"}), Recorder()
+    asyncio.run(CircuitBreaker(sink, RETRY, rec.dead_letter, wait=rec.wait, retry_later=retry_later,
+                               throttle_retries=1).write(batch("a", "b")))
+    assert sorted(sink.written) == ["a", "b"] and parked == [] and len(rec.waits) == 1
+
+
+def test_give_up_after_raises_the_outage_instead_of_probing_forever() -> None:
+    sink, rec = ScriptedSink(outages=10), Recorder()
+    cb = CircuitBreaker(sink, RETRY, rec.dead_letter, wait=rec.wait, give_up_after=3)
+    with pytest.raises(ConnectionRefusedError):
+        asyncio.run(cb.write(batch("a")))
+    assert sink.attempts == 3 and len(rec.waits) == 2
+    assert cb.state is CircuitState.CLOSED  # a job that gave up leaves no open circuit behind (readiness)
+
+
+def test_a_raw_batch_is_never_bisected_and_every_failure_is_retried() -> None:
+    from sinks.raw_storage import RawBatch
+
+    class RawScripted:
+        name = "raw-scripted"
+
+        def __init__(self) -> None:
+            self.calls: list[int] = []
+
+        def is_permanent(self, exc: Exception) -> bool:
+            return True  # even a sink calling a failure permanent: no row can be refused alone
+
+        async def write(self, b: RawBatch) -> int:
+            self.calls.append(b.size)
+            if len(self.calls) < 3:
+                raise ValueError("refused")
+            return b.size
+
+    sink, rec = RawScripted(), Recorder()
+    cb: CircuitBreaker[RawBatch] = CircuitBreaker(sink, RETRY, rec.dead_letter, wait=rec.wait)
+    asyncio.run(cb.write(RawBatch([("r1",), ("r2",), ("r3",)])))
+    assert sink.calls == [3, 3, 3] and rec.letters == [] and len(rec.waits) == 2
+
+
+def test_write_batch_without_keeps_the_duplicates_sightings() -> None:
+    b = batch("a", "b", duplicates=2)
+    rest = b.without({"a"})
+    assert [a.uid for a in rest.stored] == ["b"]
+    assert sorted(s.fingerprint for s in rest.sightings) == ["b", "dup0", "dup1"]
+    assert not rest.is_empty() and WriteBatch([], rest.sightings[1:]).size == 0
+    assert WriteBatch().is_empty()

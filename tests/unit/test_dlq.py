@@ -9,7 +9,8 @@ from datetime import datetime, timezone
 import orjson
 import pytest
 
-from agents.normalizer import DeadLetter, RawRecord, dead_letter_headers
+from agents.normalizer import RawRecord
+from core.errors import ErrorRouter
 from streams import dlq, dlq_cli
 from streams.settings import Settings
 
@@ -19,10 +20,10 @@ SETTINGS = Settings(kafka_bootstrap="unused:9092", topic_dlq="alerts.dlq", topic
 
 def letter(reason: str = "unknown_provider", *, value: bytes = b'{"name": "x"}', headers: dict[str, bytes] | None = None,
            partition: int = 2, offset: int = 17, timestamp_ms: int = NOW, source_offset: int = 40) -> dlq.DeadLetterRecord:
-    """A DLQ record exactly as the worker writes it (agents.normalizer.dead_letter_headers)."""
+    """A DLQ record exactly as the worker writes it (core.errors.ErrorRouter.dead_letter)."""
     raw = RawRecord("alerts", 1, source_offset, timestamp_ms - 5, b"key", value,
                     {"provider": b"generic-v2", "tenant": b"acme"} if headers is None else headers)
-    written = dead_letter_headers(DeadLetter(raw, reason, f"no normalizer for {reason}"), timestamp_ms)
+    written = ErrorRouter("alerts.dlq", ()).dead_letter(raw, reason, f"no normalizer for {reason}", timestamp_ms).headers
     return dlq.DeadLetterRecord("alerts.dlq", partition, offset, timestamp_ms, raw.key, value, list(written.items()))
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from agents.normalizer import RawRecord, process_records
-from agents.throttle import THROTTLED, ConsumerThrottle, parked_headers
-from streams.retry import ATTEMPT, TARGET
+from agents.throttle import ConsumerThrottle
+from core.errors import ATTEMPTS as ATTEMPT, RETRY_TARGET as TARGET, THROTTLED, ErrorRouter
 from streams.settings import RateLimit
 
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "schemas" / "examples"
@@ -57,6 +57,13 @@ def test_off_without_limits_and_invalid_records_still_go_to_the_dlq() -> None:
 
 
 def test_parked_headers_come_back_to_the_source_and_never_count_as_attempts() -> None:
+    router = ErrorRouter("alerts.dlq", ("alerts.retry.1", "alerts.retry.2"))
+
+    def parked_headers(headers: dict[str, bytes], source_topic: str) -> dict[str, bytes]:
+        parked = router.park(key=None, value=b"v", headers=headers, target=source_topic)
+        assert parked.topic == "alerts.retry.1"
+        return parked.headers
+
     headers = parked_headers({"provider": b"zabbix", ATTEMPT: b"1"}, "alerts")
     assert headers[TARGET] == b"alerts" and headers[THROTTLED] == b"1" and headers[ATTEMPT] == b"1"
     assert parked_headers(headers, "alerts")[THROTTLED] == b"2"

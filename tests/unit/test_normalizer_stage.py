@@ -19,12 +19,12 @@ from agents.normalizer import (
     MAX_IDENTITY_BYTES,
     DeadLetter,
     RawRecord,
-    dead_letter_headers,
     normalize_record,
     pack,
     partition_for,
     process_records,
 )
+from core.errors import ErrorRouter
 from schemas.alert import NormalizedAlert, NormalizedBatch
 from schemas.fingerprint import content_hash
 
@@ -281,6 +281,11 @@ def test_pack_of_nothing() -> None:
 
 
 # ---------------------------------------------------------------- DLQ headers
+
+
+def dead_letter_headers(letter: DeadLetter, now_ms: int) -> dict[str, bytes]:
+    """The headers the worker sends a dead letter with (the error router's, core/errors.py)."""
+    return ErrorRouter("alerts.dlq", ("alerts.retry.1",)).dead_letter(letter.record, letter.reason, letter.detail, now_ms).headers
 
 
 def test_dead_letter_headers() -> None:
