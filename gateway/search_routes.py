@@ -27,7 +27,7 @@ from query.federated import BadCursor, Reader, SearchFilter, decode_cursor, enco
 from query.postgres_reader import PostgresReader
 from query.search_reader import SearchReader
 from schemas.alert import SEVERITIES, STATUSES
-from streams.settings import Settings
+from config.settings import Settings
 
 QUERY_SECONDS = Histogram(
     "alertstream_search_query_duration_seconds", "Time to answer one GET /alerts/search page, by tenant.", ["tenant"],

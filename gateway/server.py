@@ -18,7 +18,7 @@ from gateway.producer import GatewayProducer
 from gateway.validation import ValidationPool
 from streams.loop_monitor import PROBE_INTERVAL_S as LOOP_PROBE_INTERVAL_S
 from streams.loop_monitor import watch_event_loop
-from streams.settings import Settings
+from config.settings import Settings
 
 log = logging.getLogger(__name__)
 

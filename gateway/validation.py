@@ -78,7 +78,8 @@ _LIMITS = DEFAULT_LIMITS  # the worker's normalizer limits, set once in a valida
 def validate_body(body: bytes, headers: dict[str, bytes], default_tenant: str, max_payload_bytes: int) -> Outcome:
     """(alert count, record key, any critical) by the pipeline's own stage-one code, or the reason it
     would dead-letter the body. Runs in a validation process."""
-    from agents.normalizer import RawRecord, normalize_record
+    from core.records import RawRecord
+    from pipeline.normalizer import normalize_record
     from schemas.normalizers import InvalidPayload
 
     tenant = headers.get("tenant", b"").decode() or default_tenant
@@ -207,7 +208,7 @@ class ValidationPool:
         self.stats = _Stats()
 
     @classmethod
-    def from_settings(cls, settings) -> "ValidationPool":  # noqa: ANN001 - streams.settings.Settings
+    def from_settings(cls, settings) -> "ValidationPool":  # noqa: ANN001 - config.settings.Settings
         return cls(processes=settings.gateway_validation_processes,
                    timeout_s=settings.gateway_validation_timeout_s,
                    tenant_pending=settings.gateway_validation_tenant_pending,

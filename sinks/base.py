@@ -12,40 +12,15 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Protocol
 
+from config.metrics import CIRCUIT_STATE, SINK_BATCH_SIZE, SINK_ERRORS, SINK_FLUSH_SECONDS, SINK_REJECTED, SINK_WRITTEN
+from config.settings import RetryConfig
+from core.records import RejectedAlerts, WriteBatch
 from schemas.alert import NormalizedAlert
-from streams.metrics import CIRCUIT_STATE, SINK_BATCH_SIZE, SINK_ERRORS, SINK_FLUSH_SECONDS, SINK_REJECTED, SINK_WRITTEN
-from streams.settings import RetryConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class Sighting:
-    """One received alert, duplicates included: it advances `last_alert`.
-
-    `position` is the alert's source position (record offset << 16 | index in the record), ordered
-    within its `flow` (agents/deduplicator.py `sighting_flow`): `last_alert` counts a sighting only
-    past the highest position it counted in that flow, so a sighting sent again after a crash is
-    recognised and not counted twice.
-    """
-
-    tenant: str
-    fingerprint: str
-    received_at_ms: int
-    partition: int  # on the internal topic: where its stored alert is handed to the indexer
-    position: int
-    stored: NormalizedAlert | None  # the alert row this sighting created, if new or changed
-    flow: str
-
-
-@dataclass(slots=True)
-class WriteBatch:
-    stored: list[NormalizedAlert] = field(default_factory=list)
-    sightings: list[Sighting] = field(default_factory=list)
 
 
 class Sink(Protocol):
@@ -62,18 +37,6 @@ class Sink(Protocol):
     def is_permanent(self, exc: Exception) -> bool:
         """True when `exc` means the data can never be written (bisect and dead-letter it)."""
         ...
-
-
-class RejectedAlerts(Exception):
-    """Some alerts of a batch can never be written (bad data); the rest were written or may be retried.
-
-    `rejected` maps alert uid → reason; `retry` is the part of the batch still to write.
-    """
-
-    def __init__(self, rejected: dict[str, str], retry: WriteBatch) -> None:
-        super().__init__(f"{len(rejected)} alerts rejected")
-        self.rejected = rejected
-        self.retry = retry
 
 
 class CircuitState(IntEnum):

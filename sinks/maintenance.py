@@ -25,8 +25,8 @@ from datetime import date, datetime, time, timedelta, timezone
 
 import asyncpg
 
-from streams.settings import Settings
-from streams.periodic import run_periodically
+from config.settings import Settings
+from core.periodic import run_periodically
 
 log = logging.getLogger(__name__)
 

@@ -38,17 +38,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Literal
+from typing import Any, Iterable, Literal, Protocol
 
 import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from core.records import DeadLetter, RawRecord
 from schemas.rules import ANY, PROVIDER_ALIASES, PROVIDERS, check_unique_scopes
-
-if TYPE_CHECKING:
-    from agents.normalizer import DeadLetter, RawRecord
-    from sinks.postgres import PostgresSink
 
 DEFAULT_PROVIDER = "keep"  # a record without a `provider` header is Keep's generic alert
 RAW_COLUMNS = ("id", "received_at", "tenant", "provider_type", "source", "raw", "error")
@@ -349,6 +346,17 @@ class RawBatch:
         return self.rows
 
 
+class RawWriter(Protocol):
+    """What `RawSink` writes through: `sinks.postgres.PostgresSink` (which imports this module for
+    `RAW_COLUMNS`, so this one names it only by shape: the dependency points one way)."""
+
+    async def start(self) -> None: ...
+
+    async def write_raw(self, rows: list[tuple]) -> int: ...
+
+    async def close(self) -> None: ...
+
+
 class RawSink:
     """`alert_raw` writes through a PostgresSink, as a Sink for `sinks.base.CircuitBreaker`.
 
@@ -358,7 +366,7 @@ class RawSink:
 
     name = "postgres_raw"
 
-    def __init__(self, postgres: PostgresSink) -> None:
+    def __init__(self, postgres: RawWriter) -> None:
         self.postgres = postgres
 
     async def start(self) -> None:

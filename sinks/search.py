@@ -22,9 +22,9 @@ from elasticsearch import ApiError, AsyncElasticsearch, BadRequestError, Connect
 from prometheus_client import Counter
 
 from schemas.alert import NormalizedAlert
-from sinks.base import RejectedAlerts, WriteBatch
+from core.records import RejectedAlerts, WriteBatch
 from sinks.search_schema import SchemaReport, install_schema
-from streams.settings import Settings
+from config.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -29,14 +29,16 @@ from faust.transport.producer import ProducerBuffer
 from mode.utils.logging import cry
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from agents.deduplicator import PackedRecord, StageTwoPlan
-from agents.normalizer import DeadLetter, RawRecord, StageOneResult, dead_letter_headers, iter_process_records, pack, unpack
-from agents.throttle import THROTTLED_RECORDS, ConsumerThrottle, parked_headers
+from pipeline.deduplicator import PackedRecord, StageTwoPlan
+from core.records import DeadLetter, RawRecord
+from pipeline.normalizer import StageOneResult, dead_letter_headers, iter_process_records, pack, unpack
+from pipeline.throttle import THROTTLED_RECORDS, ConsumerThrottle, parked_headers
 from schemas.alert import NormalizedAlert
 from schemas.normalizers import NormalizeLimits
 from schemas.normalizers.canonical import PROVIDER as CANONICAL_PROVIDER
 from schemas.rules import load_rules
-from sinks.base import CircuitBreaker, WriteBatch
+from sinks.base import CircuitBreaker
+from core.records import WriteBatch
 from sinks.maintenance import run_maintenance_forever
 from sinks.postgres import PostgresSink
 from sinks.raw_storage import RawBatch, RawPolicy, RawSink, raw_rows_for
@@ -50,8 +52,9 @@ from streams.status_page import install as install_observability
 from streams.priority import PriorityGate
 from streams import stall_watchdog as stall_exit
 from streams.stall_watchdog import EXIT_STALLED, AgentWatchdog, OffsetTracker
-from streams.retry import TARGET, due_in_s, retry_headers, route_for, tier_topics
-from streams.metrics import (
+from core.retry_headers import TARGET
+from streams.retry import due_in_s, retry_headers, route_for, tier_topics
+from config.metrics import (
     ALERTS,
     DEDUP_BATCH_FAILURES,
     DEDUP_BLOOM_SKIPPED_READS,
@@ -63,7 +66,7 @@ from streams.metrics import (
     RECORDS_RECEIVED,
     RETRIES,
 )
-from streams.settings import Settings
+from config.settings import Settings
 from tables.bloom import PartitionBlooms
 from tables.dedup_state import DedupStore, Outcome, make_table
 from tables.hot_cache import HotCache

@@ -1,7 +1,7 @@
 """The dead-letter topic: read, select, inspect and replay its records (`alertstream dlq`).
 
 A DLQ record is the original record (key, value bytes, headers) plus the `dlq_*` headers of
-`agents.normalizer.dead_letter_headers`. Reading assigns every partition of the topic directly
+`pipeline.normalizer.dead_letter_headers`. Reading assigns every partition of the topic directly
 (no consumer-group join, nothing committed) from the beginning or from the offsets of a start time,
 and stops when every partition has reached its end. Replaying re-produces the original value and
 headers, without the failure's `dlq_*` headers, to the topic the record came from.
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from streams.settings import Settings
+from config.settings import Settings
 
 DLQ_PREFIX = "dlq_"
 REPLAYED_FROM = "dlq_replayed_from"

@@ -10,7 +10,7 @@ from collections import Counter
 from typing import Any
 
 from streams import dlq
-from streams.settings import Settings
+from config.settings import Settings
 
 REPLAY_HELP = """\
 Re-produce the selected records' original key, value and headers to the topic they came from

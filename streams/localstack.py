@@ -55,7 +55,7 @@ from streams import engines
 from streams.engines import EngineUnavailable, StackError
 from streams.engines import kafka as kafka_engine
 from streams.engines import search as search_engine
-from streams.settings import Settings
+from config.settings import Settings
 
 SERVICES = ("kafka", "postgres", "search")
 ENV_VARS = {

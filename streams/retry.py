@@ -12,14 +12,10 @@ import logging
 import time
 from dataclasses import dataclass
 
-from streams.settings import Settings
+from config.settings import Settings
+from core.retry_headers import ATTEMPT, FIRST_FAILURE, TARGET
 
 log = logging.getLogger(__name__)
-
-# headers every retried record carries (the DLQ uses the same names)
-ATTEMPT = "dlq_attempts"
-FIRST_FAILURE = "dlq_first_failure_ms"
-TARGET = "retry_target"
 
 
 def tier_topics(settings: Settings) -> list[str]:

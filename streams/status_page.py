@@ -30,7 +30,7 @@ from prometheus_client import REGISTRY
 from streams.health import broker_check, circuit_checks, lag_check, loop_check, report
 from streams.lag import LagMonitor
 from streams.loop_monitor import PROBE_INTERVAL_S as LOOP_PROBE_INTERVAL_S
-from streams.settings import Settings
+from config.settings import Settings
 
 
 def _samples(name: str) -> list:

@@ -17,7 +17,7 @@ import httpx
 from confluent_kafka import Consumer, TopicPartition
 
 from gateway import apikeys
-from streams.settings import Settings
+from config.settings import Settings
 from tests.conftest import REPO, free_port, settings_env
 
 EXAMPLES = REPO / "schemas" / "examples"
@@ -37,7 +37,7 @@ class GatewayProcess:
         self.metrics_url = f"http://127.0.0.1:{settings.gateway_metrics_port}/metrics"
         self.log_path = log_path
         self._log = open(log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "gateway"], cwd=REPO,
+        self.proc = subprocess.Popen([sys.executable, "-m", "cli.main", "gateway"], cwd=REPO,
                                      env=settings_env(settings), stdout=self._log, stderr=subprocess.STDOUT)
         self._wait(ready=wait_ready)
 

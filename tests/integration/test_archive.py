@@ -20,7 +20,7 @@ from sinks.archiver import archive
 from sinks.maintenance import ensure_partition, partitions_of, run_maintenance_on
 from sinks.postgres import alert_rows
 from sinks.search import make_client
-from streams.settings import RetryConfig, Settings
+from config.settings import RetryConfig, Settings
 from tests.integration.test_postgres_maintenance import fresh_database as migrated_database
 
 pytestmark = pytest.mark.integration
@@ -181,7 +181,7 @@ async def test_a_run_stopped_by_a_store_outage_resumes_from_its_checkpoint(env) 
 async def test_archived_alerts_are_found_by_federated_search_exactly_once(env, stack_env) -> None:  # noqa: ANN001
     settings, seeded = env
     # the live indexer has already written the recent alerts and some old ones to the store too
-    from sinks.base import WriteBatch
+    from core.records import WriteBatch
     from sinks.search import SearchSink
 
     sink = SearchSink(make_client(settings.search_url), settings.search_index, settings)
@@ -226,7 +226,7 @@ async def test_alertstream_archive_command(env) -> None:  # noqa: ANN001
 
     settings, seeded = env
     proc = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "streams.cli", "archive", "--older-than-days", "11"], cwd=REPO,
+        subprocess.run, [sys.executable, "-m", "cli.main", "archive", "--older-than-days", "11"], cwd=REPO,
         env=settings_env(settings.model_copy(update={"archive_enabled": False})), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()

@@ -10,7 +10,7 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
-from streams.settings import Settings
+from config.settings import Settings
 from streams.topics import ensure_topics
 from tests.conftest import WorkerProcess, free_port, wait_until
 from tests.integration.test_pipeline_e2e import generic_alert, produce

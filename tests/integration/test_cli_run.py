@@ -25,12 +25,12 @@ import psutil
 import pytest
 
 from streams.demo import count_alerts, demo_records
-from streams.settings import Settings
+from config.settings import Settings
 from tests.conftest import REPO, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
-COMMAND = [sys.executable, "-m", "streams.cli", "run"]
+COMMAND = [sys.executable, "-m", "cli.main", "run"]
 COUNTS = re.compile(r"received (?P<received>\d+)/\d+, new (?P<new>\d+), changed (?P<changed>\d+), "
                     r"duplicates (?P<duplicates>\d+), written (?P<written>\d+) \(search (?P<indexed>\d+)\), "
                     r"DLQ (?P<dlq>\d+)/\d+; rows: (?P<alert_rows>\d+) alert, (?P<last_rows>\d+) last_alert")

@@ -22,7 +22,7 @@ import pytest
 from confluent_kafka import Producer
 
 from streams.dlq import read_topic
-from streams.settings import BatchConfig, Settings
+from config.settings import BatchConfig, Settings
 from streams.topics import ensure_topics
 from tests.conftest import WorkerProcess, free_port, isolated, wait_until
 from tests.integration.test_pipeline_e2e import generic_alert, produce, sql

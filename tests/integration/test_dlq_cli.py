@@ -18,7 +18,7 @@ from confluent_kafka import Producer
 
 from streams import dlq, dlq_cli
 from streams.demo import example
-from streams.settings import Settings
+from config.settings import Settings
 from tests.conftest import REPO, settings_env, wait_until
 
 pytestmark = pytest.mark.integration
@@ -188,7 +188,7 @@ def test_a_record_that_fails_again_shows_how_often_it_was_tried(dead_lettered, p
 def test_command_runs_from_the_environment(dead_lettered, pipeline_settings: Settings) -> None:  # noqa: ANN001
     """As an operator runs it: a fresh process, settings from ALERTSTREAM_* only."""
     harness = ("import argparse, sys\n"
-               "from streams import dlq_cli\nfrom streams.settings import Settings\n"
+               "from streams import dlq_cli\nfrom config.settings import Settings\n"
                "p = argparse.ArgumentParser(prog='alertstream'); dlq_cli.add_parser(p.add_subparsers(dest='command'))\n"
                "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a, Settings()))")
     done = subprocess.run([sys.executable, "-c", harness, "dlq", "list", "--tenant", TENANT, "--reason", "malformed_json"],

@@ -15,7 +15,7 @@ from pydantic import SecretStr
 
 from schemas.alert import Alert, NormalizedAlert
 from sinks.archiver import archive
-from sinks.base import WriteBatch
+from core.records import WriteBatch
 from sinks.maintenance import ensure_partition
 from sinks.postgres import alert_rows
 from sinks.search import SearchSink, make_client

@@ -18,7 +18,7 @@ import httpx
 import orjson
 import pytest
 
-from streams.retry import TARGET
+from core.retry_headers import TARGET
 from streams.topics import ensure_topics
 from tests.conftest import free_port, isolated, wait_until
 from tests.integration.gateway_support import (
@@ -279,7 +279,7 @@ def test_apikey_cli_create_list_revoke(gw, client) -> None:  # noqa: ANN001
     from tests.conftest import REPO, settings_env
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "streams.cli", "apikey", *args], cwd=REPO, env=settings_env(gw.settings),
+        return subprocess.run([sys.executable, "-m", "cli.main", "apikey", *args], cwd=REPO, env=settings_env(gw.settings),
                               capture_output=True, text=True, timeout=60)
     created = cli("create", "--tenant", "gw-cli", "--name", "grafana-prod")
     assert created.returncode == 0, created.stderr

@@ -8,7 +8,7 @@ import orjson
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from streams.settings import BatchConfig
+from config.settings import BatchConfig
 from streams.topics import ensure_topics
 from tests.conftest import WorkerProcess, wait_until
 from tests.integration.test_pipeline_e2e import generic_alert, produce, sql

@@ -28,7 +28,7 @@ from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 from streams import localstack
 from streams.engines import search as search_engine
-from streams.settings import Settings
+from config.settings import Settings
 
 pytestmark = pytest.mark.integration
 

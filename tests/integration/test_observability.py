@@ -24,7 +24,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streams.demo import example
-from streams.settings import Settings
+from config.settings import Settings
 from streams.topics import ensure_topics
 from tests.conftest import REPO, WorkerProcess, free_port, isolated, wait_until
 

@@ -15,7 +15,7 @@ import asyncpg
 import orjson
 import pytest
 
-from sinks.base import Sighting, WriteBatch
+from core.records import Sighting, WriteBatch
 from sinks.keep_import import import_from_keep
 from tests.integration.keep_support import new_keep_database
 from sinks.postgres import PostgresSink
@@ -176,7 +176,7 @@ async def test_reimport_catches_up_with_keep_but_never_overwrites_alertstream_ro
 def test_the_cli_command(keep_dsn: str, dsn: str) -> None:
     """`alertstream migrate-from-keep` as an operator runs it (through sinks.cli's parsers)."""
     code = (
-        "import argparse, sys; from sinks.cli import add_parsers; from streams.settings import Settings\n"
+        "import argparse, sys; from sinks.cli import add_parsers; from config.settings import Settings\n"
         "p = argparse.ArgumentParser(); sub = p.add_subparsers(dest='command', required=True); add_parsers(sub)\n"
         "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a, Settings()))\n"
     )

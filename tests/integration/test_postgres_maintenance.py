@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 
 from schemas.alert import Alert, NormalizedAlert
-from sinks.base import Sighting, WriteBatch
+from core.records import Sighting, WriteBatch
 from sinks.maintenance import (
     LOCK_LAST_ALERT_TTL,
     LOCK_PARTITIONS,
@@ -28,7 +28,7 @@ from sinks.maintenance import (
 )
 from sinks.migrate import migrate
 from sinks.postgres import PostgresSink
-from streams.settings import Settings
+from config.settings import Settings
 
 pytestmark = pytest.mark.integration
 

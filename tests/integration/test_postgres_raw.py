@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from agents.normalizer import DeadLetter, RawRecord
+from core.records import DeadLetter, RawRecord
 from sinks.base import CircuitBreaker
 from sinks.postgres import PostgresSink
 from sinks.raw_storage import RawBatch, RawPolicy, RawSink, raw_rows_for
-from streams.settings import RetryConfig
+from config.settings import RetryConfig
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from schemas.alert import Alert, NormalizedAlert
-from sinks.base import Sighting, WriteBatch
+from core.records import Sighting, WriteBatch
 from sinks.postgres import PostgresSink
 
 pytestmark = pytest.mark.integration

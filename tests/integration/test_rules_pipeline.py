@@ -66,7 +66,7 @@ def test_dedup_suggest_names_the_varying_field(pipeline_settings) -> None:  # no
             body.update(name=f"temperature {i}", fingerprint=f"temp-{i}", reading=reading * 7 + i)
             records.append(("keep", f"t{i}".encode(), orjson.dumps(body)))
     produce(pipeline_settings.require_kafka(), pipeline_settings.topic_alerts, records, tenant="suggest")
-    result = subprocess.run([sys.executable, "-m", "streams.cli", "dedup", "suggest", "--idle-s", "3"], cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "cli.main", "dedup", "suggest", "--idle-s", "3"], cwd=REPO,
                             env=settings_env(pipeline_settings), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "suggest/keep: ignore extra.reading" in result.stderr

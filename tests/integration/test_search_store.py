@@ -11,10 +11,11 @@ import pytest
 from aiohttp import ClientSession, web
 
 from schemas.alert import Alert, NormalizedAlert
-from sinks.base import CircuitBreaker, RejectedAlerts, WriteBatch
+from sinks.base import CircuitBreaker
+from core.records import RejectedAlerts, WriteBatch
 from sinks.search import SearchSink, make_client
 from sinks.search_schema import first_index, template_name
-from streams.settings import RetryConfig, Settings
+from config.settings import RetryConfig, Settings
 
 pytestmark = pytest.mark.integration
 

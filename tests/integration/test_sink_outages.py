@@ -16,7 +16,7 @@ import pytest
 
 from sinks.migrate import migrate
 from streams import localstack
-from streams.settings import RetryConfig, Settings
+from config.settings import RetryConfig, Settings
 from streams.topics import ensure_topics
 from tests.conftest import WorkerProcess, free_port, wait_until
 from tests.integration.test_pipeline_e2e import generic_alert, produce

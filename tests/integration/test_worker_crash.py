@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from streams import localstack
-from streams.settings import BatchConfig, Settings
+from config.settings import BatchConfig, Settings
 from streams.topics import ensure_topics
 from tests.conftest import WorkerProcess, free_port, wait_until
 from tests.integration.test_pipeline_e2e import generic_alert, produce, sql
@@ -131,7 +131,7 @@ def missing_report(settings, dsn: str, tenant: str) -> str:  # noqa: ANN001
     from confluent_kafka import OFFSET_BEGINNING, TopicPartition
     from confluent_kafka import Consumer as KafkaConsumer
 
-    from agents.normalizer import unpack
+    from pipeline.normalizer import unpack
 
     have = {r["fingerprint"] for r in sql(dsn, "SELECT fingerprint FROM alert WHERE tenant = $1", tenant)}
     missing = {f"e2e-{200_000 + i}" for i in range(COUNT)} - have

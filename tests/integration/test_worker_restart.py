@@ -8,7 +8,7 @@ import asyncio
 import asyncpg
 import pytest
 
-from streams.settings import Settings
+from config.settings import Settings
 from streams.topics import ensure_topics
 from tests.conftest import WorkerProcess, free_port, isolated, wait_until
 from tests.integration.test_pipeline_e2e import generic_alert, produce

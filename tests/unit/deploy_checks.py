@@ -13,9 +13,9 @@ from pathlib import Path
 
 import yaml
 
-from streams.cli import build_parser
-from streams.config_reference import PREFIX, env_names, secret_env_names
-from streams.settings import Settings
+from cli.main import build_parser
+from config.reference import PREFIX, env_names, secret_env_names
+from config.settings import Settings
 from tests.conftest import REPO
 
 DEPLOY = REPO / "deploy"

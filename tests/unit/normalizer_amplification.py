@@ -16,7 +16,8 @@ from pathlib import Path
 
 import orjson
 
-from agents.normalizer import RawRecord, pack, process_records
+from core.records import RawRecord
+from pipeline.normalizer import pack, process_records
 
 try:  # the traced run is slower: a CPU budget must not trip there (the limits exist since issue 14)
     from schemas.normalizers.base import NormalizeLimits

@@ -8,8 +8,9 @@ import asyncio
 import pytest
 
 from schemas.alert import Alert, NormalizedAlert
-from sinks.base import CircuitBreaker, CircuitState, RejectedAlerts, Sighting, WriteBatch, split
-from streams.settings import RetryConfig
+from sinks.base import CircuitBreaker, CircuitState, split
+from core.records import RejectedAlerts, Sighting, WriteBatch
+from config.settings import RetryConfig
 
 
 class BadValue(Exception):

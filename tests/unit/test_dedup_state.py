@@ -7,8 +7,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from agents.deduplicator import PackedRecord, plan_batch
-from agents.normalizer import source_position
+from pipeline.deduplicator import PackedRecord, plan_batch
+from pipeline.normalizer import source_position
 from schemas.alert import Alert, NormalizedAlert, NormalizedBatch
 from tables.dedup_state import DedupState, Outcome, decide, state_key
 

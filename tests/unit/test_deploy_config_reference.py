@@ -1,4 +1,4 @@
-"""docs/configuration.md is generated from streams/settings.py and must stay current: a setting
+"""docs/configuration.md is generated from config/settings.py and must stay current: a setting
 added without a description, or without regenerating the reference, fails here."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pydantic import Field
 
-from streams.config_reference import (
+from config.reference import (
     UndocumentedSetting,
     env_names,
     field_groups,
@@ -14,7 +14,7 @@ from streams.config_reference import (
     reference_body,
     update_settings_block,
 )
-from streams.settings import Settings
+from config.settings import Settings
 from tests.conftest import REPO
 
 REFERENCE = REPO / "docs" / "configuration.md"

@@ -88,7 +88,7 @@ def test_exposed_ports_are_the_ones_the_processes_listen_on() -> None:
 
 
 # What the image's processes import: the CLI, the worker's app, the gateway, migrations, the DLQ tools.
-RUNTIME_MODULES = ["streams.cli", "streams.app", "streams.topics", "gateway.app", "gateway.server", "sinks.migrate",
+RUNTIME_MODULES = ["cli.main", "streams.app", "streams.topics", "gateway.app", "gateway.server", "sinks.migrate",
                    "sinks.maintenance", "streams.dlq_cli"]
 
 
@@ -110,7 +110,7 @@ class Removed(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Removed())
 for module in {RUNTIME_MODULES!r}:
     importlib.import_module(module)
-from streams.cli import build_parser
+from cli.main import build_parser
 build_parser().parse_args(["worker"])
 print("ok")
 """

@@ -8,9 +8,9 @@ import re
 
 import pytest
 
-from streams.settings import Settings
-from tests.conftest import REPO
-from streams.cli import build_parser
+from config.settings import Settings
+from tests.conftest import PACKAGES, REPO
+from cli.main import build_parser
 from tests.unit.deploy_checks import VALID_ENV
 
 DOCS = ["architecture.md", "configuration.md", "feature-flags.md", "scaling.md", "troubleshooting.md",
@@ -114,7 +114,7 @@ def test_files_named_in_the_deploy_comments_exist() -> None:
 
 def _metric_names() -> set[str]:
     names: set[str] = set()
-    for package in ("streams", "gateway", "sinks", "tables", "agents"):
+    for package in PACKAGES:
         for path in (REPO / package).rglob("*.py"):
             names |= set(re.findall(r"""["'](alertstream_[a-z0-9_]+)["']""", path.read_text()))
     return names

@@ -9,9 +9,10 @@ from datetime import datetime, timezone
 import orjson
 import pytest
 
-from agents.normalizer import DeadLetter, RawRecord, dead_letter_headers
+from core.records import DeadLetter, RawRecord
+from pipeline.normalizer import dead_letter_headers
 from streams import dlq, dlq_cli
-from streams.settings import Settings
+from config.settings import Settings
 
 NOW = 1_736_935_504_000  # 2025-01-15T10:05:04Z
 SETTINGS = Settings(kafka_bootstrap="unused:9092", topic_dlq="alerts.dlq", topic_alerts="alerts")
@@ -19,7 +20,7 @@ SETTINGS = Settings(kafka_bootstrap="unused:9092", topic_dlq="alerts.dlq", topic
 
 def letter(reason: str = "unknown_provider", *, value: bytes = b'{"name": "x"}', headers: dict[str, bytes] | None = None,
            partition: int = 2, offset: int = 17, timestamp_ms: int = NOW, source_offset: int = 40) -> dlq.DeadLetterRecord:
-    """A DLQ record exactly as the worker writes it (agents.normalizer.dead_letter_headers)."""
+    """A DLQ record exactly as the worker writes it (pipeline.normalizer.dead_letter_headers)."""
     raw = RawRecord("alerts", 1, source_offset, timestamp_ms - 5, b"key", value,
                     {"provider": b"generic-v2", "tenant": b"acme"} if headers is None else headers)
     written = dead_letter_headers(DeadLetter(raw, reason, f"no normalizer for {reason}"), timestamp_ms)

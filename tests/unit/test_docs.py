@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.settings import settings_table
+from config.settings import settings_table
 from tests.conftest import REPO
 
 

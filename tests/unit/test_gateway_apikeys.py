@@ -66,7 +66,7 @@ def test_gateway_settings_from_the_environment() -> None:
     env = {**os.environ, "ALERTSTREAM_GATEWAY_PORT": "18080",
            "ALERTSTREAM_GATEWAY_PROVIDER_RATE_LIMITS": '{"grafana": {"rate_per_s": 2, "burst": 4}}',
            "ALERTSTREAM_GATEWAY_TENANT_RATE_LIMIT__BURST": "9"}
-    code = ("from streams.settings import Settings; s = Settings(); "
+    code = ("from config.settings import Settings; s = Settings(); "
             "print(s.gateway_port, s.gateway_provider_rate_limits['grafana'].burst, s.gateway_tenant_rate_limit.burst, "
             "s.gateway_tenant_rate_limit.rate_per_s, s.gateway_bind)")
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, check=True).stdout

@@ -14,7 +14,7 @@ from gateway.apikeys import KeyStore, key_hash, new_key
 from gateway.app import _auth_failed
 from gateway.auth import AuthError, Tenant
 from gateway.ratelimit import AuthGuard
-from streams.settings import RateLimit
+from config.settings import RateLimit
 
 
 class TableStore(KeyStore):

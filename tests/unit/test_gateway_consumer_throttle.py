@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agents.normalizer import RawRecord, process_records
-from agents.throttle import THROTTLED, ConsumerThrottle, parked_headers
-from streams.retry import ATTEMPT, TARGET
-from streams.settings import RateLimit
+from core.records import RawRecord
+from pipeline.normalizer import process_records
+from pipeline.throttle import THROTTLED, ConsumerThrottle, parked_headers
+from core.retry_headers import ATTEMPT, TARGET
+from config.settings import RateLimit
 
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "schemas" / "examples"
 

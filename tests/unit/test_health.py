@@ -8,12 +8,12 @@ import time
 from prometheus_client import REGISTRY
 
 from schemas.alert import Alert, NormalizedAlert
-from sinks.base import Sighting, WriteBatch
+from core.records import Sighting, WriteBatch
 from streams.health import Check, circuit_checks, lag_check, loop_check, report
 from streams.lag import PartitionLag, watched_groups
 from streams.loop_monitor import LoopHealth
-from streams.metrics import CIRCUIT_STATE, observe_end_to_end
-from streams.settings import Settings
+from config.metrics import CIRCUIT_STATE, observe_end_to_end
+from config.settings import Settings
 from streams.status_page import RateWindow, snapshot
 
 
@@ -95,7 +95,7 @@ def test_end_to_end_latency_from_ingest_and_from_event_time() -> None:
 
 
 def test_snapshot_and_rates() -> None:
-    from streams.metrics import ALERTS, RECORDS_RECEIVED
+    from config.metrics import ALERTS, RECORDS_RECEIVED
 
     window = RateWindow()
     window.sample(now=1000.0)
@@ -112,7 +112,7 @@ def test_snapshot_and_rates() -> None:
 def test_bulk_observe_equals_one_observe_per_value() -> None:
     from prometheus_client import CollectorRegistry, Histogram
 
-    from streams.metrics import LATENCY_BUCKETS, observe_many
+    from config.metrics import LATENCY_BUCKETS, observe_many
 
     registry = CollectorRegistry()
     one_by_one = Histogram("one", "", ["p"], buckets=LATENCY_BUCKETS, registry=registry)

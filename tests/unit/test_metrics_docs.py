@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import PACKAGES, REPO
 
 DOCS = REPO / "docs" / "metrics.md"
 RULES = REPO / "deploy" / "prometheus"
 DASHBOARDS = REPO / "deploy" / "grafana"
-SOURCE_DIRS = ["streams", "agents", "tables", "schemas", "sinks", "gateway", "query", "benchmarks"]
+SOURCE_DIRS = PACKAGES
 LABELS = {"tenant", "provider", "topic", "partition", "group", "sink", "reason", "state"}
 LEGACY_LABELS = {"stage", "outcome", "error"}  # older than the rule; docs/metrics.md says why they stay
 DEFINITION = re.compile(r'\b(?:Counter|Gauge|Histogram|Summary)\(\s*"(alertstream_[a-z0-9_]+)"')

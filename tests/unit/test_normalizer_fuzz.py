@@ -31,7 +31,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import schemas
-from agents.normalizer import RawRecord, output_cap, pack, process_records
+from core.records import RawRecord
+from pipeline.normalizer import output_cap, pack, process_records
 from schemas.alert import Alert
 from schemas.normalizers.base import CANONICAL_TIME, DEFAULT_LIMITS
 from tests.unit.test_normalizers import EMBEDDED, _mutate, _paths

@@ -19,13 +19,8 @@ import orjson
 import pytest
 
 import schemas
-from agents.normalizer import (
-    RawRecord,
-    iter_process_records,
-    output_cap,
-    pack,
-    process_records,
-)
+from core.records import RawRecord
+from pipeline.normalizer import iter_process_records, output_cap, pack, process_records
 from schemas.normalizers import InvalidPayload, NormalizeContext, normalize
 from schemas.rules import RuleSet
 from schemas.normalizers.base import (

@@ -1,4 +1,4 @@
-"""Stage 1 (agents/normalizer.py): records → canonical alerts by partition, or dead letters."""
+"""Stage 1 (pipeline/normalizer.py): records → canonical alerts by partition, or dead letters."""
 
 from __future__ import annotations
 
@@ -14,17 +14,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import schemas
-from agents.normalizer import (
+from pipeline.normalizer import (
     MAX_ALERTS_PER_RECORD,
     MAX_IDENTITY_BYTES,
-    DeadLetter,
-    RawRecord,
     dead_letter_headers,
     normalize_record,
     pack,
     partition_for,
     process_records,
 )
+from core.records import DeadLetter, RawRecord
 from schemas.alert import NormalizedAlert, NormalizedBatch
 from schemas.fingerprint import content_hash
 
@@ -150,7 +149,7 @@ def test_good_records_in_the_same_batch_still_flow() -> None:
 
 
 def test_a_normalizer_crash_is_parked_as_internal_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    import agents.normalizer as stage
+    import pipeline.normalizer as stage
 
     def boom(*args: Any, **kwargs: Any) -> None:
         raise KeyError("bug")

@@ -8,10 +8,10 @@ from datetime import datetime, timezone
 import orjson
 
 from schemas.alert import Alert, NormalizedAlert
-from sinks.base import Sighting
-from sinks.postgres import _ALERT_COLUMNS, _LAST_STAGE_COLUMNS, alert_rows, last_alert_rows
+from core.records import Sighting
+from sinks.postgres import ALERT_COLUMNS, LAST_STAGE_COLUMNS, alert_rows, last_alert_rows
 
-LAST = {name: i for i, name in enumerate(_LAST_STAGE_COLUMNS)}
+LAST = {name: i for i, name in enumerate(LAST_STAGE_COLUMNS)}
 T0 = 1_736_935_560_000
 
 
@@ -42,8 +42,8 @@ def col(row: tuple, name: str):  # noqa: ANN201
 def test_alert_rows() -> None:
     items = [stored(1, "fp-a"), stored(2, "fp-b", tenant="u", status="resolved", received=T0 + 5)]
     rows = alert_rows(items)
-    assert len(rows) == 2 and all(len(r) == len(_ALERT_COLUMNS) for r in rows)
-    row = dict(zip(_ALERT_COLUMNS, rows[1]))
+    assert len(rows) == 2 and all(len(r) == len(ALERT_COLUMNS) for r in rows)
+    row = dict(zip(ALERT_COLUMNS, rows[1]))
     assert row["id"] == uuid.UUID(int=2)
     assert row["received_at"] == ts(T0 + 5)
     assert (row["tenant"], row["fingerprint"], row["provider_type"], row["provider_id"]) == ("u", "fp-b", "prometheus", "am-1")
@@ -69,7 +69,7 @@ def test_one_row_per_identity_in_key_order() -> None:
     assert [(col(r, "tenant"), col(r, "fingerprint")) for r in rows] == [
         ("t1", "fp-b"), ("t1", "fp-z"), ("t2", "fp-a"), ("t2", "fp-b"),
     ]
-    assert all(len(r) == len(_LAST_STAGE_COLUMNS) for r in rows)
+    assert all(len(r) == len(LAST_STAGE_COLUMNS) for r in rows)
 
 
 def test_newest_stored_alert_is_the_last_in_arrival_order_and_every_position_listed() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from agents.normalizer import DeadLetter, RawRecord
+from core.records import DeadLetter, RawRecord
 from sinks.raw_storage import RAW_COLUMNS, RawPolicy, RawPolicyError, raw_identity, raw_rows_for
 
 POLICY = """

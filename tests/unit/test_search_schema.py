@@ -13,7 +13,7 @@ from sinks.search_schema import (
     ism_policy,
     parse_age,
 )
-from streams.settings import Settings
+from config.settings import Settings
 
 S = Settings(search_index="alerts-x", search_shards=3, search_replicas=2, search_rollover_max_age="1d",
              search_warm_after="7d", search_cold_after="30d", search_delete_after="365d")

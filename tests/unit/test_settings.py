@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from streams.settings import Settings, settings_table
+from config.settings import Settings, settings_table
 
 
 @pytest.fixture(autouse=True)
@@ -147,7 +147,7 @@ def test_the_description_check_catches_a_new_undocumented_field() -> None:
     """The check above must fail when a field without a description is added, nested or not."""
     from pydantic import Field
 
-    from streams.settings import BatchConfig
+    from config.settings import BatchConfig
 
     class Inner(BatchConfig):
         undocumented: int = 1

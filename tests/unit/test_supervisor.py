@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from streams.settings import Settings
+from config.settings import Settings
 from streams.supervisor import CRASH_LIMIT, CRASH_WINDOW_S, Supervisor, resolve_worker_processes, worker_ports
 
 

@@ -12,6 +12,8 @@ from datetime import datetime
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from core.records import WriteBatch
+
 RECORDS_RECEIVED = Counter(
     "alertstream_records_received_total", "Kafka records taken by a stage.", ["stage"]
 )
@@ -125,7 +127,7 @@ def observe_many(histogram, values: list[float]) -> None:  # noqa: ANN001 - a Hi
             histogram._buckets[i].inc(count)
 
 
-def observe_end_to_end(batch, now_s: float | None = None) -> None:  # noqa: ANN001 - sinks.base.WriteBatch (import cycle)
+def observe_end_to_end(batch: WriteBatch, now_s: float | None = None) -> None:
     """Latency of a batch just written to Postgres: ingest → write for every sighting, event time
     → write for the stored alerts (an unparsable event time is skipped, never fatal)."""
     now_s = time.time() if now_s is None else now_s

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from streams.settings import Settings, settings_table
+from config.settings import Settings, settings_table
 
 
 def _cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
@@ -116,7 +116,7 @@ def _cmd_dedup_suggest(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     if args.update:
-        from streams.config_reference import update_settings_block  # grouped by area, docs/configuration.md
+        from config.reference import update_settings_block  # grouped by area, docs/configuration.md
 
         update_settings_block(args.update)
         print(f"updated the settings table in {args.update}", file=sys.stderr)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from prometheus_client import Counter
 
-from gateway.ratelimit import Bucket
-from streams.retry import TARGET
-from streams.settings import RateLimit
+from core.token_bucket import Bucket
+from core.retry_headers import TARGET
+from config.settings import RateLimit
 
 THROTTLED = "throttled_count"  # header: how often a record was parked for its rate (never advances dlq_attempts)
 

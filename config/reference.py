@@ -1,4 +1,4 @@
-"""The configuration reference (docs/configuration.md), generated from `streams.settings`.
+"""The configuration reference (docs/configuration.md), generated from `config.settings`.
 
 Fields are grouped by the `# --- <area>` comment headers of the `Settings` class: whoever adds a
 block of settings under a header of their own gets a section of their own, with no list to keep.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, SecretStr
 
-from streams.settings import SETTINGS_BEGIN, SETTINGS_END, Settings
+from config.settings import SETTINGS_BEGIN, SETTINGS_END, Settings
 
 PREFIX = "ALERTSTREAM_"
 NESTED = "__"
@@ -102,7 +102,7 @@ def rows(model: type[BaseModel], names: list[str], prefix: str = PREFIX, default
         field = model.model_fields[name]
         env = f"{prefix}{name.upper()}"
         if not (field.description or "").strip():
-            raise UndocumentedSetting(f"{env} ({model.__name__}.{name}) has no description=: document it in streams/settings.py")
+            raise UndocumentedSetting(f"{env} ({model.__name__}.{name}) has no description=: document it in config/settings.py")
         default = getattr(defaults, name) if defaults is not None else field.get_default(call_default_factory=True)
         if isinstance(default, BaseModel):  # a nested block: one row per field, each says what the block is for
             yield from rows(type(default), list(type(default).model_fields), env + NESTED, default, f"{field.description} ")

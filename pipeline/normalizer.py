@@ -31,42 +31,25 @@ from typing import TYPE_CHECKING, Iterator
 
 import msgspec
 
+from core.records import DeadLetter, RawRecord
 from schemas.alert import NormalizedAlert, NormalizedBatch
 from schemas.normalizers import DEFAULT_PROVIDER, InvalidPayload, NormalizeContext, normalize
 from schemas.normalizers.base import DEFAULT_LIMITS, Budget, NormalizeLimits, check_alert_document, encode_and_check
 from schemas.rules import DEFAULT_RULES, RuleSet
 
 if TYPE_CHECKING:
-    from agents.throttle import ConsumerThrottle
+    from pipeline.throttle import ConsumerThrottle
 
 log = logging.getLogger(__name__)
 
 _encode_batch = msgspec.msgpack.Encoder().encode
-MAX_ALERTS_PER_RECORD = 0xFFFF  # positions pack the index into 16 bits (see sinks.base.Sighting); limits stay under it
+MAX_ALERTS_PER_RECORD = 0xFFFF  # positions pack the index into 16 bits (see core.records.Sighting); limits stay under it
 # what an alert's JSON leaves out of its stored/packed size: row id, content hash, received time,
 # lastReceived (hashed as null), and a rule's fingerprint replacing the provider's
 _ITEM_OVERHEAD = 160
 # Postgres cannot store these; a sink write that fails on them would be retried forever, so they go to the DLQ.
 MAX_IDENTITY_BYTES = 2048  # tenant + fingerprint are btree keys: an index row holds at most ~2.7 KB
 _JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")  # an escaped NUL (not an escaped backslash + "u0000")
-
-
-@dataclass(slots=True)
-class RawRecord:
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-    key: bytes | None
-    value: bytes | None
-    headers: dict[str, bytes]
-
-
-@dataclass(slots=True)
-class DeadLetter:
-    record: RawRecord
-    reason: str
-    detail: str
 
 
 @dataclass(slots=True)
