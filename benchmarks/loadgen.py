@@ -308,7 +308,7 @@ def run_load(bootstrap: str, topic: str, profile: LoadProfile, scenario: Scenari
     check_loopback(bootstrap, allow_remote)
     producer = Producer((producer_options or ProducerOptions()).config(bootstrap))
     stats = LoadStats(scenario=scenario.describe())
-    run = _Run(producer, topic, PayloadFactory(profile), scenario, stats)
+    run = LoadRun(producer, topic, PayloadFactory(profile), scenario, stats)
     if progress:
         with _ProgressView(scenario) as view:
             run.loop(view.update)
@@ -321,7 +321,7 @@ def run_load(bootstrap: str, topic: str, profile: LoadProfile, scenario: Scenari
     return stats
 
 
-class _Run:
+class LoadRun:
     """One paced run: the token bucket, the produce loop and the final flush."""
 
     def __init__(self, producer: Producer, topic: str, factory: PayloadFactory, scenario: Scenario,

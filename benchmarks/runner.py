@@ -51,7 +51,7 @@ from typing import Any
 
 import psutil
 
-from benchmarks.loadgen import (SCENARIOS, SOAK_DEFAULT_S, LoadStats, ProducerOptions, Scenario, _Run,
+from benchmarks.loadgen import (SCENARIOS, SOAK_DEFAULT_S, LoadStats, ProducerOptions, Scenario, LoadRun,
                                 add_payload_arguments, check_loopback, parse_volume, payload_overrides)
 from benchmarks.payload_factory import DEFAULT_MIX, GeneratedRecord, LoadProfile, PayloadFactory, load_profile
 from benchmarks.sampling import (CounterReader, KafkaLag, ProcessGroup, Sample, Sampler, WorkerCounters,
@@ -507,7 +507,7 @@ class Bench:
         from confluent_kafka import Producer
 
         producer = Producer(producer_options.config(settings.require_kafka()))
-        load = _Run(producer, settings.topic_alerts, PayloadFactory(opts.profile_obj(self.tenant)), scenario, stats)
+        load = LoadRun(producer, settings.topic_alerts, PayloadFactory(opts.profile_obj(self.tenant)), scenario, stats)
         stats.scenario = scenario.describe()
 
         cpu0 = {g.name: g.cpu_seconds() for g in groups}

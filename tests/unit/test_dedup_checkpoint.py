@@ -9,7 +9,7 @@ from pathlib import Path
 import faust
 import pytest
 
-from tables.dedup_state import DedupState, DedupStore, _decode, _encode, make_table, state_key
+from tables.dedup_state import DedupState, DedupStore, decode_state, encode_state, make_table, state_key
 from tables.hot_cache import HotCache
 
 
@@ -49,7 +49,7 @@ def state(n: int) -> DedupState:
 
 def on_disk(table: faust.Table, partition: int, key: bytes) -> DedupState | None:
     raw = table.data._db_for_partition(partition).get(key)
-    return _decode(raw) if raw is not None else None
+    return decode_state(raw) if raw is not None else None
 
 
 async def test_changes_reach_the_changelog_then_rocksdb_with_the_resume_offset(table: faust.Table) -> None:
@@ -57,7 +57,7 @@ async def test_changes_reach_the_changelog_then_rocksdb_with_the_resume_offset(t
     store = DedupStore(table, changelog)
     a, b, c = state_key("t", "a"), state_key("t", "b"), state_key("t", "c")
     await store.checkpoint({a: (state(1), 0), b: (state(2), 0), c: (state(3), 3)})
-    assert sorted(changelog.sent) == sorted([(0, a, _encode(state(1))), (0, b, _encode(state(2))), (3, c, _encode(state(3)))])
+    assert sorted(changelog.sent) == sorted([(0, a, encode_state(state(1))), (0, b, encode_state(state(2))), (3, c, encode_state(state(3)))])
     assert (on_disk(table, 0, a), on_disk(table, 0, b), on_disk(table, 3, c)) == (state(1), state(2), state(3))
     assert on_disk(table, 3, a) is None  # each key in its own partition's store
     offset_key = table.data.offset_key
