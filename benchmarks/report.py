@@ -80,15 +80,6 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{v:.1%}"
 
 
-def headline_row(r: dict[str, Any]) -> str:
-    """One row of docs/performance.md's results table."""
-    c = r["config"]
-    return (f"| {r['scenario']} {r['mode']} | {c['workers']} | {c['partitions']} | {r['duration_s']:.0f} | "
-            f"{_n(r['throughput_alerts_s'])} | {r['throughput_mb_s']:.2f} | {_n(r.get('latency_p50_s'), 3)} | "
-            f"{_n(r.get('latency_p99_s'), 3)} | {_pct(r.get('ceiling_ratio'))} | {_n(r.get('alerts_per_cpu_s'))} | "
-            f"`{r['command']}` |")
-
-
 def render_markdown(r: dict[str, Any]) -> str:
     c, t = r["config"], r["target"]
     ceil = r.get("ceilings") or {}

@@ -8,7 +8,6 @@ the table that the README carries.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -198,11 +197,6 @@ class Settings(BaseSettings):
         return self.kafka_bootstrap
 
 
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    return Settings()
-
-
 def settings_table() -> str:
     """The Markdown table of every setting, generated from the fields above."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
@@ -221,16 +215,4 @@ def settings_table() -> str:
     return "\n".join(rows)
 
 
-
 SETTINGS_BEGIN, SETTINGS_END = "<!-- settings:begin -->", "<!-- settings:end -->"
-
-
-def update_settings_block(path: str | Path) -> None:
-    """Replace the generated table between the settings markers of a Markdown file."""
-    path = Path(path)
-    text = path.read_text()
-    head, _, rest = text.partition(SETTINGS_BEGIN + "\n")
-    _, _, tail = rest.partition("\n" + SETTINGS_END)
-    if not rest:
-        raise ValueError(f"{path} has no {SETTINGS_BEGIN} marker")
-    path.write_text(f"{head}{SETTINGS_BEGIN}\n{settings_table()}\n{SETTINGS_END}{tail}")

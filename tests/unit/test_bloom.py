@@ -1,4 +1,4 @@
-"""Bloom filters: no false negatives, the measured false-positive rate, TTL rotation, serialization."""
+"""Bloom filters: no false negatives, the measured false-positive rate, TTL rotation."""
 
 from __future__ import annotations
 
@@ -14,6 +14,11 @@ def random_keys(n: int, seed: int) -> list[bytes]:
     return [rng.randbytes(24) for _ in range(n)]
 
 
+def add_all(bf: BloomFilter, keys) -> None:  # noqa: ANN001
+    for key in keys:
+        bf.add(key)
+
+
 def test_sizing_follows_the_formulas() -> None:
     assert optimal_size(100_000, 0.01) == (958_506, 7)
     assert optimal_size(1_000_000, 0.001) == (14_377_588, 10)
@@ -27,19 +32,18 @@ def test_sizing_follows_the_formulas() -> None:
 def test_measured_false_positive_rate_on_100k_random_keys(target: float) -> None:
     bf = BloomFilter(100_000, target)
     keys = random_keys(100_000, seed=1)
-    bf.update(keys)
+    add_all(bf, keys)
     assert all(k in bf for k in keys)  # never a false negative
     probes = random_keys(100_000, seed=2)
     measured = sum(1 for k in probes if k in bf) / len(probes)
     assert target / 1.5 <= measured <= target * 1.5, measured
     assert target / 1.5 <= bf.fp_rate_estimate() <= target * 1.5
-    assert 0.99 * 100_000 <= bf.approx_items() <= 100_000
 
 
 def test_structured_keys_are_hashed_as_well() -> None:
     """Dedup keys look alike (tenant \\0 sequential ids): the rate must hold for them too."""
     bf = BloomFilter(50_000, 0.01)
-    bf.update(f"default\x00alert-{i:08d}".encode() for i in range(50_000))
+    add_all(bf, (f"default\x00alert-{i:08d}".encode() for i in range(50_000)))
     fp = sum(1 for i in range(50_000, 100_000) if f"default\x00alert-{i:08d}".encode() in bf) / 50_000
     assert fp <= 0.015
 
@@ -49,34 +53,13 @@ def test_str_and_bytes_keys_are_the_same_key() -> None:
     assert bf.add("tenant\x00fp") is True
     assert b"tenant\x00fp" in bf
     assert bf.add(b"tenant\x00fp") is False  # not new
-    assert bf.approx_items() == 1
-
-
-def test_saturation_is_reported() -> None:
-    bf = BloomFilter(100, 0.01)
-    bf.update(random_keys(300, seed=3))
-    assert bf.saturated and bf.fp_rate_estimate() > 0.1
-
-
-def test_serialization_round_trips() -> None:
-    bf = BloomFilter(1_000, 0.01)
-    keys = random_keys(800, seed=4)
-    bf.update(keys)
-    again = BloomFilter.from_bytes(bf.to_bytes())
-    assert (again.m, again.k, again.capacity, again.fp_rate, again.approx_items()) == (bf.m, bf.k, 1_000, 0.01, bf.approx_items())
-    assert all(k in again for k in keys)
-    probes = random_keys(2_000, seed=5)
-    assert [p in again for p in probes] == [p in bf for p in probes]
-    for bad in (b"", b"XXXX" + bf.to_bytes()[4:], bf.to_bytes()[:-1]):
-        with pytest.raises(ValueError):
-            BloomFilter.from_bytes(bad)
 
 
 def test_clear() -> None:
     bf = BloomFilter(100, 0.01)
     bf.add(b"x")
     bf.clear()
-    assert b"x" not in bf and bf.approx_items() == 0 and bf.bits_set() == 0
+    assert b"x" not in bf and bf.bits_set() == 0
 
 
 class Clock:
@@ -124,10 +107,10 @@ def test_idle_for_a_whole_ttl_forgets_everything_and_stays_on_the_grid() -> None
     assert b"k2" not in rb
 
 
-def test_rotating_fp_rate_and_serialization() -> None:
+def test_rotating_fp_rate() -> None:
     clock = Clock()
     rb = RotatingBloomFilter(20_000, 0.01, ttl_s=60, clock=clock)
-    rb.current.update(random_keys(20_000, seed=6))
+    add_all(rb.current, random_keys(20_000, seed=6))
     clock.now += 30
     keys = random_keys(20_000, seed=7)
     for k in keys:
@@ -135,14 +118,10 @@ def test_rotating_fp_rate_and_serialization() -> None:
     probes = random_keys(50_000, seed=8)
     measured = sum(1 for k in probes if k in rb) / len(probes)
     assert measured <= 0.015 and rb.fp_rate_estimate() <= 0.015
-    again = RotatingBloomFilter.from_bytes(rb.to_bytes(), clock=clock)
-    assert all(k in again for k in keys) and again.ttl_s == 60 and again.fp_rate == pytest.approx(0.01)
-    clock.now += 30  # the restored filter rotates on the same grid
-    assert sum(1 for k in keys if k in again) == len(keys)
+    clock.now += 30  # the keys added in the last half period outlive the next rotation
+    assert sum(1 for k in keys if k in rb) == len(keys)
     clock.now += 30
-    assert sum(1 for k in keys if k in again) <= len(keys) * 0.02
-    with pytest.raises(ValueError):
-        RotatingBloomFilter.from_bytes(b"ASRB")
+    assert sum(1 for k in keys if k in rb) <= len(keys) * 0.02
 
 
 def test_partition_blooms_answer_maybe_until_built() -> None:
@@ -156,17 +135,13 @@ def test_partition_blooms_answer_maybe_until_built() -> None:
     assert pb.may_contain(1, b"zzz")  # another partition, not built
     pb.drop_partition(0)
     assert pb.may_contain(0, b"nothing") and not pb.ready(0)
-    assert pb.skipped_reads == 1 and pb.maybe == 5
+    assert pb.skipped_reads == 1
 
 
-def test_partition_blooms_with_ttl_and_saturation() -> None:
+def test_partition_blooms_with_ttl() -> None:
     clock = Clock()
     pb = PartitionBlooms(10, 0.01, ttl_s=10, clock=clock)
     pb.build(3, [b"k"])
     assert pb.may_contain(3, b"k")
     clock.now += 10
     assert not pb.may_contain(3, b"k")
-    pb.build(4, random_keys(50, seed=9))
-    assert pb.saturated() == [4]
-    pb.clear()
-    assert not pb.ready(4)

@@ -16,13 +16,11 @@ from schemas.alert import STATUSES, Alert
 from schemas.fingerprint import DEFAULT_IGNORE_FIELDS, content_hash, fingerprint_from_fields, fingerprint_of
 from schemas.normalizers import NormalizeContext, normalize
 from schemas.rules import (
-    RULES_PATH_ENV,
     RuleSet,
     RulesError,
     dump_rules,
     load_rules,
     parse_rules,
-    rules_from_env,
 )
 from tests.conftest import REPO
 
@@ -57,21 +55,20 @@ def test_no_file_is_keeps_default_rule_and_the_normalizer_hashes() -> None:
     assert rule.fingerprint(alert(fingerprint="")) == fingerprint_of(alert(fingerprint=""))
 
 
-def test_empty_file_and_env_loader(tmp_path: Path) -> None:
+def test_empty_file_and_loader(tmp_path: Path) -> None:
     empty = tmp_path / "empty.yaml"
     empty.write_text("# nothing yet\n")
-    assert RuleSet.load(empty).is_default
-    assert rules_from_env({}).is_default
-    assert rules_from_env({RULES_PATH_ENV: ""}).is_default
-    assert rules_from_env({RULES_PATH_ENV: str(EXAMPLE)}).rules
+    assert not RuleSet.load(empty).rules
+    assert not load_rules(None).rules and not load_rules("").rules
+    assert load_rules(EXAMPLE).rules
     with pytest.raises(RulesError, match="cannot read"):
-        rules_from_env({RULES_PATH_ENV: str(tmp_path / "missing.yaml")})
+        load_rules(tmp_path / "missing.yaml")
 
 
 def test_the_example_file_loads_and_round_trips() -> None:
     rules = RuleSet.load(EXAMPLE)
     assert rules.rules
-    again = RuleSet.from_yaml(rules.to_yaml())
+    again = RuleSet.from_yaml(dump_rules(rules.rules))
     assert again.rules == rules.rules
 
 
