@@ -4,7 +4,7 @@
 # Multi-stage: the build tools and pip's caches stay in the first stage; the runtime stage holds the
 # virtualenv only. Non-root. The embedded local-stack servers (Tansu, PostgreSQL, osmem: ~110 MB) are
 # removed: in a container alertstream always talks to real Kafka, Postgres and Elasticsearch.
-# (Not built in this repository's CI: no Docker engine there. tests/unit/test_deploy_dockerfile.py
+# (Not built in this repository's CI: no Docker engine there. tests/unit/deploy/test_dockerfile.py
 # checks it against the code.)
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm

@@ -109,7 +109,7 @@ def observe_many(histogram, values: list[float]) -> None:  # noqa: ANN001 - a Hi
 
     prometheus-client has no bulk observe and `observe()` costs ~1-2 us, too much per alert on the
     dedup stage's hot path; this fills the same (non-cumulative) bucket counters that `observe()`
-    fills. tests/unit/test_health.py checks that the result equals one `observe()` per value, so a
+    fills. tests/unit/streams/test_health.py checks that the result equals one `observe()` per value, so a
     library change that breaks the assumption fails a test rather than the metric."""
     if not values:
         return

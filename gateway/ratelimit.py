@@ -1,7 +1,7 @@
 """Token buckets of the gateway, and the IETF RateLimit headers.
 
 Pure: time is passed in, nothing here sleeps or reads a clock, so the logic is
-tested exactly (tests/unit/test_gateway_ratelimit.py).
+tested exactly (tests/unit/gateway/test_ratelimit.py).
 
 After authentication a webhook must find tokens in three buckets: its tenant's
 (requests), its (tenant, provider) pair's (requests) and its tenant's **bytes**

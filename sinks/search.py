@@ -52,7 +52,7 @@ class PlainJsonNode(AiohttpHttpNode):
        check no longer tells the two apart: `sinks/search_schema.py` does that
        itself from `GET /` (`version.distribution`) and uses only the APIs both
        have, or the flavour's own (ILM vs ISM). Checked against a real OpenSearch
-       2.19 by tests/integration/test_search_store.py (docs/decisions.md).
+       2.19 by tests/integration/sinks/test_search_store.py (docs/decisions.md).
     """
 
     async def perform_request(self, method, target, body=None, headers=None, request_timeout=None, **kwargs):  # type: ignore[override]
