@@ -9,6 +9,7 @@ no module is imported (importing would run the app's side effects).
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,6 +155,29 @@ def test_no_module_imports_a_private_name_of_another() -> None:
                         found += [f"{path.relative_to(REPO)}:{node.lineno} {node.module}.{a.name}"
                                   for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
     assert not found, found
+
+
+# the only modules of `streams` the gateway may use: the worker's runtime it shares, never the app
+GATEWAY_USES_OF_STREAMS = {"streams.health", "streams.loop_monitor", "streams.retry", "streams.topics"}
+
+
+def test_the_gateway_uses_the_workers_runtime_not_its_app() -> None:
+    used = {".".join(edge.target.split(".")[:2]) for source, target, edge in package_edges(REPO, PACKAGES)
+            if source == "gateway" and target == "streams"}
+    assert used <= GATEWAY_USES_OF_STREAMS, sorted(used - GATEWAY_USES_OF_STREAMS)
+
+
+def drawn_edges(markdown: str) -> set[tuple[str, str]]:
+    block = markdown.split("<!-- packages:begin -->", 1)[1].split("<!-- packages:end -->", 1)[0]
+    return {(a, b) for a, b in re.findall(r"^\s*(\w+) --> (\w+)\s*$", block, re.M)}
+
+
+def test_the_package_diagram_is_the_import_graph() -> None:
+    """docs/architecture.md draws exactly the package imports of the code (and in layer order)."""
+    actual = {(source, target) for source, target, _ in package_edges(REPO, PACKAGES)}
+    drawn = drawn_edges((REPO / "docs" / "architecture.md").read_text())
+    assert drawn - actual == set(), f"drawn, but no such import: {sorted(drawn - actual)}"
+    assert actual - drawn == set(), f"imports missing from the diagram: {sorted(actual - drawn)}"
 
 
 # --- the check itself: it must see a real violation ----------------------------------------------
