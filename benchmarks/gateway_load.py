@@ -88,9 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         print("wrk is not installed (deploy/system-packages.sh)", file=sys.stderr)
         return 2
 
+    from config.settings import Settings
     from sinks.migrate import migrate
     from streams import localstack
-    from config.settings import Settings
     from streams.topics import ensure_topics
     from tests.conftest import free_port, isolated
     from tests.integration.gateway.gateway_support import GatewayProcess, create_key

@@ -46,10 +46,10 @@ import msgspec
 import psutil
 
 from benchmarks.payload_factory import PROVIDERS, LoadProfile, PayloadFactory
+from core.records import Sighting, WriteBatch
 from schemas.alert import Alert, NormalizedAlert
 from schemas.normalizers import NormalizeContext, normalize
 from schemas.rules import DEFAULT_RULES
-from core.records import Sighting, WriteBatch
 from sinks.keep_import import KEEP_SCHEMA_SQL
 from sinks.maintenance import ensure_partition
 from sinks.postgres import ALERT_COLUMNS, PostgresSink, alert_rows

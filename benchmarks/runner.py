@@ -355,9 +355,9 @@ class Bench:
     # ------------------------------------------------------------------ stack
 
     def _start_stack(self):  # noqa: ANN202 - Settings
+        from config.settings import Settings
         from sinks.migrate import migrate
         from streams import localstack
-        from config.settings import Settings
 
         self.display.update(phase="starting the stack")
         self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -156,8 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     suggest.set_defaults(func=_cmd_dedup_suggest)
     from benchmarks.cli import add_parser as add_bench
     from gateway.cli import add_parsers as add_gateway_parsers
-    from sinks.cli import add_parsers as add_store_parsers
     from sinks.archiver import add_parser as add_archive
+    from sinks.cli import add_parsers as add_store_parsers
     from streams.dlq_cli import add_parser as add_dlq
 
     add_dlq(sub)

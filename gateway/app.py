@@ -27,6 +27,8 @@ from fastapi import FastAPI, Request
 from fastapi.routing import APIRoute
 from fastapi.responses import JSONResponse, Response
 
+from config.settings import Settings
+from core.retry_headers import TARGET
 from gateway import metrics
 from gateway.apikeys import KeyStore
 from gateway.auth import AUTH_RESPONSES, SNS_MESSAGE_TYPE, SNS_PATH, AuthError, Tenant, uses_auth
@@ -36,9 +38,7 @@ from gateway.validation import PoolBusy, ValidationPool, ValidatorFailed
 from schemas.normalizers import PROVIDER_MODULES
 from streams.health import loop_check, report
 from streams.loop_monitor import PROBE_INTERVAL_S as LOOP_PROBE_INTERVAL_S
-from core.retry_headers import TARGET
 from streams.retry import tier_topics
-from config.settings import Settings
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "schemas" / "examples"
 GENERIC = "keep"  # POST /alerts/event: Keep's AlertDto, no `provider` header (the pipeline's default provider)

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from gateway import metrics
 from config.settings import Settings
+from gateway import metrics
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from typing import Any, Callable
 
 import msgspec
 
+from core.records import Sighting, WriteBatch
 from pipeline.normalizer import source_position, unpack
 from schemas.alert import NormalizedAlert
 from schemas.rules import DEFAULT_RULES, RuleSet
-from core.records import Sighting, WriteBatch
 from tables.dedup_state import DedupState, Outcome, decide, state_key
 
 @dataclass(slots=True)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from prometheus_client import Counter
 
-from core.token_bucket import Bucket
-from core.retry_headers import TARGET
 from config.settings import RateLimit
+from core.retry_headers import TARGET
+from core.token_bucket import Bucket
 
 THROTTLED = "throttled_count"  # header: how often a record was parked for its rate (never advances dlq_attempts)
 

@@ -34,12 +34,12 @@ import msgspec
 from elasticsearch import AsyncElasticsearch
 from prometheus_client import Counter
 
-from schemas.alert import Alert, NormalizedAlert
-from core.records import RejectedAlerts, WriteBatch
-from sinks.maintenance import DDL_LOCK_TIMEOUT_MS, LOCK_PARTITIONS, day_start, partitions_of, retire_partition
-from sinks.search import SearchSink, client_from_settings
 from config.settings import Settings
 from core.periodic import run_periodically
+from core.records import RejectedAlerts, WriteBatch
+from schemas.alert import Alert, NormalizedAlert
+from sinks.maintenance import DDL_LOCK_TIMEOUT_MS, LOCK_PARTITIONS, day_start, partitions_of, retire_partition
+from sinks.search import SearchSink, client_from_settings
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from datetime import datetime, timezone
 import asyncpg
 import msgspec
 
-from schemas.alert import NormalizedAlert
 from core.records import Sighting, WriteBatch
+from schemas.alert import NormalizedAlert
 from sinks.raw_storage import RAW_COLUMNS
 
 ALERT_COLUMNS = (

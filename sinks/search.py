@@ -21,10 +21,10 @@ from elastic_transport import AiohttpHttpNode
 from elasticsearch import ApiError, AsyncElasticsearch, BadRequestError, ConnectionError
 from prometheus_client import Counter
 
-from schemas.alert import NormalizedAlert
-from core.records import RejectedAlerts, WriteBatch
-from sinks.search_schema import SchemaReport, install_schema
 from config.settings import Settings
+from core.records import RejectedAlerts, WriteBatch
+from schemas.alert import NormalizedAlert
+from sinks.search_schema import SchemaReport, install_schema
 
 log = logging.getLogger(__name__)
 

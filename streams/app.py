@@ -29,8 +29,10 @@ from faust.transport.producer import ProducerBuffer
 from mode.utils.logging import cry
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from pipeline.deduplicator import PackedRecord, StageTwoPlan
 from core.records import DeadLetter, RawRecord
+from core.records import WriteBatch
+from core.retry_headers import TARGET
+from pipeline.deduplicator import PackedRecord, StageTwoPlan
 from pipeline.normalizer import StageOneResult, dead_letter_headers, iter_process_records, pack, unpack
 from pipeline.throttle import THROTTLED_RECORDS, ConsumerThrottle, parked_headers
 from schemas.alert import NormalizedAlert
@@ -38,22 +40,20 @@ from schemas.normalizers import NormalizeLimits
 from schemas.normalizers.canonical import PROVIDER as CANONICAL_PROVIDER
 from schemas.rules import load_rules
 from sinks.base import CircuitBreaker
-from core.records import WriteBatch
 from sinks.maintenance import run_maintenance_forever
 from sinks.postgres import PostgresSink
 from sinks.raw_storage import RawBatch, RawPolicy, RawSink, raw_rows_for
 from sinks.search import SearchSink, make_client
+from streams import stall_watchdog as stall_exit
 from streams.batch_consumer import BatchConsumer
 from streams.changelog import KafkaChangelog
 from streams.dedup_stage import DeduplicateStage
 from streams.failpoints import FailPoints
 from streams.loop_monitor import PROBE_INTERVAL_S, watch_event_loop
-from streams.status_page import install as install_observability
 from streams.priority import PriorityGate
-from streams import stall_watchdog as stall_exit
-from streams.stall_watchdog import EXIT_STALLED, AgentWatchdog, OffsetTracker
-from core.retry_headers import TARGET
 from streams.retry import due_in_s, retry_headers, route_for, tier_topics
+from streams.stall_watchdog import EXIT_STALLED, AgentWatchdog, OffsetTracker
+from streams.status_page import install as install_observability
 from config.metrics import (
     ALERTS,
     DEDUP_BATCH_FAILURES,

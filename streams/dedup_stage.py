@@ -18,12 +18,12 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from pipeline.deduplicator import PackedRecord, StageTwoPlan, plan_batch
-from core.records import RawRecord
-from schemas.rules import RuleSet
-from core.records import WriteBatch
-from streams.failpoints import FailPoints
 from config.metrics import DEDUP_EXPIRED
+from core.records import RawRecord
+from core.records import WriteBatch
+from pipeline.deduplicator import PackedRecord, StageTwoPlan, plan_batch
+from schemas.rules import RuleSet
+from streams.failpoints import FailPoints
 from tables.dedup_state import DedupState, DedupStore, state_key
 
 DeadLetterRecord = Callable[..., Awaitable[None]]  # (RawRecord, *, reason, detail)

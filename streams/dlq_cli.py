@@ -9,8 +9,8 @@ import time
 from collections import Counter
 from typing import Any
 
-from streams import dlq
 from config.settings import Settings
+from streams import dlq
 
 REPLAY_HELP = """\
 Re-produce the selected records' original key, value and headers to the topic they came from

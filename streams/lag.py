@@ -25,8 +25,8 @@ from confluent_kafka import OFFSET_INVALID, ConsumerGroupTopicPartitions, TopicP
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from config.metrics import CONSUMER_LAG, CONSUMER_LAG_POLL_ERRORS, CONSUMER_LAG_POLLED
-from streams.retry import tier_topics
 from config.settings import Settings
+from streams.retry import tier_topics
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from streams.demo import count_alerts, demo_records
 from config.settings import Settings
+from streams.demo import count_alerts, demo_records
 from tests.conftest import REPO, free_port, wait_until
 
 pytestmark = pytest.mark.integration

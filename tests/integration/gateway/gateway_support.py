@@ -16,8 +16,8 @@ import asyncpg
 import httpx
 from confluent_kafka import Consumer, TopicPartition
 
-from gateway import apikeys
 from config.settings import Settings
+from gateway import apikeys
 from tests.conftest import REPO, free_port, settings_env
 
 EXAMPLES = REPO / "schemas" / "examples"

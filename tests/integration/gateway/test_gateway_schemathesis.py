@@ -32,8 +32,8 @@ def fuzzed_gateway(pipeline_settings, tmp_path_factory):  # noqa: ANN001, ANN201
 
 def _spec() -> dict:
     # the spec the factory builds (no servers needed for that); the test checks the gateway serves the same
-    from gateway.app import create_app
     from config.settings import Settings
+    from gateway.app import create_app
 
     return create_app(Settings(kafka_bootstrap="unused:9092"), producer=None, keystore=None).openapi()  # type: ignore[arg-type]
 

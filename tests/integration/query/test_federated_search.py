@@ -13,9 +13,9 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from core.records import WriteBatch
 from schemas.alert import Alert, NormalizedAlert
 from sinks.archiver import archive
-from core.records import WriteBatch
 from sinks.maintenance import ensure_partition
 from sinks.postgres import alert_rows
 from sinks.search import SearchSink, make_client

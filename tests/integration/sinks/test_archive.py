@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 from aiohttp import ClientSession, web
 
+from config.settings import RetryConfig, Settings
 from query.federated import SearchFilter, search
 from query.postgres_reader import PostgresReader
 from query.search_reader import SearchReader
@@ -20,7 +21,6 @@ from sinks.archiver import archive
 from sinks.maintenance import ensure_partition, partitions_of, run_maintenance_on
 from sinks.postgres import alert_rows
 from sinks.search import make_client
-from config.settings import RetryConfig, Settings
 from tests.integration.sinks.test_postgres_maintenance import fresh_database as migrated_database
 
 pytestmark = pytest.mark.integration

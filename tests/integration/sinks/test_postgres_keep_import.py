@@ -17,9 +17,9 @@ import pytest
 
 from core.records import Sighting, WriteBatch
 from sinks.keep_import import import_from_keep
-from tests.integration.sinks.keep_support import new_keep_database
 from sinks.postgres import PostgresSink
 from tests.conftest import REPO
+from tests.integration.sinks.keep_support import new_keep_database
 from tests.integration.sinks.test_postgres_maintenance import alerts_at, fresh_database
 
 pytestmark = pytest.mark.integration

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from schemas.alert import Alert, NormalizedAlert
 from core.records import Sighting, WriteBatch
+from schemas.alert import Alert, NormalizedAlert
 from sinks.maintenance import (
     LOCK_LAST_ALERT_TTL,
     LOCK_PARTITIONS,
@@ -26,9 +26,9 @@ from sinks.maintenance import (
     partitions_of,
     run_maintenance_on,
 )
+from config.settings import Settings
 from sinks.migrate import migrate
 from sinks.postgres import PostgresSink
-from config.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from config.settings import RetryConfig
 from core.records import DeadLetter, RawRecord
 from sinks.base import CircuitBreaker
 from sinks.postgres import PostgresSink
 from sinks.raw_storage import RawBatch, RawPolicy, RawSink, raw_rows_for
-from config.settings import RetryConfig
 
 pytestmark = pytest.mark.integration
 

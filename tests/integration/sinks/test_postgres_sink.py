@@ -13,8 +13,8 @@ from datetime import datetime, timezone
 import asyncpg
 import pytest
 
-from schemas.alert import Alert, NormalizedAlert
 from core.records import Sighting, WriteBatch
+from schemas.alert import Alert, NormalizedAlert
 from sinks.postgres import PostgresSink
 
 pytestmark = pytest.mark.integration

@@ -36,16 +36,16 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from config.settings import Settings
+from core.records import WriteBatch
 from query.federated import SearchFilter, search
 from query.search_reader import SearchReader
 from schemas.alert import Alert, NormalizedAlert
-from core.records import WriteBatch
 from sinks.maintenance import ensure_partition
 from sinks.postgres import PostgresSink
 from sinks.search import SearchSink, make_client
 from sinks.search_schema import SchemaReport, first_index, policy_name, template_name
 from streams import localstack
-from config.settings import Settings
 from tests.integration.gateway.gateway_support import GatewayProcess, create_key, gateway_settings
 from tests.integration.sinks.test_postgres_maintenance import fresh_database
 

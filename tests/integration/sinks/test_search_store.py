@@ -10,12 +10,12 @@ from collections.abc import Iterator
 import pytest
 from aiohttp import ClientSession, web
 
+from config.settings import RetryConfig, Settings
+from core.records import RejectedAlerts, WriteBatch
 from schemas.alert import Alert, NormalizedAlert
 from sinks.base import CircuitBreaker
-from core.records import RejectedAlerts, WriteBatch
 from sinks.search import SearchSink, make_client
 from sinks.search_schema import first_index, template_name
-from config.settings import RetryConfig, Settings
 
 pytestmark = pytest.mark.integration
 

@@ -23,13 +23,13 @@ import psutil
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
+from benchmarks.loadgen import ProducerOptions, Scenario, run_load
+from benchmarks.payload_factory import load_profile
+from config.settings import Settings
 from core.records import RawRecord
 from pipeline.normalizer import process_records
 from schemas.normalizers import NormalizeLimits
-from benchmarks.loadgen import ProducerOptions, Scenario, run_load
-from benchmarks.payload_factory import load_profile
 from streams import localstack
-from config.settings import Settings
 from streams.topics import ensure_topics
 from tables.dedup_state import decide
 from tests.conftest import WorkerProcess, free_port, wait_until

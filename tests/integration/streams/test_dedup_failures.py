@@ -21,8 +21,8 @@ import time
 import pytest
 from confluent_kafka import Producer
 
-from streams.dlq import read_topic
 from config.settings import BatchConfig, Settings
+from streams.dlq import read_topic
 from streams.topics import ensure_topics
 from tests.conftest import WorkerProcess, free_port, isolated, wait_until
 from tests.integration.streams.test_pipeline_e2e import generic_alert, produce, sql

@@ -16,9 +16,9 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
+from config.settings import Settings
 from streams import dlq, dlq_cli
 from streams.demo import example
-from config.settings import Settings
 from tests.conftest import REPO, settings_env, wait_until
 
 pytestmark = pytest.mark.integration

@@ -26,9 +26,9 @@ import pytest
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
+from config.settings import Settings
 from streams import localstack
 from streams.engines import search as search_engine
-from config.settings import Settings
 
 pytestmark = pytest.mark.integration
 

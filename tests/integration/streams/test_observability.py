@@ -23,8 +23,8 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from streams.demo import example
 from config.settings import Settings
+from streams.demo import example
 from streams.topics import ensure_topics
 from tests.conftest import REPO, WorkerProcess, free_port, isolated, wait_until
 

@@ -14,9 +14,9 @@ import urllib.request
 import psutil
 import pytest
 
+from config.settings import RetryConfig, Settings
 from sinks.migrate import migrate
 from streams import localstack
-from config.settings import RetryConfig, Settings
 from streams.topics import ensure_topics
 from tests.conftest import WorkerProcess, free_port, wait_until
 from tests.integration.streams.test_pipeline_e2e import generic_alert, produce

@@ -12,8 +12,8 @@ import psutil
 
 import pytest
 
-from streams import localstack
 from config.settings import BatchConfig, Settings
+from streams import localstack
 from streams.topics import ensure_topics
 from tests.conftest import WorkerProcess, free_port, wait_until
 from tests.integration.streams.test_pipeline_e2e import generic_alert, produce, sql

@@ -11,8 +11,8 @@ import tomllib
 
 import dockerfile
 
-from tests.unit.deploy.deploy_checks import command_error, settings_from, unknown_env
 from tests.conftest import REPO
+from tests.unit.deploy.deploy_checks import command_error, settings_from, unknown_env
 
 DOCKERFILE = (REPO / "Dockerfile").read_text()
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())

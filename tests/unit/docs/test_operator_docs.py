@@ -8,9 +8,9 @@ import re
 
 import pytest
 
+from cli.main import build_parser
 from config.settings import Settings
 from tests.conftest import PACKAGES, REPO
-from cli.main import build_parser
 from tests.unit.deploy.deploy_checks import VALID_ENV
 
 DOCS = ["architecture.md", "configuration.md", "feature-flags.md", "scaling.md", "troubleshooting.md",

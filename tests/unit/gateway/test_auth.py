@@ -10,11 +10,11 @@ import time
 import httpx
 from fastapi import FastAPI
 
+from config.settings import RateLimit
 from gateway.apikeys import KeyStore, key_hash, new_key
 from gateway.app import _auth_failed
 from gateway.auth import AuthError, Tenant
 from gateway.ratelimit import AuthGuard
-from config.settings import RateLimit
 
 
 class TableStore(KeyStore):

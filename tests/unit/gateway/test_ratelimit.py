@@ -7,9 +7,9 @@ import re
 from hypothesis import given, settings as hsettings
 from hypothesis import strategies as st
 
+from config.settings import RateLimit
 from core.token_bucket import Bucket
 from gateway.ratelimit import RateLimiter
-from config.settings import RateLimit
 
 
 def limiter(tenant=(10, 20), provider=(5, 5), **kw) -> RateLimiter:  # noqa: ANN001

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from config.settings import RateLimit
 from core.records import RawRecord
+from core.retry_headers import ATTEMPT, TARGET
 from pipeline.normalizer import process_records
 from pipeline.throttle import THROTTLED, ConsumerThrottle, parked_headers
-from core.retry_headers import ATTEMPT, TARGET
-from config.settings import RateLimit
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "schemas" / "examples"
 

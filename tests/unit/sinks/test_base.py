@@ -7,10 +7,10 @@ import asyncio
 
 import pytest
 
+from config.settings import RetryConfig
+from core.records import RejectedAlerts, Sighting, WriteBatch
 from schemas.alert import Alert, NormalizedAlert
 from sinks.base import CircuitBreaker, CircuitState, split
-from core.records import RejectedAlerts, Sighting, WriteBatch
-from config.settings import RetryConfig
 
 
 class BadValue(Exception):

@@ -7,8 +7,8 @@ from datetime import datetime, timezone
 
 import orjson
 
-from schemas.alert import Alert, NormalizedAlert
 from core.records import Sighting
+from schemas.alert import Alert, NormalizedAlert
 from sinks.postgres import ALERT_COLUMNS, LAST_STAGE_COLUMNS, alert_rows, last_alert_rows
 
 LAST = {name: i for i, name in enumerate(LAST_STAGE_COLUMNS)}

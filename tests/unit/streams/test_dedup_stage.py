@@ -11,10 +11,10 @@ import faust
 import msgspec
 import pytest
 
+from core.records import WriteBatch
 from pipeline.deduplicator import PackedRecord
 from schemas.alert import Alert, NormalizedAlert, NormalizedBatch
 from schemas.rules import DEFAULT_RULES
-from core.records import WriteBatch
 from streams.dedup_stage import DeduplicateStage
 from tables.dedup_state import DedupStore, make_table, state_key
 

@@ -9,10 +9,10 @@ from datetime import datetime, timezone
 import orjson
 import pytest
 
+from config.settings import Settings
 from core.records import DeadLetter, RawRecord
 from pipeline.normalizer import dead_letter_headers
 from streams import dlq, dlq_cli
-from config.settings import Settings
 
 NOW = 1_736_935_504_000  # 2025-01-15T10:05:04Z
 SETTINGS = Settings(kafka_bootstrap="unused:9092", topic_dlq="alerts.dlq", topic_alerts="alerts")

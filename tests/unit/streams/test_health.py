@@ -7,13 +7,13 @@ import time
 
 from prometheus_client import REGISTRY
 
-from schemas.alert import Alert, NormalizedAlert
+from config.metrics import CIRCUIT_STATE, observe_end_to_end
+from config.settings import Settings
 from core.records import Sighting, WriteBatch
+from schemas.alert import Alert, NormalizedAlert
 from streams.health import Check, circuit_checks, lag_check, loop_check, report
 from streams.lag import PartitionLag, watched_groups
 from streams.loop_monitor import LoopHealth
-from config.metrics import CIRCUIT_STATE, observe_end_to_end
-from config.settings import Settings
 from streams.status_page import RateWindow, snapshot
 
 

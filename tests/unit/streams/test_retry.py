@@ -1,6 +1,6 @@
+from config.settings import Settings
 from core.retry_headers import ATTEMPT, FIRST_FAILURE, TARGET
 from streams.retry import due_in_s, retry_headers, route_for, tier_topics
-from config.settings import Settings
 
 SETTINGS = Settings(retry_delays_s=[10, 60, 600])
 
