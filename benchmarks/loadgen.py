@@ -34,7 +34,6 @@ from typing import Any, Literal, Sequence
 import orjson
 from confluent_kafka import KafkaError, Message, Producer
 
-from benchmarks.payload_factory import DEFAULT_MIX as DEFAULT_MIX  # re-exported: it used to be defined here
 from benchmarks.payload_factory import KINDS, LOAD_PROFILES, PROVIDERS, LoadProfile, PayloadFactory, load_profile
 
 ScenarioName = Literal["steady", "spike", "ramp", "soak"]

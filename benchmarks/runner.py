@@ -51,7 +51,7 @@ from typing import Any
 
 import psutil
 
-from benchmarks.loadgen import (SCENARIOS, SOAK_DEFAULT_S, LoadStats, ProducerOptions, Scenario, LoadRun,
+from benchmarks.loadgen import (SCENARIOS, SOAK_DEFAULT_S, LoadRun, LoadStats, ProducerOptions, Scenario,
                                 add_payload_arguments, check_loopback, parse_volume, payload_overrides)
 from benchmarks.payload_factory import DEFAULT_MIX, GeneratedRecord, LoadProfile, PayloadFactory, load_profile
 from benchmarks.sampling import (CounterReader, KafkaLag, ProcessGroup, Sample, Sampler, WorkerCounters,
