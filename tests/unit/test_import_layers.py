@@ -87,39 +87,60 @@ def layer_violations(root: Path, layers: list[tuple[str, ...]]) -> list[str]:
     return found
 
 
-def package_cycles(root: Path, packages: list[str]) -> list[list[str]]:
-    """Strongly connected groups of packages (Tarjan): each is an import cycle."""
-    graph: dict[str, set[str]] = {p: set() for p in packages}
-    for source, target, _ in package_edges(root, packages):
-        graph[source].add(target)
+def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The groups of nodes that reach each other (Tarjan): each group of two or more is a cycle."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
+    on_stack: set[str] = set()
     cycles: list[list[str]] = []
 
     def visit(node: str) -> None:
         index[node] = low[node] = len(index)
         stack.append(node)
+        on_stack.add(node)
         for nxt in sorted(graph[node]):
             if nxt not in index:
                 visit(nxt)
                 low[node] = min(low[node], low[nxt])
-            elif nxt in stack:
+            elif nxt in on_stack:
                 low[node] = min(low[node], index[nxt])
         if low[node] == index[node]:
             group = []
             while True:
                 member = stack.pop()
+                on_stack.discard(member)
                 group.append(member)
                 if member == node:
                     break
             if len(group) > 1:
                 cycles.append(sorted(group))
 
-    for node in packages:
+    for node in sorted(graph):
         if node not in index:
             visit(node)
-    return cycles
+    return sorted(cycles)
+
+
+def package_cycles(root: Path, packages: list[str]) -> list[list[str]]:
+    graph: dict[str, set[str]] = {p: set() for p in packages}
+    for source, target, _ in package_edges(root, packages):
+        graph[source].add(target)
+    return strongly_connected(graph)
+
+
+def module_cycles(root: Path, packages: list[str]) -> list[list[str]]:
+    """Import cycles between modules, lazy imports included (sinks/postgres.py <-> raw_storage.py was one)."""
+    paths = {module_name(root, path): path for package in packages for path in (root / package).rglob("*.py")}
+    graph: dict[str, set[str]] = {module: set() for module in paths}
+    for module, path in paths.items():
+        for edge in imports(root, path):
+            target = edge.target
+            while target and target not in paths:  # `from pkg.mod import name` -> pkg.mod
+                target = target.rpartition(".")[0]
+            if target and target != module:
+                graph[module].add(target)
+    return strongly_connected(graph)
 
 
 # --- the project ---------------------------------------------------------------------------------
@@ -137,6 +158,10 @@ def test_no_import_points_up_or_sideways() -> None:
 
 def test_no_import_cycle_between_packages() -> None:
     assert package_cycles(REPO, PACKAGES) == []
+
+
+def test_no_import_cycle_between_modules() -> None:
+    assert module_cycles(REPO, PACKAGES) == []
 
 
 def test_core_imports_no_project_package() -> None:
@@ -219,7 +244,17 @@ def test_type_checking_relative_and_peer_imports_are_reported(tmp_path: Path) ->
     })
     found = layer_violations(root, SYNTHETIC_LAYERS)
     assert [f.split(":")[0] for f in found] == ["low.a", "top_a"]
+    assert module_cycles(root, ["low", "mid", "top_a", "top_b"]) == []
     assert "a peer" in found[1]
+
+
+def test_a_module_cycle_inside_a_package_is_reported(tmp_path: Path) -> None:
+    """The shape sinks/postgres.py and sinks/raw_storage.py had: one import at the top, one lazy."""
+    root = _tree(tmp_path, {"low/__init__.py": "",
+                            "low/store.py": "from low.policy import COLUMNS\n",
+                            "low/policy.py": "COLUMNS = ()\n\ndef sink():\n    from low.store import Store\n"})
+    assert layer_violations(root, SYNTHETIC_LAYERS) == []
+    assert module_cycles(root, ["low"]) == [["low.policy", "low.store"]]
 
 
 def test_imports_resolve_relative_names(tmp_path: Path) -> None:
