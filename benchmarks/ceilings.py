@@ -121,8 +121,9 @@ def broker_ceiling(bootstrap: str, records: list[GeneratedRecord], partitions: i
 def alert_rows_for(records: list[GeneratedRecord], topic: str = "bench.ceiling") -> tuple[list[tuple], list[str]]:
     """The `alert` rows the pipeline would write for `records` if every alert were stored: the real
     normalizer and row builder, so the ceiling COPYs the pipeline's own row shapes and sizes."""
-    from agents.normalizer import RawRecord, process_records
-    from sinks.postgres import _ALERT_COLUMNS, alert_rows
+    from core.records import RawRecord
+    from pipeline.normalizer import process_records
+    from sinks.postgres import ALERT_COLUMNS, alert_rows
 
     now_ms = int(time.time() * 1000)
     raws = [RawRecord(topic, 0, i, now_ms, r.key, r.value, {"provider": r.provider.encode(), "tenant": r.tenant.encode()})
@@ -132,7 +133,7 @@ def alert_rows_for(records: list[GeneratedRecord], topic: str = "bench.ceiling")
         raise RuntimeError(f"copy ceiling: {len(result.dead_letters)} generated records did not normalize: "
                            f"{result.dead_letters[0].reason} {result.dead_letters[0].detail[:200]}")
     stored = [a for alerts in result.by_partition.values() for a in alerts]
-    return alert_rows(stored), list(_ALERT_COLUMNS)
+    return alert_rows(stored), list(ALERT_COLUMNS)
 
 
 def copy_ceiling(dsn: str, records: list[GeneratedRecord], chunk: int = 5000,

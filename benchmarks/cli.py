@@ -1,6 +1,6 @@
 """`alertstream bench`: the benchmark runner as a subcommand of the alertstream CLI.
 
-streams/cli.py wires it in with two lines:
+cli/main.py wires it in with two lines:
 
     from benchmarks.cli import add_parser as add_bench_parser   # at the top
     add_bench_parser(sub)                                       # in build_parser()

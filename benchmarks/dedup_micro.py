@@ -63,7 +63,7 @@ def faust_table_read(keys: int = 5_000) -> tuple[float, float] | None:
     try:
         import faust
 
-        from tables.dedup_state import DedupStore, _encode, make_table
+        from tables.dedup_state import DedupStore, encode_state, make_table
     except Exception:  # pragma: no cover - faust or rocksdict missing
         return None
     datadir = tempfile.mkdtemp(prefix="dedup-micro-")
@@ -83,7 +83,7 @@ def faust_table_read(keys: int = 5_000) -> tuple[float, float] | None:
         rng = random.Random(7)
         present = [state_key("default", rng.randbytes(16).hex()) for _ in range(keys)]
         absent = [state_key("default", rng.randbytes(16).hex()) for _ in range(keys)]
-        value = _encode(DedupState("0" * 32, "firing", 1, 1))
+        value = encode_state(DedupState("0" * 32, "firing", 1, 1))
         for key in present:
             db[key] = value
         hit = _best(lambda: [store.get(k, event) for k in present], 3) / keys * 1e6

@@ -88,12 +88,12 @@ def main(argv: list[str] | None = None) -> int:
         print("wrk is not installed (deploy/system-packages.sh)", file=sys.stderr)
         return 2
 
+    from config.settings import Settings
     from sinks.migrate import migrate
     from streams import localstack
-    from streams.settings import Settings
     from streams.topics import ensure_topics
     from tests.conftest import free_port, isolated
-    from tests.integration.gateway_support import GatewayProcess, create_key
+    from tests.integration.gateway.gateway_support import GatewayProcess, create_key
 
     work = Path(tempfile.mkdtemp(prefix="gateway-load-"))
     base = Settings(kafka_bootstrap=None, database_url=None, search_url=None, data_dir=work)

@@ -34,7 +34,6 @@ from typing import Any, Literal, Sequence
 import orjson
 from confluent_kafka import KafkaError, Message, Producer
 
-from benchmarks.payload_factory import DEFAULT_MIX as DEFAULT_MIX  # re-exported: it used to be defined here
 from benchmarks.payload_factory import KINDS, LOAD_PROFILES, PROVIDERS, LoadProfile, PayloadFactory, load_profile
 
 ScenarioName = Literal["steady", "spike", "ramp", "soak"]
@@ -238,7 +237,7 @@ class ProducerOptions:
 
 def _idempotent_by_default() -> bool:
     """What the environment's settings say (`stack up` turns idempotence off for Tansu)."""
-    from streams.settings import Settings
+    from config.settings import Settings
 
     return Settings().kafka_idempotent_producers
 
@@ -308,7 +307,7 @@ def run_load(bootstrap: str, topic: str, profile: LoadProfile, scenario: Scenari
     check_loopback(bootstrap, allow_remote)
     producer = Producer((producer_options or ProducerOptions()).config(bootstrap))
     stats = LoadStats(scenario=scenario.describe())
-    run = _Run(producer, topic, PayloadFactory(profile), scenario, stats)
+    run = LoadRun(producer, topic, PayloadFactory(profile), scenario, stats)
     if progress:
         with _ProgressView(scenario) as view:
             run.loop(view.update)
@@ -321,7 +320,7 @@ def run_load(bootstrap: str, topic: str, profile: LoadProfile, scenario: Scenari
     return stats
 
 
-class _Run:
+class LoadRun:
     """One paced run: the token bucket, the produce loop and the final flush."""
 
     def __init__(self, producer: Producer, topic: str, factory: PayloadFactory, scenario: Scenario,

@@ -46,13 +46,13 @@ import msgspec
 import psutil
 
 from benchmarks.payload_factory import PROVIDERS, LoadProfile, PayloadFactory
+from core.records import Sighting, WriteBatch
 from schemas.alert import Alert, NormalizedAlert
 from schemas.normalizers import NormalizeContext, normalize
 from schemas.rules import DEFAULT_RULES
-from sinks.base import Sighting, WriteBatch
 from sinks.keep_import import KEEP_SCHEMA_SQL
 from sinks.maintenance import ensure_partition
-from sinks.postgres import _ALERT_COLUMNS, PostgresSink, alert_rows
+from sinks.postgres import ALERT_COLUMNS, PostgresSink, alert_rows
 
 TOAST_TUPLE_TARGET = 256  # the lowest useful setting; measured, not used (docs/postgres.md)
 KEEP_AUDIT_SQL = """
@@ -65,8 +65,8 @@ CREATE INDEX ix_alert_audit_fingerprint ON alertaudit (fingerprint);
 CREATE INDEX ix_alert_audit_tenant_id_fingerprint ON alertaudit (tenant_id, fingerprint);
 CREATE INDEX ix_alert_audit_timestamp ON alertaudit (timestamp);
 """
-_INSERT_ONE = (f"INSERT INTO alert ({', '.join(_ALERT_COLUMNS)}) VALUES "
-               f"({', '.join(f'${i + 1}' for i in range(len(_ALERT_COLUMNS)))}) ON CONFLICT DO NOTHING")
+_INSERT_ONE = (f"INSERT INTO alert ({', '.join(ALERT_COLUMNS)}) VALUES "
+               f"({', '.join(f'${i + 1}' for i in range(len(ALERT_COLUMNS)))}) ON CONFLICT DO NOTHING")
 
 
 def make_alerts(rows: int, seed: int = 7) -> tuple[list[NormalizedAlert], list[bytes]]:
@@ -204,13 +204,13 @@ async def run(dsn: str, rows: int, batch: int, repeat: int = 3) -> dict[str, Any
             with _Meter([pid]) as m:
                 for b in batches:
                     async with conn.transaction():
-                        await conn.copy_records_to_table("alert_stage", records=alert_rows(b), columns=_ALERT_COLUMNS)
+                        await conn.copy_records_to_table("alert_stage", records=alert_rows(b), columns=ALERT_COLUMNS)
                         await conn.execute(_INSERT_STAGED)
             best("copy", m)
             with _Meter([pid]) as m:
                 for b in batches:
                     async with conn.transaction():
-                        await conn.copy_records_to_table("alert_stage", records=alert_rows(b), columns=_ALERT_COLUMNS)
+                        await conn.copy_records_to_table("alert_stage", records=alert_rows(b), columns=ALERT_COLUMNS)
                         await conn.execute(_INSERT_STAGED)
             best("copy, replayed", m)
         assert await conn.fetchval("SELECT count(*) FROM alert") == rows
@@ -293,7 +293,7 @@ async def run(dsn: str, rows: int, batch: int, repeat: int = 3) -> dict[str, Any
         raw_sizes = [len(p) for p in payloads]
         result["alerts"]["raw_payloads"] = len(payloads)
         result["alerts"]["mean_raw_payload_bytes"] = round(sum(raw_sizes) / len(raw_sizes))
-        event_cols = (*_ALERT_COLUMNS, "stored_at")
+        event_cols = (*ALERT_COLUMNS, "stored_at")
         sources = {
             "event": ("alert", "event", rows,
                       f"({', '.join(event_cols)}) SELECT "
@@ -331,7 +331,7 @@ async def run(dsn: str, rows: int, batch: int, repeat: int = 3) -> dict[str, Any
 
 
 _CREATE_STAGING_SQL = "CREATE TEMP TABLE IF NOT EXISTS alert_stage (LIKE alert INCLUDING DEFAULTS INCLUDING COMPRESSION) ON COMMIT DELETE ROWS"
-_INSERT_STAGED = (f"INSERT INTO alert ({', '.join(_ALERT_COLUMNS)}) SELECT {', '.join(_ALERT_COLUMNS)} FROM alert_stage"
+_INSERT_STAGED = (f"INSERT INTO alert ({', '.join(ALERT_COLUMNS)}) SELECT {', '.join(ALERT_COLUMNS)} FROM alert_stage"
                   " ORDER BY id, received_at ON CONFLICT DO NOTHING")
 
 
@@ -413,7 +413,7 @@ async def explain(dsn: str, rows: int) -> str:
             a.received_at_ms -= (i % 3) * day_ms  # a third of the rows on each day
             a.received_at_ms += (i // 3) * 3_000  # ... spread over the day
         async with conn.transaction():
-            await conn.copy_records_to_table("alert_stage", records=alert_rows(alerts), columns=_ALERT_COLUMNS)
+            await conn.copy_records_to_table("alert_stage", records=alert_rows(alerts), columns=ALERT_COLUMNS)
             await conn.execute(_INSERT_STAGED)
         await conn.execute("""INSERT INTO last_alert SELECT DISTINCT ON (tenant, fingerprint) tenant, fingerprint, id, name,
                               status, severity, provider_type, content_hash, received_at, received_at, 1, 0, 0

@@ -80,15 +80,6 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{v:.1%}"
 
 
-def headline_row(r: dict[str, Any]) -> str:
-    """One row of docs/performance.md's results table."""
-    c = r["config"]
-    return (f"| {r['scenario']} {r['mode']} | {c['workers']} | {c['partitions']} | {r['duration_s']:.0f} | "
-            f"{_n(r['throughput_alerts_s'])} | {r['throughput_mb_s']:.2f} | {_n(r.get('latency_p50_s'), 3)} | "
-            f"{_n(r.get('latency_p99_s'), 3)} | {_pct(r.get('ceiling_ratio'))} | {_n(r.get('alerts_per_cpu_s'))} | "
-            f"`{r['command']}` |")
-
-
 def render_markdown(r: dict[str, Any]) -> str:
     c, t = r["config"], r["target"]
     ceil = r.get("ceilings") or {}
@@ -395,15 +386,15 @@ def _save(fig, path: Path) -> Path:  # noqa: ANN001
 
 # Functions whose inclusive share is reported (name, file): a sample counts when the function is on its stack.
 INCLUSIVE = (
-    ("process_records", "agents/normalizer.py"), ("pack", "agents/normalizer.py"), ("unpack", "agents/normalizer.py"),
-    ("create_app.<locals>.emit", "streams/app.py"), ("plan_batch", "agents/deduplicator.py"),
+    ("process_records", "pipeline/normalizer.py"), ("pack", "pipeline/normalizer.py"), ("unpack", "pipeline/normalizer.py"),
+    ("create_app.<locals>.emit", "streams/app.py"), ("plan_batch", "pipeline/deduplicator.py"),
     ("PostgresSink.write", "sinks/postgres.py"), ("alert_rows", "sinks/postgres.py"),
     ("last_alert_rows", "sinks/postgres.py"), ("create_app.<locals>.hand_to_indexer", "streams/app.py"),
     ("DedupStore.put", "tables/dedup_state.py"), ("DedupStore.get", "tables/dedup_state.py"),
     ("SearchSink.write", "sinks/search.py"), ("Stream.take_events", "faust/streams.py"),
     ("create_app.<locals>.metrics", "streams/app.py"),
 )
-PROJECT = ("agents", "schemas", "sinks", "streams", "tables", "benchmarks")
+PROJECT = ("core", "config", "schemas", "tables", "pipeline", "sinks", "query", "streams", "gateway", "benchmarks", "cli")
 PACKAGES = {
     "faust": "faust / mode", "mode": "faust / mode", "aiokafka": "aiokafka", "asyncpg": "asyncpg",
     "elasticsearch": "search client (elasticsearch, elastic_transport, aiohttp)",

@@ -10,7 +10,7 @@ One run:
    directory (`--use-env-stack`: the servers the ALERTSTREAM_* variables point at, untouched,
    with topics and consumer groups of the run's own);
 2. the ceilings, on the run's own records: raw broker produce -> consume, raw COPY into Postgres;
-3. N worker processes (`python -m streams.cli worker`), each with its own data dir and web port,
+3. N worker processes (`python -m cli.main worker`), each with its own data dir and web port,
    sharing the consumer groups; a warm-up (its own tenant) until every worker has joined every group;
 4. the load (benchmarks.loadgen) with the run's own tenant, while a sampler records counters,
    backlog, Kafka lag, CPU and RSS every second; then the drain until every alert is processed
@@ -51,7 +51,7 @@ from typing import Any
 
 import psutil
 
-from benchmarks.loadgen import (SCENARIOS, SOAK_DEFAULT_S, LoadStats, ProducerOptions, Scenario, _Run,
+from benchmarks.loadgen import (SCENARIOS, SOAK_DEFAULT_S, LoadRun, LoadStats, ProducerOptions, Scenario,
                                 add_payload_arguments, check_loopback, parse_volume, payload_overrides)
 from benchmarks.payload_factory import DEFAULT_MIX, GeneratedRecord, LoadProfile, PayloadFactory, load_profile
 from benchmarks.sampling import (CounterReader, KafkaLag, ProcessGroup, Sample, Sampler, WorkerCounters,
@@ -207,7 +207,7 @@ def start_worker(index: int, env: dict[str, str], run_dir: Path) -> Worker:
     wenv = {**env, "ALERTSTREAM_DATA_DIR": str(data_dir), "ALERTSTREAM_WORKER_WEB_PORT": str(port),
             "ALERTSTREAM_WORKER_PROCESSES": "1"}  # the runner starts (and counts) the processes itself
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], cwd=REPO, env=wenv,
+        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "worker"], cwd=REPO, env=wenv,
                                 stdout=log, stderr=subprocess.STDOUT)
     return Worker(index, port, data_dir, log_path, proc)
 
@@ -355,9 +355,9 @@ class Bench:
     # ------------------------------------------------------------------ stack
 
     def _start_stack(self):  # noqa: ANN202 - Settings
+        from config.settings import Settings
         from sinks.migrate import migrate
         from streams import localstack
-        from streams.settings import Settings
 
         self.display.update(phase="starting the stack")
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -507,7 +507,7 @@ class Bench:
         from confluent_kafka import Producer
 
         producer = Producer(producer_options.config(settings.require_kafka()))
-        load = _Run(producer, settings.topic_alerts, PayloadFactory(opts.profile_obj(self.tenant)), scenario, stats)
+        load = LoadRun(producer, settings.topic_alerts, PayloadFactory(opts.profile_obj(self.tenant)), scenario, stats)
         stats.scenario = scenario.describe()
 
         cpu0 = {g.name: g.cpu_seconds() for g in groups}
@@ -773,7 +773,7 @@ def _headers(rec: GeneratedRecord) -> list[tuple[str, bytes]]:
 
 def _settings_from(env: dict[str, str]):  # noqa: ANN202 - Settings
     """The settings the workers will see: read from `env` (their environment) instead of ours."""
-    from streams.settings import Settings
+    from config.settings import Settings
 
     saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("ALERTSTREAM_")}
     try:

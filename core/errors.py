@@ -15,7 +15,7 @@ circuit breaker's wait, or a retry tier chosen by the attempt count, `ErrorRoute
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
@@ -164,7 +164,7 @@ class Role(Enum):
 
 
 class SourceRecord(Protocol):
-    """A record as consumed: what a dead letter of it needs (agents.normalizer.RawRecord is one)."""
+    """A record as consumed: what a dead letter of it needs (core.records.RawRecord is one)."""
 
     topic: str
     partition: int

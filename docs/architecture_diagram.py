@@ -17,7 +17,7 @@ matplotlib.use("Agg")  # no display: files only
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
 
-from streams.settings import Settings  # noqa: E402
+from config.settings import Settings  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "img" / "architecture.png"
 COLORS = {"ext": "#e8e8e8", "topic": "#fde9b8", "stage": "#cfe3f7", "store": "#d5efd0", "bad": "#f6d0cc"}

@@ -130,15 +130,6 @@ class KeyStore:
             return Cached(True, expiry > now, None)
         return Cached(False, False, None)
 
-    async def tenant_for(self, key: str) -> str | None:
-        """The cache's answer while fresh, else Postgres' (see `lookup`)."""
-        if not looks_like_key(key):
-            return None
-        hit = self.cached(key)
-        if hit.fresh:
-            return hit.tenant
-        return await self.lookup(key)
-
     async def lookup(self, key: str) -> str | None:
         """Ask Postgres (the caller decided it may) and cache the answer. Postgres unreachable: an
         expired valid entry is used, else KeyStoreUnavailable."""

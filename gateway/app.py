@@ -27,6 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.routing import APIRoute
 from fastapi.responses import JSONResponse, Response
 
+from config.settings import Settings
 from core.errors import DEFAULT_PROVIDER, PROVIDER, PROVIDER_ID, TENANT, ErrorRouter
 from gateway import metrics
 from gateway.apikeys import KeyStore
@@ -38,7 +39,6 @@ from schemas.normalizers import PROVIDER_MODULES
 from streams.health import loop_check, report
 from streams.loop_monitor import PROBE_INTERVAL_S as LOOP_PROBE_INTERVAL_S
 from streams.retry import error_router
-from streams.settings import Settings
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "schemas" / "examples"
 GENERIC = DEFAULT_PROVIDER  # POST /alerts/event: Keep's AlertDto, no `provider` header (the pipeline's default provider)

@@ -8,7 +8,7 @@ import sys
 
 import asyncpg
 
-from streams.settings import Settings
+from config.settings import Settings
 
 
 def _cmd_gateway(args: argparse.Namespace, settings: Settings) -> int:

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from config.settings import Settings
 from gateway import metrics
-from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,6 @@ class GatewayProducer:
         self._stop = threading.Event()
         self.broker_up = False  # until the first health check (at start) reached the broker
         self.lag: int | None = None
-        self.last_health_check = 0.0
         self._threads = [threading.Thread(target=self._poll_loop, name="gateway-producer-poll", daemon=True),
                          threading.Thread(target=self._health_loop, name="gateway-health", daemon=True)]
 
@@ -185,7 +184,6 @@ class GatewayProducer:
                     metrics.CONSUMER_LAG.set(self.lag)
                 except Exception as exc:  # noqa: BLE001 - an unknown lag keeps the last value; it never blocks intake
                     log.warning("consumer lag check failed: %s", exc)
-            self.last_health_check = time.monotonic()
             self._stop.wait(self.settings.gateway_health_interval_s)
         for probe in probes.values():
             probe.close()

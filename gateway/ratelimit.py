@@ -1,7 +1,7 @@
 """Token buckets of the gateway, and the IETF RateLimit headers.
 
 Pure: time is passed in, nothing here sleeps or reads a clock, so the logic is
-tested exactly (tests/unit/test_gateway_ratelimit.py).
+tested exactly (tests/unit/gateway/test_ratelimit.py).
 
 After authentication a webhook must find tokens in three buckets: its tenant's
 (requests), its (tenant, provider) pair's (requests) and its tenant's **bytes**
@@ -30,38 +30,8 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from streams.settings import RateLimit, Settings
-
-
-@dataclass(slots=True)
-class Bucket:
-    rate_per_s: float
-    burst: float
-    tokens: float  # negative while in debt (deferred requests)
-    updated: float  # monotonic seconds of the last refill
-
-    @classmethod
-    def full(cls, limit: RateLimit, now: float) -> "Bucket":
-        return cls(limit.rate_per_s, limit.burst, limit.burst, now)
-
-    def refill(self, now: float) -> None:
-        if now > self.updated:
-            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate_per_s)
-            self.updated = now
-
-    def wait_s(self, cost: float = 1.0) -> float:
-        """Seconds until `cost` tokens are there (0 if they are now)."""
-        missing = cost - self.tokens
-        # float slack: a client that waited exactly the advertised Retry-After must get through
-        return 0.0 if missing <= 1e-9 else missing / self.rate_per_s
-
-    def reset_s(self) -> float:
-        """Seconds until the bucket is full again."""
-        return max(0.0, (self.burst - self.tokens) / self.rate_per_s)
-
-    @property
-    def window_s(self) -> int:
-        return max(1, math.ceil(self.burst / self.rate_per_s))
+from config.settings import RateLimit, Settings
+from core.token_bucket import Bucket
 
 
 @dataclass(frozen=True, slots=True)

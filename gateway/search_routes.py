@@ -22,12 +22,12 @@ from elasticsearch import ApiError
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from prometheus_client import Histogram
 
+from config.settings import Settings
 from gateway.auth import Tenant
 from query.federated import BadCursor, Reader, SearchFilter, decode_cursor, encode_cursor, search
 from query.postgres_reader import PostgresReader
 from query.search_reader import SearchReader
 from schemas.alert import SEVERITIES, STATUSES
-from streams.settings import Settings
 
 QUERY_SECONDS = Histogram(
     "alertstream_search_query_duration_seconds", "Time to answer one GET /alerts/search page, by tenant.", ["tenant"],

@@ -12,13 +12,13 @@ from collections.abc import Iterator
 
 import uvicorn
 
+from config.settings import Settings
 from gateway.apikeys import KeyStore
 from gateway.app import create_app
 from gateway.producer import GatewayProducer
 from gateway.validation import ValidationPool
 from streams.loop_monitor import PROBE_INTERVAL_S as LOOP_PROBE_INTERVAL_S
 from streams.loop_monitor import watch_event_loop
-from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 

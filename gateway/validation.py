@@ -78,8 +78,9 @@ _LIMITS = DEFAULT_LIMITS  # the worker's normalizer limits, set once in a valida
 def validate_body(body: bytes, headers: dict[str, bytes], default_tenant: str, max_payload_bytes: int) -> Outcome:
     """(alert count, record key, any critical) by the pipeline's own stage-one code, or the reason it
     would dead-letter the body. Runs in a validation process."""
-    from agents.normalizer import CLASSIFIER, RawRecord, normalize_record
     from core.errors import TENANT
+    from core.records import RawRecord
+    from pipeline.normalizer import CLASSIFIER, normalize_record
 
     tenant = headers.get(TENANT, b"").decode() or default_tenant
     record = RawRecord("gateway", 0, 0, int(time.time() * 1000), None, body, headers)
@@ -206,7 +207,7 @@ class ValidationPool:
         self.stats = _Stats()
 
     @classmethod
-    def from_settings(cls, settings) -> "ValidationPool":  # noqa: ANN001 - streams.settings.Settings
+    def from_settings(cls, settings) -> "ValidationPool":  # noqa: ANN001 - config.settings.Settings
         return cls(processes=settings.gateway_validation_processes,
                    timeout_s=settings.gateway_validation_timeout_s,
                    tenant_pending=settings.gateway_validation_tenant_pending,

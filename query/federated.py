@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,13 +134,3 @@ def decode_cursor(cursor: str, flt: SearchFilter, secret: bytes) -> Key:
     ms, alert_id = data["k"]
     return int(ms), str(alert_id)
 
-
-def dedupe_sorted(hits: Iterable[Hit]) -> list[Hit]:
-    """Every hit once, newest first (for callers that concatenate pages)."""
-    seen: set[str] = set()
-    out = []
-    for h in sorted(hits, key=lambda h: h.key, reverse=True):
-        if h.alert_id not in seen:
-            seen.add(h.alert_id)
-            out.append(h)
-    return out

@@ -42,7 +42,6 @@ from schemas.fingerprint import (
 )
 from schemas.normalizers import PROVIDER_MODULES
 
-RULES_PATH_ENV = "ALERTSTREAM_FINGERPRINT_RULES_PATH"
 ANY = "*"
 FORMAT_VERSION = 1
 
@@ -354,13 +353,6 @@ class RuleSet:
         alert.fingerprint = rule.fingerprint(alert)
         return rule.content_hash(alert)
 
-    @property
-    def is_default(self) -> bool:
-        return not self.rules
-
-    def to_yaml(self) -> str:
-        return dump_rules(self.rules)
-
 
 # the rules in force when no file is configured (Keep's default full rule)
 DEFAULT_RULES = RuleSet.default()
@@ -373,12 +365,6 @@ def load_rules(path: str | os.PathLike[str] | None) -> RuleSet:
     if path is None or str(path) == "":
         return RuleSet.default()
     return RuleSet.load(path)
-
-
-def rules_from_env(env: dict[str, str] | None = None) -> RuleSet:
-    """The rules named by ALERTSTREAM_FINGERPRINT_RULES_PATH (unset or empty: the built-in default)."""
-    env = os.environ if env is None else env
-    return load_rules(env.get(RULES_PATH_ENV) or None)
 
 
 def parse_rules(text: str, source: str = "<string>") -> RulesFile:
@@ -471,5 +457,5 @@ def dump_rules(rules: Iterable[RuleSpec], header: str | None = None) -> str:
     return body
 
 
-__all__ = ["ALERT_FIELDS", "ANY", "DEFAULT_RULE", "PROVIDERS", "RULES_PATH_ENV", "ResolvedRule", "RuleSet", "RuleSpec",
-           "RulesError", "RulesFile", "check_path", "dump_rules", "load_rules", "parse_rules", "rules_from_env"]
+__all__ = ["ALERT_FIELDS", "ANY", "DEFAULT_RULE", "PROVIDERS", "ResolvedRule", "RuleSet", "RuleSpec",
+           "RulesError", "RulesFile", "check_path", "dump_rules", "load_rules", "parse_rules"]

@@ -34,12 +34,13 @@ import msgspec
 from elasticsearch import AsyncElasticsearch
 from prometheus_client import Counter
 
+from config.settings import Settings
+from core.periodic import run_periodically
+from core.records import WriteBatch
 from schemas.alert import Alert, NormalizedAlert
-from sinks.base import CircuitBreaker, Sinks, WriteBatch
+from sinks.base import CircuitBreaker, Sinks
 from sinks.maintenance import DDL_LOCK_TIMEOUT_MS, LOCK_PARTITIONS, day_start, partitions_of, retire_partition
 from sinks.search import SearchSink, client_from_settings
-from streams.settings import Settings
-from streams.periodic import run_periodically
 
 log = logging.getLogger(__name__)
 

@@ -17,92 +17,21 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
 from enum import IntEnum
 from typing import Any, Generic, Protocol, TypeVar, cast
 
+from config.metrics import CIRCUIT_STATE, SINK_BATCH_SIZE, SINK_ERRORS, SINK_FLUSH_SECONDS, SINK_REJECTED, SINK_WRITTEN
+from config.settings import RetryConfig
 from core.errors import error_text, sink_classifier
+from core.records import Batch, RejectedAlerts
 from schemas.alert import NormalizedAlert
-from streams.metrics import CIRCUIT_STATE, SINK_BATCH_SIZE, SINK_ERRORS, SINK_FLUSH_SECONDS, SINK_REJECTED, SINK_WRITTEN
-from streams.settings import RetryConfig
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)
-class Sighting:
-    """One received alert, duplicates included: it advances `last_alert`.
-
-    `position` is the alert's source position (record offset << 16 | index in the record), ordered
-    within its `flow` (agents/deduplicator.py `sighting_flow`): `last_alert` counts a sighting only
-    past the highest position it counted in that flow, so a sighting sent again after a crash is
-    recognised and not counted twice.
-    """
-
-    tenant: str
-    fingerprint: str
-    received_at_ms: int
-    partition: int  # on the internal topic: where its stored alert is handed to the indexer
-    position: int
-    stored: NormalizedAlert | None  # the alert row this sighting created, if new or changed
-    flow: str
-
-
-class Batch(Protocol):
-    """What the breaker needs of a batch, whatever its sink writes."""
-
-    @property
-    def size(self) -> int:
-        """The items it holds (the batch-size metric)."""
-        ...
-
-    def is_empty(self) -> bool:
-        """Nothing to write at all."""
-        ...
-
-    def refusable(self) -> Sequence[NormalizedAlert]:
-        """The items a sink may refuse one by one (bad data): bisected to and dead-lettered. Empty:
-        no item is ever refused alone, every failure is retried."""
-        ...
-
-    def split(self) -> tuple[Any, Any]:
-        """Two halves of the refusable items (each with what belongs to them), for bisection."""
-        ...
-
-    def without(self, uids: Collection[str]) -> Any:
-        """The rest of the batch once the items `uids` were dead-lettered."""
-        ...
-
-
 BatchT = TypeVar("BatchT", bound=Batch)
 BatchT_contra = TypeVar("BatchT_contra", bound=Batch, contravariant=True)
-
-
-@dataclass(slots=True)
-class WriteBatch:
-    """The deduplicate stage's output: alert rows to store and every sighting (Postgres); the
-    stored alerts alone are the search store's batch."""
-
-    stored: list[NormalizedAlert] = field(default_factory=list)
-    sightings: list[Sighting] = field(default_factory=list)
-
-    @property
-    def size(self) -> int:
-        return len(self.stored)
-
-    def is_empty(self) -> bool:
-        return not self.stored and not self.sightings
-
-    def refusable(self) -> Sequence[NormalizedAlert]:
-        return self.stored
-
-    def split(self) -> tuple[WriteBatch, WriteBatch]:
-        return split(self)
-
-    def without(self, uids: Collection[str]) -> WriteBatch:
-        return WriteBatch([a for a in self.stored if a.uid not in uids],
-                          [s for s in self.sightings if s.stored is None or s.stored.uid not in uids])
 
 
 class Sink(Protocol[BatchT_contra]):
@@ -124,19 +53,6 @@ class Sink(Protocol[BatchT_contra]):
     def is_permanent(self, exc: Exception) -> bool:
         """True when `exc` means the data can never be written (bisect and dead-letter it)."""
         ...
-
-
-class RejectedAlerts(Exception):
-    """Some items of a batch can never be written (bad data); the rest were written or may be retried.
-
-    `rejected` maps item uid → reason; `retry` is the part of the batch still to write (the same
-    batch type), tried again by the breaker.
-    """
-
-    def __init__(self, rejected: dict[str, str], retry: Batch) -> None:
-        super().__init__(f"{len(rejected)} alerts rejected, {retry.size} to retry")
-        self.rejected = rejected
-        self.retry = retry
 
 
 class CircuitState(IntEnum):
@@ -261,17 +177,6 @@ class CircuitBreaker(Generic[BatchT]):
                 SINK_REJECTED.labels(self.sink.name).inc()
                 log.error("sink %s rejected alert %s: %s", self.sink.name, item.uid, reason[:300])
                 await self.dead_letter(item, f"{self.sink.name}: {reason}")
-
-
-def split(batch: WriteBatch) -> tuple[WriteBatch, WriteBatch]:
-    """Two halves of the stored alerts, each with the sightings that belong to its alerts.
-    Sightings of duplicates (no stored alert) go with the first half."""
-    half = len(batch.stored) // 2
-    first_ids = {a.uid for a in batch.stored[:half]}
-    second_ids = {a.uid for a in batch.stored[half:]}
-    first = WriteBatch(batch.stored[:half], [s for s in batch.sightings if s.stored is None or s.stored.uid in first_ids])
-    second = WriteBatch(batch.stored[half:], [s for s in batch.sightings if s.stored is not None and s.stored.uid in second_ids])
-    return first, second
 
 
 class Sinks:

@@ -1,6 +1,6 @@
 """`alertstream maintain` and `alertstream migrate-from-keep`: the Postgres store's commands.
 
-streams/cli.py registers them with `add_parsers(sub)`; each handler takes (args, settings).
+cli/main.py registers them with `add_parsers(sub)`; each handler takes (args, settings).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import asyncio
 import sys
 from datetime import datetime, timedelta, timezone
 
-from streams.settings import Settings
+from config.settings import Settings
 
 
 def _cmd_maintain(args: argparse.Namespace, settings: Settings) -> int:

@@ -57,7 +57,7 @@ from schemas.normalizers import InvalidPayload, NormalizeContext, cloudwatch, da
 from schemas.normalizers.base import string_map
 from schemas.rules import DEFAULT_RULES, RuleSet
 from sinks.maintenance import DDL_LOCK_TIMEOUT_MS, LOCK_PARTITIONS, ensure_partition, partitions_of
-from sinks.postgres import _ALERT_COLUMNS, _CREATE_STAGING, _INSERT_ALERTS, alert_rows
+from sinks.postgres import ALERT_COLUMNS, CREATE_STAGING, INSERT_ALERTS, alert_rows
 from sinks.raw_storage import CREATE_RAW_STAGING, INSERT_RAW, RAW_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -312,7 +312,7 @@ class _Target:
         self._days: dict[str, set[date]] = {}
 
     async def start(self) -> None:
-        await self.conn.execute(_CREATE_STAGING)
+        await self.conn.execute(CREATE_STAGING)
         await self.conn.execute(CREATE_RAW_STAGING)
         await self.conn.execute(_CREATE_LAST_STAGE)
         for table in ("alert", "alert_raw"):
@@ -337,8 +337,8 @@ class _Target:
             return 0
         await self.ensure_days("alert", [r[1] for r in rows])
         async with self.conn.transaction():
-            await self.conn.copy_records_to_table("alert_stage", records=rows, columns=_ALERT_COLUMNS)
-            status = await self.conn.execute(_INSERT_ALERTS)
+            await self.conn.copy_records_to_table("alert_stage", records=rows, columns=ALERT_COLUMNS)
+            status = await self.conn.execute(INSERT_ALERTS)
         return int(status.split()[-1])
 
     async def write_raw(self, rows: list[tuple]) -> int:

@@ -25,12 +25,11 @@ from datetime import date, datetime, time, timedelta, timezone
 
 import asyncpg
 
-from streams.settings import Settings
-from streams.periodic import run_periodically
+from config.settings import Settings
+from core.periodic import run_periodically
 
 log = logging.getLogger(__name__)
 
-PARTITIONED_TABLES = ("alert", "alert_raw")
 LOCK_PARTITIONS = 0x616C65727401  # "alert" + 01; sinks.migrate uses "alert" itself
 LOCK_LAST_ALERT_TTL = 0x616C65727402
 DDL_LOCK_TIMEOUT_MS = 2000

@@ -22,20 +22,20 @@ from datetime import datetime, timezone
 import asyncpg
 import msgspec
 
+from core.records import Sighting, WriteBatch
 from schemas.alert import NormalizedAlert
-from sinks.base import Sighting, WriteBatch
 
-_ALERT_COLUMNS = (
+ALERT_COLUMNS = (
     "id", "received_at", "tenant", "fingerprint", "provider_type", "provider_id",
     "name", "status", "severity", "content_hash", "event",
 )
-_LAST_STAGE_COLUMNS = (
+LAST_STAGE_COLUMNS = (
     "tenant", "fingerprint", "alert_id", "name", "status", "severity", "provider_type",
     "content_hash", "stored_flow", "stored_position", "first_received", "last_received",
     "flows", "positions",
 )
 
-_CREATE_STAGING = """
+CREATE_STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS alert_stage (LIKE alert INCLUDING DEFAULTS INCLUDING COMPRESSION) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS last_alert_stage (
     tenant text, fingerprint text, alert_id uuid, name text, status text, severity text,
@@ -45,9 +45,9 @@ CREATE TEMP TABLE IF NOT EXISTS last_alert_stage (
 ) ON COMMIT DELETE ROWS;
 """
 
-_INSERT_ALERTS = f"""
-INSERT INTO alert ({", ".join(_ALERT_COLUMNS)})
-SELECT {", ".join(_ALERT_COLUMNS)} FROM alert_stage
+INSERT_ALERTS = f"""
+INSERT INTO alert ({", ".join(ALERT_COLUMNS)})
+SELECT {", ".join(ALERT_COLUMNS)} FROM alert_stage
 ORDER BY id, received_at
 ON CONFLICT DO NOTHING
 """
@@ -69,7 +69,7 @@ SELECT 1 FROM last_alert la JOIN last_alert_stage s USING (tenant, fingerprint)
 ORDER BY la.tenant, la.fingerprint FOR UPDATE OF la
 """
 
-# `source_marks` holds, per flow, the highest source position counted (agents/deduplicator.py
+# `source_marks` holds, per flow, the highest source position counted (pipeline/deduplicator.py
 # `sighting_flow`): a sighting at or below its flow's mark was counted before a crash and is not
 # counted again; the stored alert is taken only from a sighting past its mark.
 _APPLY_LAST = """
@@ -160,7 +160,7 @@ class PostgresSink:
 
     @staticmethod
     async def _init_connection(conn: asyncpg.Connection) -> None:
-        await conn.execute(_CREATE_STAGING)
+        await conn.execute(CREATE_STAGING)
 
     async def write(self, batch: WriteBatch) -> int:
         if not batch.sightings and not batch.stored:
@@ -168,11 +168,11 @@ class PostgresSink:
         assert self._pool is not None, "start() first"
         async with self._pool.acquire() as conn, conn.transaction():
             if batch.stored:
-                await conn.copy_records_to_table("alert_stage", records=alert_rows(batch.stored), columns=_ALERT_COLUMNS)
-                await conn.execute(_INSERT_ALERTS)
+                await conn.copy_records_to_table("alert_stage", records=alert_rows(batch.stored), columns=ALERT_COLUMNS)
+                await conn.execute(INSERT_ALERTS)
             if batch.sightings:
                 await conn.copy_records_to_table(
-                    "last_alert_stage", records=last_alert_rows(batch.sightings), columns=_LAST_STAGE_COLUMNS
+                    "last_alert_stage", records=last_alert_rows(batch.sightings), columns=LAST_STAGE_COLUMNS
                 )
                 await conn.execute(_INSERT_NEW_LAST)
                 await conn.execute(_LOCK_LAST)

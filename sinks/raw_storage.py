@@ -52,7 +52,7 @@ from core.errors import DEFAULT_PROVIDER, PROVIDER, TENANT
 from schemas.rules import ANY, PROVIDER_ALIASES, PROVIDERS, check_unique_scopes
 
 if TYPE_CHECKING:
-    from agents.normalizer import DeadLetter, RawRecord
+    from core.records import DeadLetter, RawRecord
     from schemas.alert import NormalizedAlert
 
 RAW_COLUMNS = ("id", "received_at", "tenant", "provider_type", "source", "raw", "error")

@@ -20,10 +20,10 @@ from elastic_transport import AiohttpHttpNode
 from elasticsearch import ApiError, AsyncElasticsearch, BadRequestError, ConnectionError
 from prometheus_client import Counter
 
+from config.settings import Settings
+from core.records import RejectedAlerts, WriteBatch
 from schemas.alert import NormalizedAlert
-from sinks.base import RejectedAlerts, WriteBatch
 from sinks.search_schema import SchemaReport, install_schema
-from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class PlainJsonNode(AiohttpHttpNode):
        check no longer tells the two apart: `sinks/search_schema.py` does that
        itself from `GET /` (`version.distribution`) and uses only the APIs both
        have, or the flavour's own (ILM vs ISM). Checked against a real OpenSearch
-       2.19 by tests/integration/test_search_store.py (docs/decisions.md).
+       2.19 by tests/integration/sinks/test_search_store.py (docs/decisions.md).
     """
 
     async def perform_request(self, method, target, body=None, headers=None, request_timeout=None, **kwargs):  # type: ignore[override]

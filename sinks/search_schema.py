@@ -26,7 +26,7 @@ from typing import Any
 from elasticsearch import ApiError, AsyncElasticsearch
 from prometheus_client import Counter
 
-from streams.settings import Settings
+from config.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -29,9 +29,10 @@ from faust.transport.producer import ProducerBuffer
 from mode.utils.logging import cry
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from agents.deduplicator import PackedRecord, StageTwoPlan
-from agents.normalizer import RawRecord, StageOneResult, iter_process_records, pack, unpack
-from agents.throttle import THROTTLED_RECORDS, ConsumerThrottle
+from core.records import RawRecord
+from pipeline.deduplicator import PackedRecord, StageTwoPlan
+from pipeline.normalizer import StageOneResult, iter_process_records, pack, unpack
+from pipeline.throttle import THROTTLED_RECORDS, ConsumerThrottle
 from core.errors import (
     ATTEMPTS,
     PROVIDER,
@@ -46,26 +47,27 @@ from core.errors import (
     retry_target_of,
     tenant_of,
 )
+from core.records import WriteBatch
 from schemas.alert import NormalizedAlert
 from schemas.normalizers import NormalizeLimits
 from schemas.normalizers.canonical import PROVIDER as CANONICAL_PROVIDER
 from schemas.rules import load_rules
-from sinks.base import CircuitBreaker, Sinks, WriteBatch
+from sinks.base import CircuitBreaker, Sinks
 from sinks.maintenance import run_maintenance_forever
 from sinks.postgres import PostgresSink
 from sinks.raw_storage import RawBatch, RawPolicy, RawSink, raw_rows_for
 from sinks.search import SearchSink, make_client
+from streams import stall_watchdog as stall_exit
 from streams.batch_consumer import BatchConsumer
 from streams.changelog import KafkaChangelog
 from streams.dedup_stage import BatchNotDurable, DeduplicateStage
 from streams.failpoints import FailPoints
 from streams.loop_monitor import PROBE_INTERVAL_S, watch_event_loop
-from streams.status_page import install as install_observability
 from streams.priority import PriorityGate
-from streams import stall_watchdog as stall_exit
-from streams.stall_watchdog import EXIT_STALLED, AgentWatchdog, OffsetTracker
 from streams.retry import by_origin, due_in_s, error_router, tier_topics
-from streams.metrics import (
+from streams.stall_watchdog import EXIT_STALLED, AgentWatchdog, OffsetTracker
+from streams.status_page import install as install_observability
+from config.metrics import (
     ALERTS,
     DEDUP_BATCH_FAILURES,
     DEDUP_BLOOM_SKIPPED_READS,
@@ -77,7 +79,7 @@ from streams.metrics import (
     RECORDS_RECEIVED,
     RETRIES,
 )
-from streams.settings import Settings
+from config.settings import Settings
 from tables.bloom import PartitionBlooms
 from tables.dedup_state import DedupStore, Outcome, make_table
 from tables.hot_cache import HotCache

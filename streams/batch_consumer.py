@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
 
-from agents.normalizer import RawRecord
-from streams.settings import BatchConfig, Settings
+from config.settings import BatchConfig, Settings
+from core.records import RawRecord
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import logging
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from streams.settings import Settings
+from config.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 keeps at-least-once exact, with every collaborator passed in (so a test drives it with fakes).
 
 Per batch:
-1. plan: decide every alert against the table (agents/deduplicator.py `plan_batch`);
+1. plan: decide every alert against the table (pipeline/deduplicator.py `plan_batch`);
 2. durable, in parallel: the alert rows (Postgres, through its circuit breaker), the stored alerts
    handed to the indexer, undecodable records dead-lettered;
 3. checkpoint the state: the changed keys to the changelog (acked), then RocksDB
@@ -30,13 +30,13 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from agents.deduplicator import PackedRecord, StageTwoPlan, plan_batch
-from agents.normalizer import RawRecord
+from config.metrics import DEDUP_BATCH_FAILURES, DEDUP_EXPIRED
 from core.errors import UNDECODABLE
+from core.records import RawRecord
+from core.records import WriteBatch
+from pipeline.deduplicator import PackedRecord, StageTwoPlan, plan_batch
 from schemas.rules import RuleSet
-from sinks.base import WriteBatch
 from streams.failpoints import FailPoints
-from streams.metrics import DEDUP_BATCH_FAILURES, DEDUP_EXPIRED
 from tables.dedup_state import DedupState, DedupStore, state_key
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class DeduplicateStage:
             raise ValueError("window and attempts are at least 1")
         self.name = name
         self.topic = topic
-        self.lane = "!" if name.endswith("critical") else ""  # agents/deduplicator.py `sighting_flow`
+        self.lane = "!" if name.endswith("critical") else ""  # pipeline/deduplicator.py `sighting_flow`
         self._store = store
         self._rules = rules
         self._write_rows = write_rows

@@ -26,7 +26,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from streams.settings import Settings
+from config.settings import Settings
 from streams.supervisor import worker_ports
 
 # example file → provider header
@@ -381,7 +381,7 @@ except (OSError, AttributeError):
     pass
 if os.getppid() != int(sys.argv[1]):
     sys.exit(1)  # `run` died before the line above
-os.execv(sys.executable, [sys.executable, "-m", "streams.cli", "worker"])
+os.execv(sys.executable, [sys.executable, "-m", "cli.main", "worker"])
 """
 
 

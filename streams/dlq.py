@@ -39,7 +39,7 @@ from core.errors import (
     SOURCE_TOPIC,
     TENANT,
 )
-from streams.settings import Settings
+from config.settings import Settings
 
 Header = tuple[str, bytes | None]
 

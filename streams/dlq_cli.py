@@ -9,9 +9,9 @@ import time
 from collections import Counter
 from typing import Any
 
+from config.settings import Settings
 from core.errors import FIRST_FAILURE
 from streams import dlq
-from streams.settings import Settings
 
 REPLAY_HELP = """\
 Re-produce the selected records' original key, value and headers to the topic they came from

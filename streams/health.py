@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 
 from confluent_kafka.admin import AdminClient
 
+from config.metrics import CIRCUIT_STATE
 from streams.loop_monitor import HEALTH, LoopHealth
-from streams.metrics import CIRCUIT_STATE
 
 CIRCUIT_NAMES = {0: "closed", 1: "open", 2: "half_open"}
 

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from confluent_kafka import OFFSET_INVALID, ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from streams.metrics import CONSUMER_LAG, CONSUMER_LAG_POLL_ERRORS, CONSUMER_LAG_POLLED
+from config.metrics import CONSUMER_LAG, CONSUMER_LAG_POLL_ERRORS, CONSUMER_LAG_POLLED
+from config.settings import Settings
 from streams.retry import tier_topics
-from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 

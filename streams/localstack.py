@@ -51,11 +51,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 
+from config.settings import Settings
 from streams import engines
 from streams.engines import EngineUnavailable, StackError
 from streams.engines import kafka as kafka_engine
 from streams.engines import search as search_engine
-from streams.settings import Settings
 
 SERVICES = ("kafka", "postgres", "search")
 ENV_VARS = {

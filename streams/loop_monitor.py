@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from streams.metrics import EVENT_LOOP_BLOCKED, EVENT_LOOP_LAG
+from config.metrics import EVENT_LOOP_BLOCKED, EVENT_LOOP_LAG
 
 log = logging.getLogger(__name__)
 

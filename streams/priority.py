@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 from collections.abc import Iterator
 
-from streams.metrics import PRIORITY_IN_FLIGHT
+from config.metrics import PRIORITY_IN_FLIGHT
 
 
 class PriorityGate:

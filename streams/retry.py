@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
+from config.settings import Settings
 from core.errors import ATTEMPTS, ErrorRouter
-from streams.settings import Settings
 
 T = TypeVar("T")
 

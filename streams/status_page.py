@@ -27,10 +27,10 @@ import faust
 from confluent_kafka.admin import AdminClient
 from prometheus_client import REGISTRY
 
+from config.settings import Settings
 from streams.health import broker_check, circuit_checks, lag_check, loop_check, report
 from streams.lag import LagMonitor
 from streams.loop_monitor import PROBE_INTERVAL_S as LOOP_PROBE_INTERVAL_S
-from streams.settings import Settings
 
 
 def _samples(name: str) -> list:

@@ -31,7 +31,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from streams.settings import Settings
+from config.settings import Settings
 
 log = logging.getLogger("alertstream.supervisor")
 
@@ -86,7 +86,7 @@ class Supervisor:
         env["ALERTSTREAM_SIBLING_WEB_PORTS"] = ",".join(str(c.port) for c in self.children if c is not child)
         if self.settings.group_instance_id:  # each process is its own static member
             env["ALERTSTREAM_GROUP_INSTANCE_ID"] = f"{self.settings.group_instance_id}-{child.index}"
-        child.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--child"], env=env)
+        child.proc = subprocess.Popen([sys.executable, "-m", "cli.main", "worker", "--child"], env=env)
         log.info("worker process %d started (pid %d, web port %d)", child.index, child.proc.pid, child.port)
 
     def _on_signal(self, signum: int, _frame: object) -> None:

@@ -11,7 +11,7 @@ import logging
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.settings import Settings
+from config.settings import Settings
 
 log = logging.getLogger(__name__)
 

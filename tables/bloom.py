@@ -26,18 +26,12 @@ from __future__ import annotations
 
 import hashlib
 import math
-import struct
 import time
 from typing import Callable, Iterable
 
 _M64 = (1 << 64) - 1
 _BLAKE = hashlib.blake2b(digest_size=16, person=b"alertstream.bf1")  # copied per key: no constructor cost
 _from_bytes = int.from_bytes
-
-_HEADER = struct.Struct("<4sBBQQQd")  # magic, version, k, m (bits), count, capacity, fp_rate
-_MAGIC, _VERSION = b"ASBF", 1
-_ROT_HEADER = struct.Struct("<4sBdd")  # magic, version, ttl_s, generation start
-_ROT_MAGIC = b"ASRB"
 
 
 def optimal_size(capacity: int, fp_rate: float) -> tuple[int, int]:
@@ -60,14 +54,13 @@ def _key_hash(key: bytes | str) -> int:
 
 
 class BloomFilter:
-    __slots__ = ("m", "k", "capacity", "fp_rate", "_bits", "_count", "_rounds")
+    __slots__ = ("m", "k", "capacity", "fp_rate", "_bits", "_rounds")
 
     def __init__(self, capacity: int, fp_rate: float = 0.01) -> None:
         self.m, self.k = optimal_size(capacity, fp_rate)
         self.capacity = capacity
         self.fp_rate = fp_rate
         self._bits = bytearray((self.m + 7) // 8)
-        self._count = 0
         self._rounds = range(self.k)
 
     def add(self, key: bytes | str) -> bool:
@@ -85,8 +78,6 @@ class BloomFilter:
             pos += step
             if pos >= m:
                 pos -= m
-        if new:
-            self._count += 1
         return new
 
     def __contains__(self, key: bytes | str) -> bool:
@@ -102,15 +93,6 @@ class BloomFilter:
                 pos -= m
         return True
 
-    def update(self, keys: Iterable[bytes | str]) -> int:
-        """Add many keys; returns how many were new."""
-        add = self.add
-        return sum(1 for key in keys if add(key))
-
-    def approx_items(self) -> int:
-        """Keys added that set a new bit: distinct keys, less the few that collided entirely."""
-        return self._count
-
     def bits_set(self) -> int:
         return _from_bytes(self._bits, "little").bit_count()
 
@@ -118,42 +100,16 @@ class BloomFilter:
         """The false-positive rate now: (bits set / m)^k, from the bits actually set."""
         return (self.bits_set() / self.m) ** self.k
 
-    @property
-    def saturated(self) -> bool:
-        """More keys than it was sized for: its false-positive rate is above target; rebuild bigger."""
-        return self._count > self.capacity
-
     def clear(self) -> None:
         self._bits[:] = bytes(len(self._bits))
-        self._count = 0
 
     @property
     def nbytes(self) -> int:
         return len(self._bits)
 
-    def to_bytes(self) -> bytes:
-        return _HEADER.pack(_MAGIC, _VERSION, self.k, self.m, self._count, self.capacity, self.fp_rate) + bytes(self._bits)
-
-    @classmethod
-    def from_bytes(cls, data: bytes | bytearray | memoryview) -> BloomFilter:
-        data = memoryview(data)
-        if len(data) < _HEADER.size:
-            raise ValueError("not a serialized BloomFilter: too short")
-        magic, version, k, m, count, capacity, fp_rate = _HEADER.unpack_from(data)
-        if magic != _MAGIC or version != _VERSION:
-            raise ValueError(f"not a serialized BloomFilter (magic {magic!r}, version {version})")
-        body = data[_HEADER.size:]
-        if len(body) != (m + 7) // 8 or k < 1:
-            raise ValueError(f"corrupt BloomFilter: {len(body)} bytes of bits for m={m}, k={k}")
-        bf = cls.__new__(cls)
-        bf.m, bf.k, bf.capacity, bf.fp_rate, bf._count = m, k, capacity, fp_rate, count
-        bf._bits = bytearray(body)
-        bf._rounds = range(k)
-        return bf
-
     def __repr__(self) -> str:
         return (f"BloomFilter(capacity={self.capacity}, fp_rate={self.fp_rate}, m={self.m}, k={self.k}, "
-                f"items≈{self._count}, {self.nbytes} bytes)")
+                f"{self.nbytes} bytes)")
 
 
 class RotatingBloomFilter:
@@ -192,39 +148,10 @@ class RotatingBloomFilter:
         self._rotate()
         return key in self.current or key in self.previous
 
-    def approx_items(self) -> int:
-        """Keys added in the last ttl/2 .. ttl (a key refreshed in both generations counts twice)."""
-        self._rotate()
-        return self.current.approx_items() + self.previous.approx_items()
-
     def fp_rate_estimate(self) -> float:
         self._rotate()
         a, b = self.current.fp_rate_estimate(), self.previous.fp_rate_estimate()
         return a + b - a * b
-
-    def to_bytes(self) -> bytes:
-        self._rotate()
-        cur, prev = self.current.to_bytes(), self.previous.to_bytes()
-        return _ROT_HEADER.pack(_ROT_MAGIC, _VERSION, self.ttl_s, self._started) + struct.pack("<Q", len(cur)) + cur + prev
-
-    @classmethod
-    def from_bytes(cls, data: bytes | bytearray | memoryview, *, clock: Callable[[], float] = time.time) -> RotatingBloomFilter:
-        """Restore; the generation start is wall-clock time, so a restored filter expires keys on schedule."""
-        data = memoryview(data)
-        if len(data) < _ROT_HEADER.size + 8:
-            raise ValueError("not a serialized RotatingBloomFilter: too short")
-        magic, version, ttl_s, started = _ROT_HEADER.unpack_from(data)
-        if magic != _ROT_MAGIC or version != _VERSION:
-            raise ValueError(f"not a serialized RotatingBloomFilter (magic {magic!r}, version {version})")
-        (n,) = struct.unpack_from("<Q", data, _ROT_HEADER.size)
-        start = _ROT_HEADER.size + 8
-        rb = cls.__new__(cls)
-        rb.current = BloomFilter.from_bytes(data[start:start + n])
-        rb.previous = BloomFilter.from_bytes(data[start + n:])
-        rb.ttl_s, rb._half, rb._clock, rb._started = ttl_s, ttl_s / 2, clock, started
-        rb.capacity, rb.fp_rate = rb.current.capacity, rb.current.fp_rate * 2
-        rb._rotate()
-        return rb
 
 
 class PartitionBlooms:
@@ -243,7 +170,6 @@ class PartitionBlooms:
         self._clock = clock
         self._filters: dict[int, BloomFilter | RotatingBloomFilter] = {}
         self.skipped_reads = 0  # negatives: table reads saved
-        self.maybe = 0  # positives and not-ready partitions: reads done
 
     def _new(self) -> BloomFilter | RotatingBloomFilter:
         if self.ttl_s is None:
@@ -268,7 +194,6 @@ class PartitionBlooms:
         if bf is not None and key not in bf:
             self.skipped_reads += 1
             return False
-        self.maybe += 1
         return True
 
     def add(self, partition: int, key: bytes) -> None:
@@ -279,14 +204,6 @@ class PartitionBlooms:
 
     def drop_partition(self, partition: int) -> None:
         self._filters.pop(partition, None)
-
-    def clear(self) -> None:
-        self._filters.clear()
-
-    def saturated(self) -> list[int]:
-        """Partitions whose filter holds more keys than it was sized for (rebuild them bigger)."""
-        return [p for p, bf in self._filters.items()
-                if (bf.saturated if isinstance(bf, BloomFilter) else bf.current.saturated)]
 
 
 __all__ = ["BloomFilter", "PartitionBlooms", "RotatingBloomFilter", "optimal_size"]

@@ -39,8 +39,8 @@ class Outcome(str, Enum):
     DUPLICATE = "duplicate"  # same identity and content (Keep's full duplicate): not stored
 
 
-_encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(DedupState).decode
+encode_state = msgspec.msgpack.Encoder().encode  # the table's value bytes (RocksDB and the changelog)
+decode_state = msgspec.msgpack.Decoder(DedupState).decode
 
 
 def state_key(tenant: str, fingerprint: str) -> bytes:
@@ -112,7 +112,7 @@ class DedupStore:
             if not self._blooms.may_contain(partition, key):
                 return None  # certainly never written: skip the RocksDB read
         raw = self._partition_db(partition).get(key)
-        state = _decode(raw) if raw is not None else None
+        state = decode_state(raw) if raw is not None else None
         if state is not None and self._cache is not None:
             self._cache.put(key, state, partition)
         return state
@@ -127,7 +127,7 @@ class DedupStore:
         if not changes:
             return
         assert self._changelog is not None, "a DedupStore without a changelog is read-only"
-        encoded = [(partition, key, None if state is None else _encode(state))
+        encoded = [(partition, key, None if state is None else encode_state(state))
                    for key, (state, partition) in changes.items()]
         offsets = await self._changelog.send(encoded)
         batches: dict[int, WriteBatch] = {}
@@ -183,7 +183,7 @@ class DedupStore:
                 del self._sweeps[partition]  # a full pass done: the next scan starts over
                 break
             key, raw = item
-            if now_ms - _decode(raw).seen_ms > ttl_ms:
+            if now_ms - decode_state(raw).seen_ms > ttl_ms:
                 expired.append(key)
         return expired
 

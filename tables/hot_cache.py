@@ -5,7 +5,7 @@ a Faust table read (contextvar, key encoding, RocksDB get, msgpack decode). Boun
 least recently used evicted first. (`cachetools` is not a dependency; an OrderedDict does it.)
 
 Entries remember the table partition they belong to, so a rebalance can drop exactly the
-partitions that left this worker (`drop_partition`), or everything (`clear`).
+partitions that left this worker (`drop_partitions`).
 
 Rules that keep it correct (the cache must never be ahead of, or disagree with, the table):
 - write through: `put` the state at the moment it is written to the table (after the sinks), not
@@ -18,7 +18,7 @@ Rules that keep it correct (the cache must never be ahead of, or disagree with, 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Generic, Hashable, Iterator, TypeVar
+from typing import Generic, Hashable, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -46,11 +46,6 @@ class HotCache(Generic[K, V]):
         self.hits += 1
         return entry[1]
 
-    def peek(self, key: K) -> V | None:
-        """The cached value without touching recency or counters."""
-        entry = self._data.get(key)
-        return None if entry is None else entry[1]
-
     def put(self, key: K, value: V, partition: int) -> None:
         data = self._data
         if key in data:
@@ -63,39 +58,20 @@ class HotCache(Generic[K, V]):
     def discard(self, key: K) -> None:
         self._data.pop(key, None)
 
-    def drop_partition(self, partition: int) -> int:
-        """Forget every entry of `partition` (revoked in a rebalance); returns how many. O(entries)."""
-        stale = [key for key, (p, _) in self._data.items() if p == partition]
-        for key in stale:
-            del self._data[key]
-        return len(stale)
-
     def drop_partitions(self, partitions: set[int]) -> int:
+        """Forget every entry of `partitions` (revoked in a rebalance); returns how many. O(entries)."""
         stale = [key for key, (p, _) in self._data.items() if p in partitions]
         for key in stale:
             del self._data[key]
         return len(stale)
 
-    def clear(self) -> None:
-        self._data.clear()
-
     def __len__(self) -> int:
         return len(self._data)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._data
-
-    def __iter__(self) -> Iterator[K]:
-        return iter(self._data)
 
     @property
     def hit_ratio(self) -> float:
         total = self.hits + self.misses
         return self.hits / total if total else 0.0
-
-    def stats(self) -> dict[str, float]:
-        return {"entries": len(self._data), "max_entries": self.max_entries, "hits": self.hits,
-                "misses": self.misses, "evictions": self.evictions, "hit_ratio": self.hit_ratio}
 
     def __repr__(self) -> str:
         return f"HotCache({len(self._data)}/{self.max_entries} entries, hit ratio {self.hit_ratio:.1%})"

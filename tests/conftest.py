@@ -7,14 +7,18 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from streams.settings import Settings
+from config.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
+# the project's packages, bottom layer first (pyproject.toml; docs/decisions.md, "Layers")
+PACKAGES = [p.rstrip("*") for p in
+            tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]]
 
 # The engines the stack fixtures start (and every test that runs `localstack.up` itself): the real
 # ones, Apache Kafka 4 (KRaft) and OpenSearch 2.19 (streams/engines/), unless the environment names
@@ -121,7 +125,7 @@ class WorkerProcess:
         self.log_path = log_path
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker"], cwd=REPO,
+            [sys.executable, "-m", "cli.main", "worker"], cwd=REPO,
             env=settings_env(settings), stdout=self._log, stderr=subprocess.STDOUT,
         )
 

@@ -3,7 +3,7 @@
 are the SDK's classes and enums, not hand-written dicts. The output is importable with the
 `${DS_PROMETHEUS}` data-source input and works file-provisioned through the data-source variable.
 
-Edit here, then run `python deploy/grafana/generate.py`; tests/unit/test_metrics_docs.py checks
+Edit here, then run `python deploy/grafana/generate.py`; tests/unit/docs/test_metrics_docs.py checks
 that the committed files are current, read back into the SDK's models unchanged, and query only
 metrics documented in docs/metrics.md.
 """

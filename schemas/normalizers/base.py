@@ -144,10 +144,6 @@ def alert_items(value: Any, ctx: NormalizeContext, what: str) -> Iterator[tuple[
         yield index, item
 
 
-def iso_from_epoch_ms(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def require_dict(value: Any, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidPayload("invalid_shape", f"{what} must be a JSON object, got {type(value).__name__}")

@@ -1,0 +1,268 @@
+"""Stage 1: provider payloads → canonical alerts, repartitioned by identity.
+
+Stateless. Each input record is decoded once, normalized, fingerprinted and
+given a row id derived from its position. Alerts are then packed, many to a
+record, onto the internal topic's partition that owns their (tenant,
+fingerprint): one identity, one partition, one dedup state, whatever key the
+producer chose. A record that cannot be processed goes to the DLQ instead.
+
+Every record is bounded (`NormalizeLimits`, schemas/normalizers/base.py): alerts
+per record, labels per alert, nesting, CPU time, and output relative to its
+input size. Over a bound it goes to the DLQ with the reason (too_many_alerts,
+over_budget, too_deep, output_too_large), so one hostile record costs a bounded
+amount and never stalls its partition. `iter_process_records` hands a batch
+over in chunks bounded in wall time and output bytes, so that the caller can
+give the event loop a turn (heartbeats, other tasks) and send each chunk before
+the next one exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
+from operator import attrgetter
+from typing import TYPE_CHECKING, Iterator
+
+import msgspec
+
+from core.errors import DEFAULT_PROVIDER, EXPIRED, INTERNAL_ERROR, PROVIDER, PROVIDER_ID, TENANT, Classifier, permanent
+from core.records import DeadLetter, RawRecord
+from schemas.alert import NormalizedAlert, NormalizedBatch
+from schemas.normalizers import InvalidPayload, NormalizeContext, normalize
+from schemas.normalizers.base import DEFAULT_LIMITS, Budget, NormalizeLimits, check_alert_document, encode_and_check
+from schemas.rules import DEFAULT_RULES, RuleSet
+
+if TYPE_CHECKING:
+    from pipeline.throttle import ConsumerThrottle
+
+log = logging.getLogger(__name__)
+
+_encode_batch = msgspec.msgpack.Encoder().encode
+MAX_ALERTS_PER_RECORD = 0xFFFF  # positions pack the index into 16 bits (see core.records.Sighting); limits stay under it
+# what an alert's JSON leaves out of its stored/packed size: row id, content hash, received time,
+# lastReceived (hashed as null), and a rule's fingerprint replacing the provider's
+_ITEM_OVERHEAD = 160
+# Postgres cannot store these; a sink write that fails on them would be retried forever, so they go to the DLQ.
+MAX_IDENTITY_BYTES = 2048  # tenant + fingerprint are btree keys: an index row holds at most ~2.7 KB
+_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")  # an escaped NUL (not an escaped backslash + "u0000")
+
+
+# the stage's failures (core/errors.py): what the normalizers refuse goes to the DLQ with their
+# reason; anything else is a bug, dead-lettered as `internal_error` so the partition keeps going
+CLASSIFIER = Classifier((permanent(InvalidPayload, attrgetter("reason"), attrgetter("detail")),), otherwise=INTERNAL_ERROR)
+
+
+@dataclass(slots=True)
+class StageOneResult:
+    by_partition: dict[int, list[NormalizedAlert]] = field(default_factory=lambda: defaultdict(list))
+    critical_by_partition: dict[int, list[NormalizedAlert]] = field(default_factory=lambda: defaultdict(list))
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    throttled: list[RawRecord] = field(default_factory=list)  # over their provider's rate: parked on the first retry tier
+    alerts: int = 0
+    records: list[RawRecord] = field(default_factory=list)  # the input records this result accounts for
+    output_bytes: int = 0  # size of its alerts, as JSON (see output_cap)
+
+
+def partition_for(tenant: str, fingerprint: str, partitions: int) -> int:
+    return zlib.crc32(f"{tenant}\x00{fingerprint}".encode()) % partitions
+
+
+@lru_cache(maxsize=1024)
+def _iso_second(second: int) -> str:
+    return datetime.fromtimestamp(second, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def iso_utc(ms: int) -> str:
+    """ISO 8601 UTC with milliseconds; the second's prefix is cached (records of a batch share it)."""
+    second, millis = divmod(ms, 1000)
+    return f"{_iso_second(second)}.{millis:03d}Z"
+
+
+def source_position(offset: int, index: int) -> int:
+    """One number ordering the alerts of a source partition: the record's offset, then the index in it
+    (at most 0xFFFF alerts per record, `NormalizeLimits.max_alerts_per_record`)."""
+    return (offset << 16) | index
+
+
+def row_uid(topic: str, partition: int, offset: int, index: int) -> str:
+    """A UUID-shaped id derived from the source position: a replay yields the same id.
+
+    blake2b rather than uuid5: the same determinism at a fifth of the cost.
+    """
+    h = hashlib.blake2b(f"{topic}/{partition}/{offset}/{index}".encode(), digest_size=16).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _header(record: RawRecord, name: str) -> str | None:
+    value = record.headers.get(name)
+    if value is None:
+        return None
+    try:
+        text = value.decode()
+    except UnicodeDecodeError:
+        raise InvalidPayload("invalid_header", f"header {name!r} is not UTF-8") from None
+    if "\x00" in text:
+        raise InvalidPayload("invalid_header", f"header {name!r} contains a NUL character")
+    return text or None
+
+
+def output_cap(input_bytes: int, alerts: int, limits: NormalizeLimits = DEFAULT_LIMITS) -> int:
+    """Bytes a record of `input_bytes` with `alerts` alerts may become: a multiple of its input, plus
+    a fixed allowance per alert (row id, hashes, Keep's default fields and the group's small fields,
+    which a 30-byte alert of a large group legitimately carries). Measured as the alerts' JSON, what
+    Postgres and the search store hold (the packed msgpack is smaller, but for floats: 9 bytes each)."""
+    return int(limits.max_output_ratio * input_bytes) + limits.output_allowance_per_alert * alerts
+
+
+def normalize_record(record: RawRecord, *, default_tenant: str, max_payload_bytes: int,
+                     rules: RuleSet = DEFAULT_RULES, limits: NormalizeLimits = DEFAULT_LIMITS) -> list[NormalizedAlert]:
+    """One input record → its canonical alerts; raises InvalidPayload for the DLQ."""
+    return _normalize_record(record, default_tenant, max_payload_bytes, rules, limits)[0]
+
+
+def _normalize_record(record: RawRecord, default_tenant: str, max_payload_bytes: int, rules: RuleSet,
+                      limits: NormalizeLimits) -> tuple[list[NormalizedAlert], int]:
+    """The alerts of one record and their size (see output_cap)."""
+    if not record.value:
+        raise InvalidPayload("empty", "record has no value")
+    if len(record.value) > max_payload_bytes:
+        raise InvalidPayload("too_large", f"{len(record.value)} bytes > limit {max_payload_bytes}")
+    if b"\\u0000" in record.value and _JSON_NUL.search(record.value):
+        raise InvalidPayload("invalid_field", "the payload contains a NUL character (\\u0000), which PostgreSQL cannot store")
+    budget = Budget(limits)  # the record's CPU budget starts before parsing
+    provider = _header(record, PROVIDER) or DEFAULT_PROVIDER
+    tenant = _header(record, TENANT) or default_tenant
+    ctx = NormalizeContext(tenant=tenant, received_at=iso_utc(record.timestamp_ms),
+                           provider_id=_header(record, PROVIDER_ID), budget=budget, check_content=False)
+    alerts = normalize(provider, record.value, ctx)
+    cap = output_cap(len(record.value), len(alerts), limits)
+    out = []
+    total = 0
+    for index, alert in enumerate(alerts):
+        # NUL and depth (normalize() left them to us: check_content=False), then the fingerprint
+        # under the tenant's and provider's rule, and the content hash; `document` is the alert's
+        # JSON, whichever encoded it: its size is the alert's share of the record's output
+        rule = rules.for_(alert.tenant, alert.provider_type)
+        if rule.hashes_whole_alert:
+            try:
+                alert.fingerprint = rule.fingerprint(alert)
+                chash, document = rule.content_hash_and_document(alert)
+            except RecursionError:  # past what the encoder can nest; shallower depths are refused below
+                raise InvalidPayload("too_deep", f"extra is nested more than {limits.max_depth} levels deep") from None
+            if document is None:  # never under the default ignore fields; a guard, not a path
+                document = encode_and_check(alert, limits)
+            else:
+                check_alert_document(alert, document, limits)  # on the JSON just hashed: no second encoding
+        else:  # a custom rule reads fields or leaves some out of the hash: check the whole alert first
+            document = encode_and_check(alert, limits)
+            alert.fingerprint = rule.fingerprint(alert)
+            chash = rule.content_hash(alert)
+        identity_bytes = len(alert.tenant.encode()) + len(alert.fingerprint.encode())
+        if identity_bytes > MAX_IDENTITY_BYTES:
+            raise InvalidPayload("invalid_field", f"tenant + fingerprint are {identity_bytes} bytes > limit {MAX_IDENTITY_BYTES}")
+        # measured as it grows, so a record over its cap stops here, before all of it is built
+        total += len(document) + _ITEM_OVERHEAD
+        if total > cap:
+            raise InvalidPayload("output_too_large", f"{len(alerts)} alerts would be more than {cap} bytes "
+                                 f"(limit {limits.max_output_ratio:g} × {len(record.value)} input bytes + "
+                                 f"{limits.output_allowance_per_alert} per alert); over it at alert {index}")
+        out.append(NormalizedAlert(row_uid(record.topic, record.partition, record.offset, index), record.timestamp_ms,
+                                   chash, alert, record.topic, record.partition, source_position(record.offset, index)))
+        budget.tick()  # normalize() checked the budget at its end; this covers a long list of alerts
+    return out, total
+
+
+def process_records(records: list[RawRecord], *, partitions: int, default_tenant: str, max_payload_bytes: int,
+                    rules: RuleSet = DEFAULT_RULES, max_age_ms: int = 0, now_ms: int | None = None,
+                    throttle: ConsumerThrottle | None = None, clock_s: float = 0.0,
+                    limits: NormalizeLimits = DEFAULT_LIMITS) -> StageOneResult:
+    """The whole batch in one result (see `iter_process_records` for the chunked form)."""
+    (result,) = iter_process_records(records, partitions=partitions, default_tenant=default_tenant,
+                                     max_payload_bytes=max_payload_bytes, rules=rules, max_age_ms=max_age_ms,
+                                     now_ms=now_ms, throttle=throttle, clock_s=clock_s, limits=limits)
+    return result
+
+
+def iter_process_records(records: list[RawRecord], *, partitions: int, default_tenant: str, max_payload_bytes: int,
+                         rules: RuleSet = DEFAULT_RULES, max_age_ms: int = 0, now_ms: int | None = None,
+                         throttle: ConsumerThrottle | None = None, clock_s: float = 0.0,
+                         limits: NormalizeLimits = DEFAULT_LIMITS, chunk_max_ms: float | None = None,
+                         chunk_max_output_bytes: int | None = None) -> Iterator[StageOneResult]:
+    """Stage 1 over `records`, in consecutive chunks: a chunk ends after the record that takes it
+    past `chunk_max_ms` of wall time or `chunk_max_output_bytes` of alerts (`output_bytes`) (None: no bound;
+    with neither, one result for the whole batch).
+
+    The caller sends each chunk (and awaits, which gives the event loop its turn) before asking
+    for the next: one batch then never holds the loop longer than a chunk plus one record, and
+    never holds more than a chunk's output in memory. Each result names its input `records`;
+    commit offsets only once every chunk of the batch is sent. Wall time here, not CPU time: it
+    is about how long other tasks wait, and no record's fate depends on it.
+    """
+    result = StageOneResult()
+    started = time.perf_counter()
+    if max_age_ms:
+        now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+    last = len(records) - 1
+    for position, record in enumerate(records):
+        result.records.append(record)
+        _stage_one_record(record, result, partitions, default_tenant, max_payload_bytes, rules, max_age_ms, now_ms,
+                          throttle, clock_s, limits)
+        if position < last and (
+                (chunk_max_output_bytes is not None and result.output_bytes >= chunk_max_output_bytes)
+                or (chunk_max_ms is not None and (time.perf_counter() - started) * 1000 >= chunk_max_ms)):
+            yield result
+            result = StageOneResult()
+            started = time.perf_counter()  # the time the caller spent sending is not this chunk's
+    yield result
+
+
+def _stage_one_record(record: RawRecord, result: StageOneResult, partitions: int, default_tenant: str,
+                      max_payload_bytes: int, rules: RuleSet, max_age_ms: int, now_ms: int | None,
+                      throttle: ConsumerThrottle | None, clock_s: float, limits: NormalizeLimits) -> None:
+    if max_age_ms and now_ms - record.timestamp_ms > max_age_ms:
+        result.dead_letters.append(DeadLetter(record, EXPIRED, f"{(now_ms - record.timestamp_ms) / 1000:.0f}s old > limit {max_age_ms / 1000:.0f}s"))
+        return
+    try:
+        alerts, size = _normalize_record(record, default_tenant, max_payload_bytes, rules, limits)
+    except Exception as exc:  # every failure here is permanent: a bug must not stall the partition either
+        verdict = CLASSIFIER.classify(exc)
+        if verdict.reason == INTERNAL_ERROR:
+            log.exception("normalizer crashed on %s/%d@%d", record.topic, record.partition, record.offset)
+        result.dead_letters.append(DeadLetter(record, verdict.reason, verdict.detail))
+        return
+    if throttle and not throttle.admit(_header(record, TENANT) or default_tenant, _header(record, PROVIDER) or DEFAULT_PROVIDER,
+                                       len(alerts), clock_s):
+        result.throttled.append(record)  # consumer-side throttling (docs/gateway.md): delayed, not dropped
+        return
+    result.alerts += len(alerts)
+    result.output_bytes += size
+    for item in alerts:
+        # critical alerts travel on their own internal topic and agent, past any backlog
+        target = result.critical_by_partition if item.alert.severity == "critical" else result.by_partition
+        target[partition_for(item.alert.tenant, item.alert.fingerprint, partitions)].append(item)
+
+
+def pack(alerts: list[NormalizedAlert], max_bytes: int) -> list[bytes]:
+    """Encode alerts into as few records as fit under `max_bytes` each."""
+    if len(alerts) > MAX_ALERTS_PER_RECORD:
+        half = len(alerts) // 2
+        return pack(alerts[:half], max_bytes) + pack(alerts[half:], max_bytes)
+    encoded = _encode_batch(NormalizedBatch(alerts))
+    if len(encoded) <= max_bytes or len(alerts) == 1:
+        return [encoded]
+    half = len(alerts) // 2
+    return pack(alerts[:half], max_bytes) + pack(alerts[half:], max_bytes)
+
+
+_decode_batch = msgspec.msgpack.Decoder(NormalizedBatch).decode
+
+
+def unpack(blob: bytes) -> list[NormalizedAlert]:
+    return _decode_batch(blob).alerts

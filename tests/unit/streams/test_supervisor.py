@@ -1,0 +1,37 @@
+"""The worker supervisor's pure decisions: how many processes, when a crash becomes a crash loop."""
+
+from __future__ import annotations
+
+import os
+
+from config.settings import Settings
+from streams.supervisor import CRASH_LIMIT, CRASH_WINDOW_S, Supervisor, resolve_worker_processes, worker_ports
+
+
+def test_default_is_one_process_per_core_capped_by_partitions() -> None:
+    auto = Settings(worker_processes=0, topic_partitions=64)
+    assert resolve_worker_processes(auto) == (os.cpu_count() or 1)
+    assert resolve_worker_processes(auto.model_copy(update={"topic_partitions": 1})) == 1
+    assert resolve_worker_processes(auto.model_copy(update={"worker_processes": 3})) == 3
+
+
+def test_each_process_has_its_own_port() -> None:
+    assert worker_ports(Settings(worker_processes=3, worker_web_port=7000)) == [7000, 7001, 7002]
+
+
+def test_restarts_back_off_and_a_crash_loop_gives_up() -> None:
+    sup = Supervisor(Settings(worker_processes=2), 2)
+    child = sup.children[1]
+    delays = []
+    for i in range(CRASH_LIMIT):
+        assert sup._reap(child, now=100.0 + i)
+        delays.append(child.restart_at - (100.0 + i))
+    assert delays == sorted(delays) and delays[0] == 1.0, "the delay grows"
+    assert not sup._reap(child, now=100.0 + CRASH_LIMIT), "one crash more within the window is a crash loop"
+
+
+def test_old_crashes_are_forgotten() -> None:
+    sup = Supervisor(Settings(worker_processes=1), 1)
+    child = sup.children[0]
+    for i in range(CRASH_LIMIT + 3):
+        assert sup._reap(child, now=i * (CRASH_WINDOW_S / 2 + 1)), "crashes spread over time never give up"
