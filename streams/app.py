@@ -29,10 +29,19 @@ from faust.transport.producer import ProducerBuffer
 from mode.utils.logging import cry
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from core.records import RawRecord
-from pipeline.deduplicator import PackedRecord, StageTwoPlan
-from pipeline.normalizer import StageOneResult, iter_process_records, pack, unpack
-from pipeline.throttle import THROTTLED_RECORDS, ConsumerThrottle
+from config.metrics import (
+    ALERTS,
+    DEDUP_BATCH_FAILURES,
+    DEDUP_BLOOM_SKIPPED_READS,
+    DEDUP_CACHE_HIT_RATIO,
+    DEDUP_RATIO,
+    DLQ_RECORDS,
+    OFFSET_GAPS,
+    RECORDS_RECEIVED,
+    RETRIES,
+    observe_end_to_end,
+)
+from config.settings import Settings
 from core.errors import (
     ATTEMPTS,
     PROVIDER,
@@ -47,7 +56,10 @@ from core.errors import (
     retry_target_of,
     tenant_of,
 )
-from core.records import WriteBatch
+from core.records import RawRecord, WriteBatch
+from pipeline.deduplicator import PackedRecord, StageTwoPlan
+from pipeline.normalizer import StageOneResult, iter_process_records, pack, unpack
+from pipeline.throttle import THROTTLED_RECORDS, ConsumerThrottle
 from schemas.alert import NormalizedAlert
 from schemas.normalizers import NormalizeLimits
 from schemas.normalizers.canonical import PROVIDER as CANONICAL_PROVIDER
@@ -67,19 +79,7 @@ from streams.priority import PriorityGate
 from streams.retry import by_origin, due_in_s, error_router, tier_topics
 from streams.stall_watchdog import EXIT_STALLED, AgentWatchdog, OffsetTracker
 from streams.status_page import install as install_observability
-from config.metrics import (
-    ALERTS,
-    DEDUP_BATCH_FAILURES,
-    DEDUP_BLOOM_SKIPPED_READS,
-    DEDUP_CACHE_HIT_RATIO,
-    DEDUP_RATIO,
-    DLQ_RECORDS,
-    OFFSET_GAPS,
-    observe_end_to_end,
-    RECORDS_RECEIVED,
-    RETRIES,
-)
-from config.settings import Settings
+from streams.topology import Wiring, build_topology, render
 from tables.bloom import PartitionBlooms
 from tables.dedup_state import DedupStore, Outcome, make_table
 from tables.hot_cache import HotCache
@@ -206,6 +206,7 @@ def create_app(settings: Settings) -> faust.App:
     postgres = sinks.add(PostgresSink(settings.require_database_url(), pool_size=settings.db_pool_size))
     raw_sink = None if raw_policy.stores_nothing else sinks.add(RawSink(settings.require_database_url(), pool_size=2))
     topics_by_name: dict[str, faust.TopicT] = {settings.topic_dlq: dlq_topic}
+    wire = Wiring(app, build_topology(settings, raw_store=raw_sink is not None))
 
     def topic_named(name: str) -> faust.TopicT:
         if name not in topics_by_name:
@@ -279,11 +280,11 @@ def create_app(settings: Settings) -> faust.App:
             if not critical:
                 await gate.wait_idle()  # let critical work in flight go first
 
-    @app.task
+    @wire("normalize")
     async def normalize() -> None:
         await normalize_from(settings.topic_alerts, f"{settings.app_id}-normalize", critical=False)
 
-    @app.task
+    @wire("normalize-critical")
     async def normalize_critical() -> None:
         """Critical alerts have their own input topic and consumer: no backlog of the main topic delays them."""
         await normalize_from(settings.topic_critical, f"{settings.app_id}-normalize-critical", critical=True)
@@ -453,7 +454,7 @@ def create_app(settings: Settings) -> faust.App:
                     exit_for_a_fresh_process(f"agent {watchdog.name} has been idle {watchdog.stalled_for():.0f} s "
                                              "with records on its partitions it was never handed")
 
-    @app.agent(normalized_topic, name="deduplicate")
+    @wire("deduplicate", normalized_topic)
     async def deduplicate(stream):  # noqa: ANN001
         try:
             async with sinks.use(postgres):
@@ -461,7 +462,7 @@ def create_app(settings: Settings) -> faust.App:
         finally:
             await asyncio.to_thread(changelog.close)  # a bounded flush; every checkpoint already waited for its records
 
-    @app.agent(critical_topic, name="deduplicate-critical")
+    @wire("deduplicate-critical", critical_topic)
     async def deduplicate_critical(stream):  # noqa: ANN001
         """The same stage for critical alerts, on their own co-partitioned topic and agent: it
         shares the dedup table, so an identity has one state whatever its severity."""
@@ -494,7 +495,7 @@ def create_app(settings: Settings) -> faust.App:
         await asyncio.gather(*pending)
 
     if settings.search_enabled:
-        @app.task
+        @wire("index")
         async def index() -> None:
             """The search sink as its own consumer of stored alerts: a slow or down search
             store shows as this consumer's lag, and never holds back Postgres."""
@@ -573,22 +574,22 @@ def create_app(settings: Settings) -> faust.App:
         return forward
 
     for tier, (topic, delay_s) in enumerate(zip(tier_topics(settings), settings.retry_delays_s), start=1):
-        app.task(retry_forwarder(tier, topic, delay_s))
+        wire(f"retry-tier-{tier}")(retry_forwarder(tier, topic, delay_s))
 
-    @app.task
+    @wire("maintain-postgres")
     async def maintain_postgres() -> None:
         """Partitions ahead, retention, last_alert TTL: every worker tries, an advisory lock lets one run."""
         await run_maintenance_forever(settings)
 
     if settings.archive_enabled:
-        @app.task
-        async def archive_to_search() -> None:
+        @wire("archive")
+        async def archive() -> None:
             """Old alerts from Postgres to the search store (sinks/archiver.py); an advisory lock lets one worker run it."""
             from sinks.archiver import run_archiver_forever
 
             await run_archiver_forever(settings)
 
-    @app.task
+    @wire("monitor-event-loop")
     async def monitor_event_loop() -> None:
         await watch_event_loop(PROBE_INTERVAL_S, settings.loop_blocked_threshold_s)
 
@@ -597,17 +598,12 @@ def create_app(settings: Settings) -> faust.App:
         return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     install_observability(app, settings)  # lag poller, /healthz, /readyz, /status
+    wire.check()  # every stage of the topology has its runner
 
     return app
 
 
 def describe(settings: Settings) -> str:
-    return (
-        f"{settings.topic_alerts}, {settings.topic_critical} ({settings.topic_partitions} partitions)\n"
-        f"  └─ normalize: decode, normalize, fingerprint ─► {settings.topic_normalized} (by tenant+fingerprint;\n"
-        f"     critical severity ─► {settings.topic_normalized_critical}, its own agent, ahead of any backlog)\n"
-        f"       └─ deduplicate: table dedup-state ─► postgres alert/last_alert\n"
-        + (f"            └─ stored alerts ─► {settings.topic_stored} ─► index: search {settings.search_index}\n"
-           if settings.search_enabled else "") +
-        f"  invalid records ─► {settings.topic_dlq} (headers dlq_reason, dlq_detail, dlq_topic/partition/offset)"
-    )
+    """The stages `create_app` wires for these settings (streams/topology.py)."""
+    raw_store = not RawPolicy.load(settings.raw_storage_policy_path).stores_nothing
+    return render(build_topology(settings, raw_store=raw_store))

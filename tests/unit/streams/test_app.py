@@ -1,0 +1,120 @@
+"""The worker's wiring, without a broker: `create_app` registers exactly the stages of its
+topology, each on the topic the topology says, and `alertstream topology` prints that list."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from config.settings import Settings
+from streams.app import create_app, describe
+from streams.topology import Kind, Stage, Wiring, build_topology
+
+
+def settings(tmp_path: Path, **overrides: object) -> Settings:
+    # nothing listens there: the app is only built, never started (its producers log refused connects)
+    return Settings(kafka_bootstrap="127.0.0.1:9", database_url="postgresql://nobody@127.0.0.1:9/none",
+                    data_dir=tmp_path, **overrides)
+
+
+def task_names(app) -> set[str]:  # noqa: ANN001
+    return {task.__name__ for task in app._app_tasks}  # Faust keeps each task's name (functools.wraps)
+
+
+# timers that watch the worker rather than move records: the stall watchdog, the lag poller, the
+# status page's rate sampler
+SUPERVISION = {"watch_for_stalled_agents", "poll_consumer_lag", "sample_rates"}
+
+
+@pytest.mark.parametrize("overrides", [{}, {"search_enabled": False}, {"archive_enabled": True},
+                                       {"retry_delays_s": [1.0]}])
+def test_every_stage_of_the_topology_is_wired_and_nothing_else(tmp_path: Path, overrides: dict) -> None:
+    s = settings(tmp_path, **overrides)
+    app = create_app(s)
+    stages = build_topology(s)
+
+    agents = {name: agent.channel.get_topic_name() for name, agent in app.agents.items()}
+    assert agents == {stage.name: stage.reads for stage in stages if stage.kind is Kind.AGENT}
+    runners = {stage.name.replace("-", "_") for stage in stages if stage.kind is not Kind.AGENT}
+    assert runners <= task_names(app)
+    assert task_names(app) - runners == SUPERVISION  # no stage runs outside the topology
+
+
+def test_the_topology_follows_the_settings(tmp_path: Path) -> None:
+    names = [stage.name for stage in build_topology(settings(tmp_path, search_enabled=False, retry_delays_s=[5.0, 60.0]))]
+    assert "index" not in names and "archive" not in names
+    assert [n for n in names if n.startswith("retry-tier-")] == ["retry-tier-1", "retry-tier-2"]
+    full = build_topology(settings(tmp_path, archive_enabled=True))
+    index = next(stage for stage in full if stage.name == "index")
+    assert index.reads == Settings().topic_stored
+    assert "archive" in [stage.name for stage in full]
+
+
+def test_describe_prints_every_stage_with_its_topics(tmp_path: Path) -> None:
+    s = settings(tmp_path)
+    text = describe(s)
+    for stage in build_topology(s):
+        assert f"{stage.name} [{stage.kind.value}]" in text
+        if stage.reads:
+            assert stage.reads in text
+    assert s.topic_dlq in text and s.search_index in text
+
+
+class FakeApp:
+    """Records registrations the way Faust's app.agent/app.task decorators are called."""
+
+    def __init__(self) -> None:
+        self.agents: dict[str, object] = {}
+        self.tasks: list[object] = []
+
+    def agent(self, channel, name):  # noqa: ANN001, ANN201
+        def register(fn):  # noqa: ANN001, ANN202
+            self.agents[name] = channel
+            return fn
+        return register
+
+    def task(self, fn):  # noqa: ANN001, ANN201
+        self.tasks.append(fn)
+        return fn
+
+
+class FakeTopic:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def get_topic_name(self) -> str:
+        return self.name
+
+
+STAGES = [Stage("dedup", Kind.AGENT, "in", ("out",)), Stage("job", Kind.JOB, None, ())]
+
+
+async def runner() -> None:
+    pass
+
+
+def test_a_stage_left_unwired_stops_the_app() -> None:
+    wire = Wiring(FakeApp(), STAGES)
+    wire("job")(runner)
+    with pytest.raises(RuntimeError, match="dedup"):
+        wire.check()
+
+
+def test_wiring_refuses_what_the_topology_does_not_say() -> None:
+    app = FakeApp()
+    wire = Wiring(app, STAGES)
+    with pytest.raises(KeyError):
+        wire("nameless")
+    with pytest.raises(ValueError, match="reads in"):
+        wire("dedup", FakeTopic("elsewhere"))
+    with pytest.raises(ValueError, match="agent"):
+        wire("dedup")  # an agent without its input topic
+    with pytest.raises(ValueError, match="agent"):
+        wire("job", FakeTopic("in"))
+    wire("dedup", FakeTopic("in"))(runner)
+    wire("job")(runner)
+    with pytest.raises(ValueError, match="twice"):
+        wire("job")(runner)
+    wire.check()
+    assert list(app.agents) == ["dedup"] and app.tasks == [runner]
