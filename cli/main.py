@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -40,7 +41,7 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     from streams import stall_watchdog
     from streams.app import create_app
-    from streams.supervisor import Supervisor, die_with_parent, resolve_worker_processes
+    from streams.supervisor import Supervisor, die_with_parent, resolve_worker_processes, young_gc_every
     from streams.topics import ensure_topics
 
     if not args.child:
@@ -49,7 +50,9 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return Supervisor(settings, resolve_worker_processes(settings)).run()
     die_with_parent()
+    young_gc_every(settings.gc_gen0_threshold)
     app = create_app(settings)
+    gc.freeze()  # what startup built lives as long as the process: no collection walks it again
     worker = faust.Worker(app, loglevel=settings.log_level.lower())
     try:
         worker.execute_from_commandline()  # handles SIGTERM/SIGINT: agents stop, offsets are committed

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from config.settings import Settings
-from streams.supervisor import CRASH_LIMIT, CRASH_WINDOW_S, Supervisor, resolve_worker_processes, worker_ports
+from streams.supervisor import CRASH_LIMIT, CRASH_WINDOW_S, Supervisor, resolve_worker_processes, worker_ports, young_gc_every
 
 
 def test_default_is_one_process_per_core_capped_by_partitions() -> None:
@@ -35,3 +35,16 @@ def test_old_crashes_are_forgotten() -> None:
     child = sup.children[0]
     for i in range(CRASH_LIMIT + 3):
         assert sup._reap(child, now=i * (CRASH_WINDOW_S / 2 + 1)), "crashes spread over time never give up"
+
+
+def test_young_gc_every_sets_only_the_young_threshold() -> None:
+    import gc
+
+    before = gc.get_threshold()
+    try:
+        young_gc_every(0)
+        assert gc.get_threshold() == before  # 0 leaves Python's default
+        young_gc_every(50_000)
+        assert gc.get_threshold() == (50_000, *before[1:])
+    finally:
+        gc.set_threshold(*before)
