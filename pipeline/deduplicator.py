@@ -17,8 +17,8 @@ from typing import Any, Callable
 import msgspec
 
 from core.records import Sighting, WriteBatch
-from pipeline.normalizer import source_position, unpack
-from schemas.alert import NormalizedAlert
+from pipeline.normalizer import source_position, unpack_seen
+from schemas.alert import NormalizedAlert, SeenAlert
 from schemas.rules import DEFAULT_RULES, RuleSet
 from tables.dedup_state import DedupState, Outcome, decide, state_key
 
@@ -32,14 +32,14 @@ class PackedRecord:
 
 @dataclass(slots=True)
 class StageTwoPlan:
-    batch: WriteBatch = field(default_factory=WriteBatch)
+    batch: WriteBatch[SeenAlert] = field(default_factory=WriteBatch)
     state_writes: dict[bytes, tuple[DedupState, Any]] = field(default_factory=dict)
     outcomes: dict[tuple[str, str, Outcome], int] = field(default_factory=dict)
     # internal records that do not decode (written by a foreign producer, or corrupted): to the DLQ
     undecodable: list[tuple[PackedRecord, str]] = field(default_factory=list)
 
 
-def sighting_flow(item: NormalizedAlert, lane: str) -> str:
+def sighting_flow(item: NormalizedAlert | SeenAlert, lane: str) -> str:
     """The ordered stream a sighting travelled: its source partition, into one internal topic (`lane`).
 
     Within a flow the normalize stage sends in source order, and a crash makes it send a suffix
@@ -58,7 +58,7 @@ def plan_batch(records: list[PackedRecord], read_state: Callable[[bytes, Any], D
     seen: dict[bytes, DedupState | None] = {}  # state as of earlier alerts in this batch
     for record in records:
         try:
-            items = unpack(record.value)
+            items = unpack_seen(record.value)
         except msgspec.DecodeError as exc:
             plan.undecodable.append((record, f"{type(exc).__name__}: {exc}"))
             continue

@@ -24,6 +24,7 @@ import re
 import time
 import zlib
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -34,7 +35,7 @@ import msgspec
 
 from core.errors import DEFAULT_PROVIDER, EXPIRED, INTERNAL_ERROR, PROVIDER, PROVIDER_ID, TENANT, Classifier, permanent
 from core.records import DeadLetter, RawRecord
-from schemas.alert import NormalizedAlert, NormalizedBatch
+from schemas.alert import NormalizedAlert, NormalizedBatch, PackedAlert, PackedBatch, SeenAlert
 from schemas.normalizers import InvalidPayload, NormalizeContext, normalize
 from schemas.normalizers.base import DEFAULT_LIMITS, Budget, NormalizeLimits, check_alert_document, encode_and_check
 from schemas.rules import DEFAULT_RULES, RuleSet
@@ -249,12 +250,13 @@ def _stage_one_record(record: RawRecord, result: StageOneResult, partitions: int
         target[partition_for(item.alert.tenant, item.alert.fingerprint, partitions)].append(item)
 
 
-def pack(alerts: list[NormalizedAlert], max_bytes: int) -> list[bytes]:
-    """Encode alerts into as few records as fit under `max_bytes` each."""
+def pack(alerts: Sequence[NormalizedAlert | PackedAlert], max_bytes: int) -> list[bytes]:
+    """Encode alerts into as few records as fit under `max_bytes` each (a `PackedAlert` is written
+    as it was read: the same array, its alert's bytes copied, not encoded again)."""
     if len(alerts) > MAX_ALERTS_PER_RECORD:
         half = len(alerts) // 2
         return pack(alerts[:half], max_bytes) + pack(alerts[half:], max_bytes)
-    encoded = _encode_batch(NormalizedBatch(alerts))
+    encoded = _encode_batch(NormalizedBatch(alerts))  # type: ignore[arg-type]  # the wire form of both
     if len(encoded) <= max_bytes or len(alerts) == 1:
         return [encoded]
     half = len(alerts) // 2
@@ -266,3 +268,11 @@ _decode_batch = msgspec.msgpack.Decoder(NormalizedBatch).decode
 
 def unpack(blob: bytes) -> list[NormalizedAlert]:
     return _decode_batch(blob).alerts
+
+
+_decode_packed = msgspec.msgpack.Decoder(PackedBatch).decode
+
+
+def unpack_seen(blob: bytes) -> list[SeenAlert]:
+    """The dedup stage's decode: each alert's head only (see `SeenAlert`)."""
+    return [SeenAlert(packed) for packed in _decode_packed(blob).alerts]

@@ -25,7 +25,6 @@ from config.metrics import CIRCUIT_STATE, SINK_BATCH_SIZE, SINK_ERRORS, SINK_FLU
 from config.settings import RetryConfig
 from core.errors import error_text, sink_classifier
 from core.records import Batch, RejectedAlerts
-from schemas.alert import NormalizedAlert
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ class CircuitState(IntEnum):
 
 
 SinkT = TypeVar("SinkT", bound=Sink[Any])
-DeadLetterFn = Callable[[NormalizedAlert, str], Awaitable[None]]
+DeadLetterFn = Callable[[Any, str], Awaitable[None]]  # (an item of the batch's `refusable()`, the reason)
 WaitHook = Callable[[float], Awaitable[None]]
 RetryLaterFn = Callable[[Any, Exception], Awaitable[None]]  # (the batch's retryable rest, the RejectedAlerts)
 

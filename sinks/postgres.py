@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import datetime, timezone
 
 import asyncpg
-import msgspec
 
 from core.records import Sighting, WriteBatch
-from schemas.alert import NormalizedAlert
+from schemas.alert import NormalizedAlert, SeenAlert
 
 ALERT_COLUMNS = (
     "id", "received_at", "tenant", "fingerprint", "provider_type", "provider_id",
@@ -104,14 +104,12 @@ def _ts(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
 
-_encode_json = msgspec.json.Encoder().encode
 
-
-def alert_rows(stored: list[NormalizedAlert]) -> list[tuple]:
+def alert_rows(stored: Sequence[NormalizedAlert | SeenAlert]) -> list[tuple]:
     return [
         (
             uuid.UUID(item.uid), _ts(item.received_at_ms), a.tenant, a.fingerprint, a.provider_type,
-            a.provider_id, a.name, a.status, a.severity, item.content_hash, _encode_json(a).decode(),
+            a.provider_id, a.name, a.status, a.severity, item.content_hash, item.alert_json(),
         )
         for item in stored
         for a in (item.alert,)

@@ -60,7 +60,7 @@ from core.records import RawRecord, WriteBatch
 from pipeline.deduplicator import PackedRecord, StageTwoPlan
 from pipeline.normalizer import StageOneResult, iter_process_records, pack, unpack
 from pipeline.throttle import THROTTLED_RECORDS, ConsumerThrottle
-from schemas.alert import NormalizedAlert
+from schemas.alert import NormalizedAlert, PackedAlert, SeenAlert
 from schemas.normalizers import NormalizeLimits
 from schemas.normalizers.canonical import PROVIDER as CANONICAL_PROVIDER
 from schemas.rules import load_rules
@@ -289,14 +289,15 @@ def create_app(settings: Settings) -> faust.App:
         """Critical alerts have their own input topic and consumer: no backlog of the main topic delays them."""
         await normalize_from(settings.topic_critical, f"{settings.app_id}-normalize-critical", critical=True)
 
-    def dead_letter_alert(replay_to: str) -> Callable[[NormalizedAlert, str], Awaitable[None]]:
-        async def dead_letter(item: NormalizedAlert, reason: str) -> None:
+    def dead_letter_alert(replay_to: str) -> Callable[[NormalizedAlert | SeenAlert, str], Awaitable[None]]:
+        async def dead_letter(refused: NormalizedAlert | SeenAlert, reason: str) -> None:
             """An alert a sink refused: to the DLQ as alertstream built it (the JSON of the whole
             NormalizedAlert, provider `alertstream`), so that `alertstream dlq replay` restores it
             exactly after a fix: to the input topic for Postgres (normalized as it is, not again),
             to the stored-alerts topic for the search store (its dedup state is already written)."""
             failpoints.hit("dedup.dead_letter")
             DLQ_RECORDS.labels(SINK_REJECTED).inc()
+            item = refused.normalized()
             await (await send_routed(router.dead_letter_alert(
                 key=item.alert.fingerprint.encode(), value=_encode_json(item), tenant=item.alert.tenant, uid=item.uid,
                 provider=CANONICAL_PROVIDER, detail=reason, replay_to=replay_to, now_ms=int(time.time() * 1000))))
@@ -485,10 +486,10 @@ def create_app(settings: Settings) -> faust.App:
         if not settings.search_enabled:
             return
         failpoints.hit("dedup.send_stored")
-        by_partition: dict[int, list[NormalizedAlert]] = defaultdict(list)
+        by_partition: dict[int, list[PackedAlert]] = defaultdict(list)
         for sighting in plan.batch.sightings:
             if sighting.stored is not None:
-                by_partition[sighting.partition].append(sighting.stored)
+                by_partition[sighting.partition].append(sighting.stored.packed)  # as read: not encoded again
         pending = [await stored_topic.send(value=blob, partition=partition, force=True)
                    for partition, alerts in by_partition.items()
                    for blob in pack(alerts, settings.packed_record_max_bytes)]

@@ -88,7 +88,7 @@ def consumer_groups(settings: Settings) -> dict[str, str]:
     Read from the source so that a renamed group breaks the manifests' test, not the autoscaler."""
     source = (REPO / "streams" / "app.py").read_text()
     expected = {
-        settings.app_id: (settings.topic_normalized, r"@app\.agent\(normalized_topic"),
+        settings.app_id: (settings.topic_normalized, r"@wire\(\"deduplicate\", normalized_topic"),
         f"{settings.app_id}-normalize": (settings.topic_alerts, r'f"\{settings\.app_id\}-normalize"'),
         f"{settings.app_id}-index": (settings.topic_stored, r'f"\{settings\.app_id\}-index"'),
     }
