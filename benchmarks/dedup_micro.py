@@ -8,7 +8,9 @@ Steps, each timed alone over the same alerts (best of `--repeat` passes, CPU tim
   content hash       default ignore set (msgspec fast path) / custom ignore fields
   bloom              `key in filter` (+ `add` for new keys), BloomFilter sized for the identities
   cache + decide     HotCache get → (miss: bloom, then the table) → decide() → write-through put
-and the whole path in one loop. The table behind the cache is a dict here; for scale, the real
+and the whole path in one loop. Then the internal topic's side for the default and heavy load
+profiles: a packed record decoded in full or heads only, under two young-GC thresholds, and the
+dedup plan with its Postgres rows. The table behind the cache is a dict here; for scale, the real
 Faust table read (`DedupStore.get`, RocksDB store) is timed alone on a hit and a miss: that is what a
 cache hit or a bloom negative saves.
 """
@@ -23,7 +25,7 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from benchmarks.payload_factory import PROVIDERS, LoadProfile, PayloadFactory
+from benchmarks.payload_factory import PROVIDERS, LoadProfile, PayloadFactory, load_profile
 from schemas.alert import Alert
 from schemas.normalizers import NormalizeContext, normalize
 from schemas.rules import RuleSet
@@ -204,6 +206,47 @@ def run(records: int, cardinality: int, seed: int, repeat: int, cache_entries: i
     return rows
 
 
+def internal_record_steps(profile: str, records: int, repeat: int) -> list[tuple[str, float, str]]:
+    """The dedup stage's side of the internal topic, in µs per alert: decoding a packed record in
+    full or its heads only (`SeenAlert`), with Python's young collection every 700 allocations and
+    every 50,000 (the worker's `ALERTSTREAM_GC_GEN0_THRESHOLD`), and the plan plus the Postgres rows."""
+    from core.records import RawRecord
+    from pipeline import deduplicator
+    from pipeline.deduplicator import PackedRecord, plan_batch
+    from pipeline.normalizer import pack, process_records, unpack, unpack_seen
+    from sinks.postgres import alert_rows, last_alert_rows
+
+    raw = [RawRecord("alerts", 0, i, 1_736_935_500_000, r.key, r.value,
+                     {"tenant": r.tenant.encode(), **({"provider": r.provider.encode()} if r.provider != "keep" else {})})
+           for i, r in enumerate(PayloadFactory(load_profile(profile)).take(records))]
+    alerts = process_records(raw, partitions=1, default_tenant="default", max_payload_bytes=1 << 20).by_partition[0]
+    blobs = pack(alerts, 256 * 1024)
+    packed = [PackedRecord(0, i, blob, None) for i, blob in enumerate(blobs)]
+    n = len(alerts)
+
+    def plan_and_rows(decode: Callable[[bytes], list[Any]]) -> Callable[[], None]:
+        def go() -> None:
+            deduplicator.unpack_seen = decode  # the stage's decode, swapped for the comparison
+            plan = plan_batch(packed, lambda key, event: None)
+            alert_rows(plan.batch.stored), last_alert_rows(plan.batch.sightings)
+        return go
+
+    rows: list[tuple[str, float, str]] = []
+    young = gc.get_threshold()
+    try:
+        for threshold in (700, 50_000):
+            gc.set_threshold(threshold, *young[1:])
+            note = f"{profile} mix, {n:,} alerts, young GC every {threshold:,}"
+            rows.append((f"unpack, full ({profile})", _best(lambda: [unpack(b) for b in blobs], repeat) / n * 1e6, note))
+            rows.append((f"unpack, heads only ({profile})", _best(lambda: [unpack_seen(b) for b in blobs], repeat) / n * 1e6, note))
+            for label, decode in (("full", unpack), ("heads only", unpack_seen)):
+                rows.append((f"plan + Postgres rows, {label} ({profile})", _best(plan_and_rows(decode), repeat) / n * 1e6, note))
+    finally:
+        deduplicator.unpack_seen = unpack_seen
+        gc.set_threshold(*young)
+    return rows
+
+
 def bloom_fp(n: int = 100_000, target: float = 0.01) -> tuple[float, float, float, float]:
     """(measured FP rate, estimate, ns per add, ns per contains) on n random keys."""
     rng = random.Random(1)
@@ -225,6 +268,8 @@ def main() -> None:
     parser.add_argument("--cache-entries", type=int, default=100_000)
     args = parser.parse_args()
     rows = run(args.records, args.cardinality, args.seed, args.repeat, args.cache_entries)
+    for profile in ("default", "heavy"):
+        rows += internal_record_steps(profile, args.records, args.repeat)
     width = max(len(r[0]) for r in rows)
     print(f"{'step':<{width}}  µs/alert  note")
     for name, us, note in rows:
