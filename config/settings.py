@@ -113,7 +113,7 @@ class Settings(BaseSettings):
     normalizer_chunk_max_output_bytes: int = Field(16 * 1024 * 1024, ge=1, description="The normalize stage sends what it has once a batch's normalized alerts reach this many bytes, so a batch's output held in memory is bounded.")
     db_pool_size: int = Field(4, ge=1, description="Connections in the worker's Postgres pool.")
 
-    dedup_pipeline_window: int = Field(2, ge=1, le=4, description="Dedup batches unfinished at once: with 2, the next batch is taken and planned while the previous one is written to Postgres (durable phases still run one at a time, in order); 1 turns the overlap off.")
+    dedup_pipeline_window: int = Field(1, ge=1, le=4, description="Dedup batches unfinished at once: with 2, the next batch is taken and planned while the previous one is written to Postgres (durable phases still run one at a time, in order). 1 (the default) makes each batch durable before the next is planned: the overlap measured no gain beyond noise, and exact counts across a stop or a crash are not yet proven with it (docs/decisions.md).")
     dedup_batch_attempts: int = Field(3, ge=1, description="Times a dedup batch that failed (a produce, an offset query) is tried in-process, with a growing wait, before the process exits for a fresh one. A failed batch is never acked.")
     failpoints_path: Path | None = Field(None, description="Testing: a JSON file of fail points to trigger and how often (streams/failpoints.py), e.g. `{\"dedup.send_stored\": 2}`. Unset in production.")
     loop_blocked_threshold_s: float = Field(0.5, gt=0, description="An event loop that did not run a 0.1 s timer for this much longer is logged and counted as blocked.")

@@ -77,14 +77,16 @@ def read_input(settings: Settings) -> list[RawRecord]:
     return records
 
 
-def expected(settings: Settings, records: list[RawRecord]) -> tuple[set[str], Counter]:
-    """(uids of the alert rows, sightings per fingerprint) the worker must end with."""
+def expected(settings: Settings, records: list[RawRecord]) -> tuple[set[str], Counter, dict[str, list[tuple]]]:
+    """(uids of the alert rows, sightings per fingerprint) the worker must end with, and each
+    fingerprint's history as decided here (to explain a mismatch)."""
     by_partition: dict[int, list[RawRecord]] = defaultdict(list)
     for r in records:
         by_partition[r.partition].append(r)
     stored: set[str] = set()
     sightings: Counter = Counter()
     state: dict[str, object] = {}
+    history: dict[str, list[tuple]] = defaultdict(list)
     for partition, rs in by_partition.items():
         rs.sort(key=lambda r: r.offset)
         # no CPU budget here: this process holds every record read back, and a garbage collection of
@@ -103,7 +105,9 @@ def expected(settings: Settings, records: list[RawRecord]) -> tuple[set[str], Co
                 state[fp] = new_state
             if outcome.value != "duplicate":
                 stored.add(item.uid)
-    return stored, sightings
+            history[fp].append((item.source_partition, item.source_position >> 16, item.source_position & 0xFFFF,
+                                item.content_hash[:8], item.alert.status, outcome.value, item.uid))
+    return stored, sightings, history
 
 
 def kill_worker_tree(worker: WorkerProcess) -> None:
@@ -147,7 +151,7 @@ def test_twenty_kill_9s_under_saturating_load_leave_every_row_and_count_exact(so
         assert stats.ok, stats.error_samples
         records = read_input(settings)
         assert len(records) == stats.records
-        stored_uids, sightings = expected(settings, records)
+        stored_uids, sightings, history = expected(settings, records)
         total = sum(sightings.values())
 
         def counted() -> int:
@@ -160,6 +164,13 @@ def test_twenty_kill_9s_under_saturating_load_leave_every_row_and_count_exact(so
     rows = sql(dsn, "SELECT id::text AS id FROM alert WHERE tenant = $1", TENANT)
     ids = [r["id"] for r in rows]
     assert len(ids) == len(set(ids)), "an alert row twice"
+    if set(ids) != stored_uids:  # say which identities, and how each was decided here, before failing
+        odd = sorted((set(ids) - stored_uids) | (stored_uids - set(ids)))
+        for row in sql(dsn, "SELECT id::text AS id, fingerprint, content_hash, status, received_at FROM alert "
+                            "WHERE tenant = $1 AND id::text = ANY($2::text[])", TENANT, odd):
+            print(f"unexpected row {dict(row)}; expected history (partition, offset, index, hash, status, outcome, uid):")
+            for step in history[row["fingerprint"]]:
+                print("   ", step)
     assert set(ids) == stored_uids, (f"{len(stored_uids - set(ids))} rows lost, {len(set(ids) - stored_uids)} unexpected")
     per_identity = {r["fingerprint"]: r["received_count"]
                     for r in sql(dsn, "SELECT fingerprint, received_count FROM last_alert WHERE tenant = $1", TENANT)}
