@@ -71,7 +71,8 @@ ORDER BY la.tenant, la.fingerprint FOR UPDATE OF la
 
 # `source_marks` holds, per flow, the highest source position counted (pipeline/deduplicator.py
 # `sighting_flow`): a sighting at or below its flow's mark was counted before a crash and is not
-# counted again; the stored alert is taken only from a sighting past its mark.
+# counted again; the stored alert is taken only from a sighting past its mark. A sighting twice in one
+# batch (its record read again beside the copy a restarted normalizer sent) counts once: DISTINCT.
 _APPLY_LAST = """
 UPDATE last_alert AS la SET
     alert_id       = CASE WHEN u.take_stored THEN u.alert_id      ELSE la.alert_id      END,
@@ -92,7 +93,7 @@ FROM (
         SELECT coalesce(sum(g.fresh), 0) AS new_sightings,
                coalesce(jsonb_object_agg(g.flow, g.top) FILTER (WHERE g.fresh > 0), '{}'::jsonb) AS advanced
         FROM (SELECT x.flow, max(x.position) AS top,
-                     count(*) FILTER (WHERE x.position > coalesce((cur.source_marks ->> x.flow)::bigint, -1)) AS fresh
+                     count(DISTINCT x.position) FILTER (WHERE x.position > coalesce((cur.source_marks ->> x.flow)::bigint, -1)) AS fresh
               FROM unnest(s.flows, s.positions) AS x(flow, position) GROUP BY x.flow) AS g
     ) AS n
 ) AS u
