@@ -42,6 +42,10 @@ SINK_BATCH_SIZE = Histogram(
 DEDUP_EXPIRED = Counter(
     "alertstream_dedup_state_expired_total", "Identities removed from the dedup table after the state TTL without a sighting."
 )
+DEDUP_REPLAYED = Counter(
+    "alertstream_dedup_replayed_sightings_total", "Sightings read again after a crash or a rebalance (their flow's "
+    "position was already decided and durable): skipped, neither stored nor counted twice.", ["stage"],
+)
 OFFSET_GAPS = Counter(
     "alertstream_dedup_offset_gaps_total", "Times a dedup agent was handed an offset past the next one it expected on a partition "
     "(records skipped by the consumer, or offsets the broker left out).", ["topic"],

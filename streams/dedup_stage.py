@@ -5,8 +5,8 @@ Per batch:
 1. plan: decide every alert against the table (pipeline/deduplicator.py `plan_batch`);
 2. durable, in parallel: the alert rows (Postgres, through its circuit breaker), the stored alerts
    handed to the indexer, undecodable records dead-lettered;
-3. checkpoint the state: the changed keys to the changelog (acked), then RocksDB
-   (tables/dedup_state.py `DedupStore.checkpoint`);
+3. checkpoint the state: the changed keys and each flow's decided position to the changelog
+   (acked), then RocksDB (tables/dedup_state.py `DedupStore.checkpoint`);
 4. only then `on_durable` runs for the batch: the caller acks its records there, never before.
 A failure in 2 or 3 is tried again in-process (the sinks and the changelog take a repeat as a
 no-op); once the attempts are spent `on_failure` is called at once and `submit`/`drain` raise
@@ -17,7 +17,7 @@ Pipelined (`window` 2, the default): batch N+1 is taken and planned while batch 
 durable, because the worker would otherwise sit idle through every Postgres write. Durable phases
 still run one after another, in batch order (`last_alert` counts a sighting by its position in its
 flow, so a later batch must never land first), and batch N+1 is planned against N's state changes
-(an overlay over the table) before they reach RocksDB. If batch N's row sink refused an alert, N's
+(an overlay over the table, positions included) before they reach RocksDB. If batch N's row sink refused an alert, N's
 state for that identity is not written, so every batch planned on top of it is planned again.
 """
 
@@ -30,14 +30,14 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from config.metrics import DEDUP_BATCH_FAILURES, DEDUP_EXPIRED
+from config.metrics import DEDUP_BATCH_FAILURES, DEDUP_EXPIRED, DEDUP_REPLAYED
 from core.errors import UNDECODABLE
 from core.records import RawRecord
 from core.records import WriteBatch
 from pipeline.deduplicator import PackedRecord, StageTwoPlan, plan_batch
 from schemas.rules import RuleSet
 from streams.failpoints import FailPoints
-from tables.dedup_state import DedupState, DedupStore, state_key
+from tables.dedup_state import DedupState, DedupStore, FlowPositions, state_key
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ class _InFlight:
     plan: StageTwoPlan
     on_durable: OnDurable | None
     overlay: dict[bytes, DedupState] = field(default_factory=dict)  # its planned state, until durable
+    positions: dict[int, FlowPositions] = field(default_factory=dict)  # likewise its flow positions
     replanned_or_refused: bool = False  # later batches planned on this one's overlay must plan again
     task: asyncio.Task | None = None
 
@@ -104,6 +105,7 @@ class DeduplicateStage:
             await self._finish_oldest()
         flight = _InFlight(records, self._plan(records), on_durable)
         flight.overlay = _overlay(flight.plan)  # now: the next batch may be planned before this task runs
+        flight.positions = flight.plan.flow_positions
         previous = self._in_flight[-1] if self._in_flight else None
         flight.task = asyncio.create_task(self._make_durable(flight, previous), name=f"{self.name}-durable")
         self._in_flight.append(flight)
@@ -132,13 +134,23 @@ class DeduplicateStage:
 
     def _plan(self, records: list[PackedRecord], *, durable_only: bool = False) -> StageTwoPlan:
         return plan_batch(records, self._store.get if durable_only else self._read_state, self._rules,
-                          refresh_after_ms=self._ttl_ms // 2 or None, lane=self.lane)
+                          refresh_after_ms=self._ttl_ms // 2 or None, lane=self.lane,
+                          read_positions=self._durable_positions if durable_only else self._read_positions)
 
     def _read_state(self, key: bytes, event: object) -> DedupState | None:
         for flight in reversed(self._in_flight):  # the newest planned state first
             if key in flight.overlay:
                 return flight.overlay[key]
         return self._store.get(key, event)
+
+    def _read_positions(self, partition: int) -> FlowPositions:
+        for flight in reversed(self._in_flight):  # a plan's positions hold the durable ones it started from
+            if partition in flight.positions:
+                return flight.positions[partition]
+        return self._durable_positions(partition)
+
+    def _durable_positions(self, partition: int) -> FlowPositions:
+        return self._store.flow_positions(partition, self.lane)
 
     async def _finish_oldest(self) -> None:
         flight = self._in_flight[0]
@@ -162,6 +174,7 @@ class DeduplicateStage:
                 # (every batch before this one is)
                 flight.plan = self._plan(flight.records, durable_only=True)
                 flight.overlay = _overlay(flight.plan)
+                flight.positions = flight.plan.flow_positions
                 flight.replanned_or_refused = True
         for attempt in range(1, self._attempts + 1):
             try:
@@ -182,6 +195,8 @@ class DeduplicateStage:
         # durable: the table holds its state now (or, for refused rows, rightly does not); a batch that
         # is done but not yet taken off the queue must neither shadow the table nor keep keys alive
         flight.overlay = {}
+        flight.positions = {}
+        DEDUP_REPLAYED.labels(self.name).inc(flight.plan.replayed)
         if flight.on_durable is not None:
             await flight.on_durable(flight.plan)
 
@@ -195,7 +210,7 @@ class DeduplicateStage:
                 raw = RawRecord(self.topic, record.partition, record.offset, 0, None, record.value, {})
                 durable.create_task(self._dead_letter_record(raw, reason=UNDECODABLE, detail=why))
         self._failpoints.hit("dedup.state")
-        await self._store.checkpoint(self._state_changes(plan, records))
+        await self._store.checkpoint(self._state_changes(plan, records), plan.flow_positions, self.lane)
 
     def _state_changes(self, plan: StageTwoPlan, records: list[PackedRecord]) -> dict[bytes, tuple[DedupState | None, int]]:
         refused = {state_key(i.alert.tenant, i.alert.fingerprint) for i in plan.batch.stored if i.uid in self.rejected}

@@ -47,6 +47,24 @@ def state_key(tenant: str, fingerprint: str) -> bytes:
     return f"{tenant}\x00{fingerprint}".encode()
 
 
+# Per internal partition and lane: each flow's highest source position already decided (see
+# pipeline/deduplicator.py `sighting_flow`). A sighting at or below it was made durable before (it
+# is a record read again after a crash, or the normalizer's second copy of it) and is skipped. The
+# key starts with 0xFF, which no UTF-8 state key does; the lane keeps the two dedup stages, which
+# share the table, from overwriting each other's positions.
+FlowPositions = dict[str, int]
+encode_positions = msgspec.msgpack.Encoder().encode
+decode_positions = msgspec.msgpack.Decoder(FlowPositions).decode
+
+
+def positions_key(lane: str) -> bytes:
+    return b"\xffflow-positions" + lane.encode()
+
+
+def is_state_key(key: bytes) -> bool:
+    return not key.startswith(b"\xff")
+
+
 def decide(previous: DedupState | None, content_hash: str, status: str, received_ms: int,
            refresh_after_ms: int | None = None) -> tuple[Outcome, DedupState | None]:
     """Pure: the outcome of one sighting, and the state to write (None: nothing to write).
@@ -99,6 +117,7 @@ class DedupStore:
         self._cache = cache
         self._blooms = blooms
         self._sweeps: dict[int, Iterator[tuple[bytes, bytes]]] = {}
+        self._positions: dict[tuple[int, str], FlowPositions] = {}  # (partition, lane): as RocksDB holds them
 
     def get(self, key: bytes, event: Any) -> DedupState | None:
         partition = event.message.partition
@@ -117,18 +136,30 @@ class DedupStore:
             self._cache.put(key, state, partition)
         return state
 
-    async def checkpoint(self, changes: dict[bytes, tuple[DedupState | None, int]]) -> None:
-        """Make a batch's state changes durable: key → (state, None to delete; partition).
+    def flow_positions(self, partition: int, lane: str) -> FlowPositions:
+        """The partition's durable flow positions for `lane` (read-only: the caller copies to change)."""
+        positions = self._positions.get((partition, lane))
+        if positions is None:
+            raw = self._partition_db(partition).get(positions_key(lane))
+            positions = self._positions[(partition, lane)] = decode_positions(raw) if raw is not None else {}
+        return positions
+
+    async def checkpoint(self, changes: dict[bytes, tuple[DedupState | None, int]],
+                         positions: dict[int, FlowPositions] | None = None, lane: str = "") -> None:
+        """Make a batch's state changes durable: key → (state, None to delete; partition), and, in
+        the same writes, the flow positions it decided up to (partition → flow → position).
 
         The changelog first: a crash after it and before RocksDB leaves the changelog ahead, and
         recovery replays it into RocksDB. Never RocksDB first: a state that is not in the changelog
         would be lost when the partition moves to another worker.
         """
-        if not changes:
+        positions = positions or {}
+        if not changes and not positions:
             return
         assert self._changelog is not None, "a DedupStore without a changelog is read-only"
         encoded = [(partition, key, None if state is None else encode_state(state))
                    for key, (state, partition) in changes.items()]
+        encoded += [(partition, positions_key(lane), encode_positions(flows)) for partition, flows in positions.items()]
         offsets = await self._changelog.send(encoded)
         batches: dict[int, WriteBatch] = {}
         for partition, key, value in encoded:
@@ -151,6 +182,8 @@ class DedupStore:
                 self._cache.put(key, state, partition)
             if self._blooms is not None:
                 self._blooms.add(partition, key)
+        for partition, flows in positions.items():
+            self._positions[(partition, lane)] = dict(flows)
 
     @property
     def cache_hit_ratio(self) -> float:
@@ -164,6 +197,7 @@ class DedupStore:
         """After a rebalance: another worker may now change these keys."""
         if self._cache is not None:
             self._cache.drop_partitions(partitions)
+        self._positions = {pl: flows for pl, flows in self._positions.items() if pl[0] not in partitions}
         for partition in partitions:
             self._sweeps.pop(partition, None)
             if self._blooms is not None:
@@ -177,6 +211,7 @@ class DedupStore:
         if scan is None:
             scan = self._sweeps[partition] = self._partition_items(partition)
         expired = []
+        db = self._partition_db(partition)
         for _ in range(budget):
             item = next(scan, None)
             if item is None:
@@ -184,7 +219,11 @@ class DedupStore:
                 break
             key, raw = item
             if now_ms - decode_state(raw).seen_ms > ttl_ms:
-                expired.append(key)
+                # the scan reads the snapshot of its start, which may be seconds old: a sighting since
+                # then refreshed the key, so decide on what RocksDB holds now
+                current = db.get(key)
+                if current is not None and now_ms - decode_state(current).seen_ms > ttl_ms:
+                    expired.append(key)
         return expired
 
     def _partition_db(self, partition: int):  # noqa: ANN202 - rocksdict.Rdict
@@ -196,4 +235,4 @@ class DedupStore:
     def _partition_items(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
         offset_key = self._table.data.offset_key  # Faust's own bookkeeping row
         # a RocksDB iterator reads a consistent snapshot, so writes during the scan are safe
-        return ((k, v) for k, v in self._partition_db(partition).items() if k != offset_key)
+        return ((k, v) for k, v in self._partition_db(partition).items() if k != offset_key and is_state_key(k))

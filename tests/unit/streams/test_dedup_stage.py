@@ -18,7 +18,7 @@ from pipeline.deduplicator import PackedRecord
 from schemas.alert import Alert, NormalizedAlert, NormalizedBatch
 from schemas.rules import DEFAULT_RULES
 from streams.dedup_stage import BatchNotDurable, DeduplicateStage
-from tables.dedup_state import DedupStore, make_table, state_key
+from tables.dedup_state import DedupStore, make_table, positions_key, state_key
 
 _encode = msgspec.msgpack.Encoder().encode
 
@@ -63,9 +63,10 @@ class Event:
 
 
 def item(uid: str, fingerprint: str, content: str) -> NormalizedAlert:
+    """One sighting; "u7" sits at position 7 of source partition 0 (the same uid: the same sighting)."""
     alert = Alert(name=f"alert {fingerprint}", fingerprint=fingerprint, tenant="t", provider_type="keep",
                   last_received="2026-01-01T00:00:00.000Z")
-    return NormalizedAlert(uid, 1_000, content, alert, "alerts", 0, 0)
+    return NormalizedAlert(uid, 1_000, content, alert, "alerts", 0, int(uid.lstrip("u")))
 
 
 def record(partition: int, offset: int, *alerts: NormalizedAlert) -> PackedRecord:
@@ -97,7 +98,8 @@ async def test_durable_first_then_changelog_then_state(stage: DeduplicateStage, 
     assert set(steps.log[:3]) == {"rows", "hand_off", "dlq"} and steps.log[3:] == ["changelog"]
     assert steps.rows == steps.handed == ["u1", "u3"]  # u2: an exact repeat within the batch
     assert steps.dead == ["alerts.normalized[1]@5:undecodable"]
-    assert {key for _, key, _ in steps.changelog} == {state_key("t", "fp-a"), state_key("t", "fp-b")}
+    assert {key for _, key, _ in steps.changelog} == {state_key("t", "fp-a"), state_key("t", "fp-b"), positions_key("")}
+    assert stage._store.flow_positions(0, "") == {"alerts:0": 2} and stage._store.flow_positions(1, "") == {"alerts:0": 3}
     assert stage._store.get(state_key("t", "fp-a"), Event(0, 0)) is not None
     assert [s.stored is not None for s in plan.batch.sightings] == [True, False, True]
 
@@ -285,3 +287,90 @@ async def test_a_durable_batch_still_queued_keeps_no_identity_alive(tmp_path: Pa
     assert acked == ["first", "second"]
     assert (0, state_key("t", "fp-old"), None) in steps.changelog  # the tombstone
     assert stage._store.get(state_key("t", "fp-old"), Event(0, 0)) is None
+
+
+# --- replays: a sighting whose flow position was decided before is skipped --------------------------
+
+
+def flapping() -> tuple[list[PackedRecord], list[PackedRecord], list[PackedRecord]]:
+    """fp-a: new (u1), an exact repeat (u2), then changed (u3), one internal record each."""
+    return ([record(0, 1, item("u1", "fp-a", "h1"))], [record(0, 2, item("u2", "fp-a", "h1"))],
+            [record(0, 3, item("u3", "fp-a", "h2"))])
+
+
+async def test_a_record_read_again_after_the_state_moved_past_it_is_skipped(stage: DeduplicateStage, steps: Steps) -> None:
+    """After a crash the stage reads again what it made durable but had not committed: u2, an exact
+    repeat when it was decided, would now be decided against u3's content and stored as changed."""
+    first, repeat, changed = flapping()
+    for records in (first, repeat, changed):
+        await stage.process(records)
+    assert steps.rows == ["u1", "u3"]
+    plan = await stage.process(repeat + changed)  # the same internal records, read again
+    assert plan.replayed == 2 and plan.batch.sightings == [] and plan.batch.stored == []
+    assert steps.rows == ["u1", "u3"]
+
+
+async def test_the_normalizers_second_copy_is_skipped(stage: DeduplicateStage, steps: Steps) -> None:
+    """The normalize stage sent the same source records again (it crashed before committing them):
+    new internal offsets, the same source positions."""
+    first, repeat, changed = flapping()
+    await stage.process(first + repeat + changed)
+    copy = [record(0, 50, item("u2", "fp-a", "h1")), record(0, 51, item("u3", "fp-a", "h2"), item("u4", "fp-a", "h1"))]
+    plan = await stage.process(copy)
+    assert plan.replayed == 2 and [i.uid for i in plan.batch.stored] == ["u4"]  # u4 is new: past the position
+    assert [s.position for s in plan.batch.sightings] == [4]
+
+
+async def test_the_same_position_twice_in_one_batch_is_decided_once(stage: DeduplicateStage, steps: Steps) -> None:
+    plan = await stage.process([record(0, 1, item("u1", "fp-a", "h1")), record(0, 9, item("u1", "fp-a", "h1"))])
+    assert plan.replayed == 1 and len(plan.batch.sightings) == 1
+
+
+async def test_positions_are_per_internal_partition_and_lane(tmp_path: Path, steps: Steps) -> None:
+    """A flow reaches every internal partition, each at its own pace; the critical lane's stage shares
+    the table but keeps its own positions."""
+    app = faust.App("stage-lanes", store="rocksdb://", datadir=str(tmp_path), broker="kafka://127.0.0.1:1")
+    store = DedupStore(make_table(app, 2), steps)
+
+    def stage_for(name: str) -> DeduplicateStage:
+        return DeduplicateStage(name, "alerts.normalized", store=store, rules=DEFAULT_RULES, write_rows=steps.write_rows,
+                                hand_off=steps.hand_off, dead_letter_record=steps.dead_letter_record)
+    bulk, critical = stage_for("deduplicate"), stage_for("deduplicate-critical")
+    await bulk.process([record(0, 1, item("u9", "fp-a", "h1"))])
+    plan = await bulk.process([record(1, 1, item("u5", "fp-b", "h1"))])  # an earlier position, another partition
+    assert plan.replayed == 0
+    plan = await critical.process([record(0, 1, item("u7", "fp-c", "h1"))])  # below u9, another lane
+    assert plan.replayed == 0
+    assert store.flow_positions(0, "") == {"alerts:0": 9} and store.flow_positions(0, "!") == {"alerts:0!": 7}
+
+
+async def test_positions_survive_a_restart(tmp_path: Path, steps: Steps) -> None:
+    """Written with the state: a new process on the same RocksDB skips what the old one decided."""
+    first, repeat, changed = flapping()
+    app = faust.App("stage-restart", store="rocksdb://", datadir=str(tmp_path), broker="kafka://127.0.0.1:1")
+    table = make_table(app, 2)
+    old = DeduplicateStage("deduplicate", "alerts.normalized", store=DedupStore(table, steps), rules=DEFAULT_RULES,
+                           write_rows=steps.write_rows, hand_off=steps.hand_off, dead_letter_record=steps.dead_letter_record)
+    await old.process(first + repeat + changed)
+    new = DeduplicateStage("deduplicate", "alerts.normalized", store=DedupStore(table, steps), rules=DEFAULT_RULES,
+                           write_rows=steps.write_rows, hand_off=steps.hand_off, dead_letter_record=steps.dead_letter_record)
+    plan = await new.process(repeat)
+    assert plan.replayed == 1 and steps.rows == ["u1", "u3"]
+    # the changelog carries them too, so a worker that rebuilds the table from it skips the same
+    assert (0, positions_key(""), msgspec.msgpack.encode({"alerts:0": 3})) in steps.changelog
+
+
+async def test_a_batch_planned_in_flight_skips_the_positions_of_the_batch_before_it(tmp_path: Path, steps: Steps) -> None:
+    gate = Gate(steps)
+    stage = pipelined(tmp_path, steps, gate.write_rows)
+    first, repeat, changed = flapping()
+    await stage.submit(first + repeat + changed)
+    await gate.writing.wait()
+    plans: list = []
+
+    async def keep(plan) -> None:  # noqa: ANN001
+        plans.append(plan)
+    await stage.submit([record(0, 60, item("u2", "fp-a", "h1"))], keep)  # the normalizer's copy, while u2 is in flight
+    gate.open.set()
+    await stage.drain()
+    assert plans[0].replayed == 1 and plans[0].batch.stored == [] and steps.rows == ["u1", "u3"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import faust
 import pytest
 
-from tables.dedup_state import DedupState, DedupStore, decode_state, encode_state, make_table, state_key
+from tables.dedup_state import DedupState, DedupStore, decode_state, encode_positions, encode_state, make_table, positions_key, state_key
 from tables.hot_cache import HotCache
 
 
@@ -97,6 +97,32 @@ async def test_expired_scans_in_budgets_and_resumes(table: faust.Table) -> None:
     second = store.expired(0, now_ms=2000, ttl_ms=1500, budget=6)
     assert sorted(first + second) == sorted(keys[0::2])  # seen at 0: expired; seen at 1000: alive
     assert len(first) <= 6 and set(first).isdisjoint(second)
+
+
+async def test_a_key_refreshed_after_the_scan_began_is_not_expired(table: faust.Table) -> None:
+    """A scan resumes on the snapshot of its start; a sighting since then refreshed the key."""
+    store = DedupStore(table, FakeChangelog())
+    keys = [state_key("t", f"k{i}") for i in range(4)]
+    await store.checkpoint({k: (DedupState("h", "firing", 0, 0, 0), 0) for k in keys})
+    first = store.expired(0, now_ms=2000, ttl_ms=1500, budget=1)
+    rest = [k for k in keys if k not in first]
+    await store.checkpoint({k: (DedupState("h", "firing", 0, 0, 1900), 0) for k in rest})  # seen again
+    assert store.expired(0, now_ms=2000, ttl_ms=1500, budget=10) == []
+
+
+async def test_flow_positions_are_written_with_the_state_and_never_swept(table: faust.Table) -> None:
+    changelog = FakeChangelog()
+    store = DedupStore(table, changelog)
+    a = state_key("t", "a")
+    await store.checkpoint({a: (DedupState("h", "firing", 0, 0, 0), 1)}, {1: {"alerts:0": 7, "alerts:1": 3}}, lane="!")
+    assert (1, positions_key("!"), encode_positions({"alerts:0": 7, "alerts:1": 3})) in changelog.sent
+    assert DedupStore(table, changelog).flow_positions(1, "!") == {"alerts:0": 7, "alerts:1": 3}  # from RocksDB
+    assert store.flow_positions(1, "") == {} and store.flow_positions(2, "!") == {}
+    assert store.expired(1, now_ms=10_000, ttl_ms=1, budget=10) == [a]  # not the positions row
+    await store.checkpoint({}, {1: {"alerts:0": 8}})  # positions alone are written too
+    assert store.flow_positions(1, "") == {"alerts:0": 8}
+    store.forget_partitions({1})  # after a rebalance: read again from RocksDB
+    assert store.flow_positions(1, "!") == {"alerts:0": 7, "alerts:1": 3}
 
 
 async def test_nothing_to_write_sends_nothing(table: faust.Table) -> None:
