@@ -52,6 +52,7 @@ from schemas.normalizers import NormalizeContext, normalize
 from schemas.rules import DEFAULT_RULES
 from sinks.keep_import import KEEP_SCHEMA_SQL
 from sinks.maintenance import ensure_partition
+from sinks.migrate import available_migrations
 from sinks.postgres import ALERT_COLUMNS, PostgresSink, alert_rows
 
 TOAST_TUPLE_TARGET = 256  # the lowest useful setting; measured, not used (docs/postgres.md)
@@ -83,7 +84,7 @@ def make_alerts(rows: int, seed: int = 7) -> tuple[list[NormalizedAlert], list[b
         rec = factory.next()
         payloads.append(rec.value)
         ms = base_ms + offset * 20
-        ctx = NormalizeContext(tenant="default", received_at=day.isoformat().replace("+00:00", "Z"))
+        ctx = NormalizeContext(tenant="default", received_at=day.strftime("%Y-%m-%dT%H:%M:%S.000Z"))
         for index, alert in enumerate(normalize(rec.provider, rec.value, ctx)):
             chash = DEFAULT_RULES.apply(alert)
             uid = str(uuid.UUID(bytes=hashlib.blake2b(f"bench/{offset}/{index}".encode(), digest_size=16).digest()))
@@ -110,7 +111,7 @@ def keep_event(alert: Alert) -> str:
     return json.dumps({**doc, **_KEEP_BOOKKEEPING, **extra})
 
 
-def _backend_cpu(pid: int) -> float | None:
+def backend_cpu(pid: int) -> float | None:
     try:
         t = psutil.Process(pid).cpu_times()
         return t.user + t.system
@@ -126,13 +127,13 @@ class _Meter:
 
     def __enter__(self) -> _Meter:
         self.wall, self.cpu = time.perf_counter(), time.process_time()
-        self.server = [_backend_cpu(p) for p in self.pids]
+        self.server = [backend_cpu(p) for p in self.pids]
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.wall = time.perf_counter() - self.wall
         self.cpu = time.process_time() - self.cpu
-        after = [_backend_cpu(p) for p in self.pids]
+        after = [backend_cpu(p) for p in self.pids]
         self.server_cpu = (sum(a - b for a, b in zip(after, self.server))
                            if all(x is not None for x in after + self.server) else None)
 
@@ -217,7 +218,7 @@ async def run(dsn: str, rows: int, batch: int, repeat: int = 3) -> dict[str, Any
 
         # the whole sink write (alerts + last_alert), into a fresh copy of the schema's tables
         await conn.execute("TRUNCATE alert, last_alert")
-        sink = PostgresSink(_with_search_path(dsn, schema), pool_size=1)
+        sink = PostgresSink(with_search_path(dsn, schema), pool_size=1)
         await sink.start()
         try:
             async with sink._pool.acquire() as c:  # type: ignore[union-attr]
@@ -335,7 +336,7 @@ _INSERT_STAGED = (f"INSERT INTO alert ({', '.join(ALERT_COLUMNS)}) SELECT {', '.
                   " ORDER BY id, received_at ON CONFLICT DO NOTHING")
 
 
-def _with_search_path(dsn: str, schema: str) -> str:
+def with_search_path(dsn: str, schema: str) -> str:
     """The DSN with search_path as a startup setting (it survives the pool's RESET ALL)."""
     return f"{dsn}{'&' if '?' in dsn else '?'}search_path={schema}"
 
@@ -399,8 +400,9 @@ async def explain(dsn: str, rows: int) -> str:
     await admin.execute(f"CREATE SCHEMA {schema}")
     out = []
     try:
-        conn = await asyncpg.connect(_with_search_path(dsn, schema))
-        await conn.execute((resources.files("sinks") / "migrations" / "0001_alerts.sql").read_text())
+        conn = await asyncpg.connect(with_search_path(dsn, schema))
+        for _, migration in available_migrations():  # the schema as deployed
+            await conn.execute(migration)
         await conn.execute(_CREATE_STAGING_SQL)
         alerts, payloads = make_alerts(rows)
         day_ms = 86_400_000
@@ -416,7 +418,7 @@ async def explain(dsn: str, rows: int) -> str:
             await conn.copy_records_to_table("alert_stage", records=alert_rows(alerts), columns=ALERT_COLUMNS)
             await conn.execute(_INSERT_STAGED)
         await conn.execute("""INSERT INTO last_alert SELECT DISTINCT ON (tenant, fingerprint) tenant, fingerprint, id, name,
-                              status, severity, provider_type, content_hash, received_at, received_at, 1, 0, 0
+                              status, severity, provider_type, content_hash, received_at, received_at, 1, '{}'::jsonb
                               FROM alert ORDER BY tenant, fingerprint, received_at DESC""")
         await conn.execute("""INSERT INTO alert_raw (id, received_at, tenant, provider_type, raw, error)
                               SELECT id, received_at, tenant, provider_type, convert_to(event::text, 'UTF8'),

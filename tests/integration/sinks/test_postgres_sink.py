@@ -267,3 +267,14 @@ async def test_two_sinks_replaying_the_same_alerts_in_opposite_orders(dsn: str, 
     rows = await db.fetch("SELECT received_count, content_hash FROM last_alert WHERE tenant = $1", tenant)
     assert len(rows) == len(keys)
     assert {(r["received_count"], r["content_hash"]) for r in rows} == {(rounds, f"h-{rounds - 1}")}
+
+
+async def test_a_sighting_changes_no_indexed_column_of_last_alert(db: asyncpg.Connection) -> None:
+    """Each sighting updates its identity's row: with only the key indexed and room on the page, the
+    update is heap-only (HOT, migration 0005; measured by benchmarks/last_alert_micro.py, whose own
+    test checks the HOT share on a real server)."""
+    indexed = {r["attname"] for r in await db.fetch("""
+        SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+        WHERE i.indrelid = 'last_alert'::regclass""")}
+    assert indexed == {"tenant", "fingerprint"}
+    assert "fillfactor=70" in await db.fetchval("SELECT reloptions FROM pg_class WHERE oid = 'last_alert'::regclass")
