@@ -83,6 +83,7 @@ def plan_batch(records: list[PackedRecord], read_state: Callable[[bytes, Any], D
         flows = decided.get(record.partition)
         if flows is None:
             flows = decided[record.partition] = dict(read_positions(record.partition))
+        advanced = False
         for index, item in enumerate(items):
             if item.source_partition >= 0:
                 flow, position = sighting_flow(item, lane), item.source_position
@@ -92,7 +93,7 @@ def plan_batch(records: list[PackedRecord], read_state: Callable[[bytes, Any], D
                 plan.replayed += 1
                 continue
             flows[flow] = position
-            plan.flow_positions[record.partition] = flows
+            advanced = True
             alert = item.alert
             key = state_key(alert.tenant, alert.fingerprint)
             previous = seen[key] if key in seen else read_state(key, record.event)
@@ -112,4 +113,6 @@ def plan_batch(records: list[PackedRecord], read_state: Callable[[bytes, Any], D
             ))
             counter = (alert.tenant, alert.provider_type, outcome)
             plan.outcomes[counter] = plan.outcomes.get(counter, 0) + 1
+        if advanced:
+            plan.flow_positions[record.partition] = flows
     return plan

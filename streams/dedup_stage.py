@@ -17,8 +17,9 @@ Pipelined (`window` 2, the default): batch N+1 is taken and planned while batch 
 durable, because the worker would otherwise sit idle through every Postgres write. Durable phases
 still run one after another, in batch order (`last_alert` counts a sighting by its position in its
 flow, so a later batch must never land first), and batch N+1 is planned against N's state changes
-(an overlay over the table, positions included) before they reach RocksDB. If batch N's row sink refused an alert, N's
-state for that identity is not written, so every batch planned on top of it is planned again.
+and flow positions (an overlay over the table) before they reach RocksDB. If batch N's row sink
+refused an alert, N's state for that identity is not written, so every batch planned on top of it
+is planned again.
 """
 
 from __future__ import annotations
