@@ -90,7 +90,9 @@ def render_markdown(r: dict[str, Any]) -> str:
         "",
         f"{c['workers']} worker(s), {c['partitions']} partitions, tenant `{c['tenant']}`, started {r['started_at']}; "
         f"machine: {r['machine']['cpus']} CPUs, {r['machine']['memory_gb']} GB, Python {r['machine']['python']}. "
-        f"{_servers(r)} run on the same machine.",
+        f"{_servers(r)} run on the same machine. "
+        + (f"Servers warmed first: {c['warm_load_s']:g} s of the same load from the warm-up tenant, drained, not measured."
+           if c.get("warm_load_s") else "Servers freshly started (no warm load)."),
         "",
         "| metric | value |",
         "|---|---|",

@@ -114,6 +114,7 @@ class BenchOptions:
     profile_rate: int = 100
     drain_timeout_s: float | None = None
     warmup_timeout_s: float = 120.0
+    warm_load_s: float = 0.0  # the run's load from the warm-up tenant for this long before the window (not measured)
     use_env_stack: bool = False
     keep_data: bool = False
     baseline: Path = BASELINE
@@ -319,6 +320,9 @@ class Bench:
                 self._start_workers(settings)
                 counters = CounterReader([w.port for w in self.workers], self.tenant)
                 self._warm_up(settings)
+            if self.opts.warm_load_s > 0:
+                with self._phase("warm_load"):
+                    self._warm_load(settings)
             with self._phase("load_and_drain"):
                 measured = self._measure(settings, counters)
             with self._phase("latency_query"):
@@ -481,6 +485,61 @@ class Bench:
                                        + ", ".join(f"{s} {n}/{need}" for s, n in joined_per_stage.items()))
             time.sleep(0.5)
         self.display.log(f"warm-up done: {produced:,} alerts, every worker in every group")
+
+    def _warm_load(self, settings) -> None:  # noqa: ANN001
+        """`--warm-load S`: the run's own load (the closed loop at `--rate max`, else the target's steady
+        rate) from the warm-up tenant for S seconds, then drained, before the measured window.
+
+        The servers are JVMs (and Postgres has its caches): freshly started, they spend the first minutes
+        compiling and warming, at several times their settled CPU per document (docs/performance.md),
+        which a deployment that has run for a day no longer pays. A run with a warm load measures the
+        pipeline on warm servers; without it (the default), a cold start. Its own tenant and identities:
+        the run's identities are still all new when the window opens."""
+        from confluent_kafka import Producer
+
+        opts = self.opts
+        warm = CounterReader([w.port for w in self.workers], self.warmup_tenant)
+        base = warm.read()
+        stats = LoadStats()
+        target = opts.scenario_obj()
+        scenario = Scenario(name="steady", rate_alerts=target.rate_alerts, rate_bytes=target.rate_bytes,
+                            duration_s=opts.warm_load_s)
+        poller = _Poller(warm, base, 0.5)
+        if opts.rate_max:
+            scenario = _ClosedLoop.around(scenario, lambda: stats.alerts - poller.processed, opts.max_backlog)
+        producer = Producer(ProducerOptions(compression=opts.compression,
+                                            idempotence=settings.kafka_idempotent_producers).config(settings.require_kafka()))
+        load = LoadRun(producer, settings.topic_alerts, PayloadFactory(opts.profile_obj(self.warmup_tenant, seed=opts.seed + 2000)),
+                       scenario, stats)
+        self.display.update(phase=f"warm load: {scenario.describe()} (not measured)")
+        last = [0.0]
+
+        def report(st: LoadStats, elapsed: float, phase: str) -> None:
+            if time.monotonic() - last[0] >= 1.0:
+                last[0] = time.monotonic()
+                self._check_workers()
+                self.display.update(warmup=f"warm load {elapsed:.0f}/{opts.warm_load_s:g}s: {st.alerts:,} alerts produced, "
+                                           f"{poller.processed:,.0f} processed")
+
+        poller.start()
+        try:
+            load.loop(report)
+            load.finish(60.0)
+        finally:
+            poller.stop()
+        deadline = time.monotonic() + max(60.0, opts.warm_load_s)
+        while True:
+            self._check_workers()
+            done = warm.read().minus(base)
+            if done.processed >= stats.alerts and (not settings.search_enabled
+                                                   or done.sink_rows.get("search", done.stored) >= done.stored):
+                break
+            if time.monotonic() > deadline:
+                raise BenchError(f"the warm load did not drain within {max(60.0, opts.warm_load_s):g}s "
+                                 f"(processed {done.processed:,.0f}/{stats.alerts:,})")
+            self.display.update(warmup=f"warm load draining: {done.processed:,.0f}/{stats.alerts:,} alerts")
+            time.sleep(0.25)
+        self.display.log(f"warm load done: {stats.alerts:,} alerts in {stats.produce_s:.0f}s from tenant {self.warmup_tenant}")
 
     # ------------------------------------------------------------------ the measured window
 
@@ -721,6 +780,7 @@ class Bench:
                                    "mean_size_bytes": opts.mean_size_bytes, "size_per_alert": opts.size_per_alert,
                                    "lean": opts.lean, "size_sigma": opts.size_sigma, "seed": opts.seed},
                        "ceiling_records": opts.ceiling_records, "ceiling_repeats": opts.ceiling_repeats,
+                       "warm_load_s": opts.warm_load_s,
                        "tenant": self.tenant,
                        "search_enabled": settings.search_enabled,
                        "worker_settings": {k: v for k, v in self.env.items() if k.startswith("ALERTSTREAM_")
@@ -968,6 +1028,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--drain-timeout", type=float, help="seconds to wait for the backlog after the load (default "
                                                        "max(60, duration))")
     r.add_argument("--warmup-timeout", type=float, default=120.0)
+    r.add_argument("--warm-load", type=float, default=0.0, metavar="SECONDS",
+                   help="before the measured window, run the same load from the warm-up tenant for this long and "
+                        "drain it (not measured): the servers' JITs and caches warm, as a long-running deployment's are")
     r.add_argument("--use-env-stack", action="store_true", help="use the servers ALERTSTREAM_* point at (not stopped)")
     r.add_argument("--keep-data", action="store_true", help="keep the stack's and workers' data dirs")
     r.add_argument("--baseline", type=Path, default=BASELINE)
@@ -1018,7 +1081,7 @@ def options_from_args(args: argparse.Namespace, command: str) -> BenchOptions:
         spike_s=args.spike_duration, ramp_from=args.ramp_from, ceiling_records=ceiling_records,
         ceiling_repeats=args.ceiling_repeats, short=args.short,
         out=args.out.resolve(), profile=args.profile, profile_rate=args.profile_rate,
-        drain_timeout_s=args.drain_timeout, warmup_timeout_s=args.warmup_timeout, use_env_stack=args.use_env_stack,
+        drain_timeout_s=args.drain_timeout, warmup_timeout_s=args.warmup_timeout, warm_load_s=args.warm_load, use_env_stack=args.use_env_stack,
         keep_data=args.keep_data, baseline=args.baseline, update_baseline=args.update_baseline,
         progress=not args.no_progress, compression=args.compression, search=not args.no_search, label=args.label, command=command)
     check_codec(opts.compression)

@@ -23,21 +23,28 @@ class ChangelogError(Exception):
     """Some records of a checkpoint were not acked: the batch is not done and is not acked either."""
 
 
+def producer_config(settings: Settings) -> dict[str, object]:
+    config: dict[str, object] = {
+        "bootstrap.servers": settings.require_kafka(),
+        "acks": "all",
+        "enable.idempotence": settings.kafka_idempotent_producers,
+        "linger.ms": 2,  # a checkpoint is sent at once; the short linger only groups partitions
+        "compression.type": "lz4",
+        "message.timeout.ms": int(settings.changelog_send_timeout_s * 1000),
+        "queue.buffering.max.messages": 2_000_000,
+    }
+    if not settings.kafka_idempotent_producers:
+        # a retried request must not be overtaken: a key's last record is its state on recovery
+        config["max.in.flight.requests.per.connection"] = 1
+    if settings.producer_one_record_batches:  # exact end offsets on the local stand-in broker (INFRA.md)
+        config["batch.num.messages"] = 1
+    return config
+
+
 class KafkaChangelog:
     def __init__(self, settings: Settings, topic: str) -> None:
         self.topic = topic
-        config: dict[str, object] = {
-            "bootstrap.servers": settings.require_kafka(),
-            "acks": "all",
-            "enable.idempotence": settings.kafka_idempotent_producers,
-            "linger.ms": 2,  # a checkpoint is sent at once; the short linger only groups partitions
-            "compression.type": "lz4",
-            "message.timeout.ms": int(settings.changelog_send_timeout_s * 1000),
-            "queue.buffering.max.messages": 2_000_000,
-        }
-        if settings.producer_one_record_batches:  # exact end offsets on the local stand-in broker (INFRA.md)
-            config["batch.num.messages"] = 1
-        self._producer = Producer(config)
+        self._producer = Producer(producer_config(settings))
 
     async def send(self, records: list[tuple[int, bytes, bytes | None]]) -> dict[int, int]:
         offsets: dict[int, int] = {}

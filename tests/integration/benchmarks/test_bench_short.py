@@ -32,7 +32,7 @@ def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, sub
     out = tmp_path_factory.mktemp("bench")
     env = {k: v for k, v in os.environ.items() if not k.startswith("ALERTSTREAM_")}
     cmd = [sys.executable, "-m", "benchmarks.runner", "--rate", "500", "--duration", "20",
-           "--ceiling-records", "2000", "--out", str(out), "--no-progress"]
+           "--ceiling-records", "2000", "--warm-load", "5", "--out", str(out), "--no-progress"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     results = list(out.glob("*.json"))
     assert proc.returncode == 0 and len(results) == 1, (
@@ -145,3 +145,13 @@ def test_committed_baseline_is_usable() -> None:
     assert 0 < baseline["ceiling_ratio"] < 10
     assert baseline["mode"] == "max" and baseline["workers"] >= 1 and baseline["partitions"] >= 1
     assert (REPO / baseline["result"]).exists(), "the baseline names the committed run it came from"
+
+
+def test_the_warm_load_runs_before_the_window_and_is_not_counted(bench_run) -> None:  # noqa: ANN001
+    r, out, _ = bench_run
+    assert r["config"]["warm_load_s"] == 5
+    assert list(r["phases_s"]).index("warm_load") < list(r["phases_s"]).index("load_and_drain")
+    assert r["phases_s"]["warm_load"] >= 5
+    # the run tenant's alerts only: the warm load's ~2,500 (500/s for 5 s) would show here
+    assert 0 <= r["processed_alerts"] - r["produced"]["alerts"] < 500
+    assert "Servers warmed first: 5 s" in (out / f"{r['run_id']}.md").read_text()
