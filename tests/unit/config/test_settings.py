@@ -25,7 +25,7 @@ def test_defaults() -> None:
     s = Settings()
     assert s.topic_partitions == 4
     assert (s.stream_batch.max_events, s.stream_batch.timeout_s) == (1000, 0.2)
-    assert (s.dedup_batch.max_events, s.dedup_batch.timeout_s) == (8, 0.2)
+    assert (s.dedup_batch.max_events, s.dedup_batch.timeout_s) == (16, 0.2)
     assert s.database_url is None and s.kafka_bootstrap is None
 
 
@@ -52,12 +52,12 @@ def test_env_nested_block(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_env_nested_field_keeps_the_blocks_other_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     """Setting one field of a block must not reset its siblings to the block class's defaults:
-    dedup_batch's max_events is 8, BatchConfig's is 2000."""
+    dedup_batch's max_events is 16, BatchConfig's is 2000."""
     monkeypatch.setenv("ALERTSTREAM_STREAM_BATCH__MAX_EVENTS", "50")
     monkeypatch.setenv("ALERTSTREAM_DEDUP_BATCH__TIMEOUT_S", "1.5")
     s = Settings()
     assert (s.stream_batch.max_events, s.stream_batch.timeout_s) == (50, 0.2)
-    assert (s.dedup_batch.max_events, s.dedup_batch.timeout_s) == (8, 1.5)
+    assert (s.dedup_batch.max_events, s.dedup_batch.timeout_s) == (16, 1.5)
     assert s.sink_retry == Settings.model_fields["sink_retry"].get_default(call_default_factory=True)
 
 
@@ -138,7 +138,7 @@ def test_settings_table_lists_every_leaf_field_with_a_description() -> None:
 def test_settings_table_shows_the_fields_defaults() -> None:
     rows = table_rows()
     assert rows["ALERTSTREAM_TOPIC_PARTITIONS"][0] == "`4`"
-    assert rows["ALERTSTREAM_DEDUP_BATCH__MAX_EVENTS"][0] == "`8`"  # the field's default, not BatchConfig's
+    assert rows["ALERTSTREAM_DEDUP_BATCH__MAX_EVENTS"][0] == "`16`"  # the field's default, not BatchConfig's
     assert rows["ALERTSTREAM_STREAM_BATCH__MAX_EVENTS"][0] == "`1000`"
     assert rows["ALERTSTREAM_DATABASE_URL"][0] == "(unset)"
 
