@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import statistics
@@ -32,6 +31,7 @@ from typing import Any
 
 import asyncpg
 
+from benchmarks.micro import publish, variants_table
 from benchmarks.pg_micro import backend_cpu, with_search_path
 from core.records import Sighting, WriteBatch
 from sinks.migrate import available_migrations
@@ -144,13 +144,14 @@ async def run(dsn: str, identities: int, batches: int, per_batch: int, seed: int
 
 
 def markdown(r: dict[str, Any]) -> str:
-    lines = [f"{r['batches']} batches of {r['sightings_per_batch']:,} sightings over {r['identities']:,} identities",
-             "", "| variant | ms/batch p50 | p90 | last tenth | server CPU ms / 1000 sightings | HOT updates | heap MiB | indexes MiB |",
-             "|---|---|---|---|---|---|---|---|"]
-    for name, v in r["variants"].items():
-        lines.append(f"| {name} | {v['ms_per_batch_p50']} | {v['ms_per_batch_p90']} | {v['ms_per_batch_last_tenth']} | "
-                     f"{v['server_cpu_ms_per_1000_sightings']} | {v['hot_update_share']:.1%} | {v['heap_mib']} | {v['indexes_mib']} |")
-    return "\n".join(lines)
+    return variants_table(
+        f"{r['batches']} batches of {r['sightings_per_batch']:,} sightings over {r['identities']:,} identities",
+        [("ms/batch p50", lambda v: v["ms_per_batch_p50"]), ("p90", lambda v: v["ms_per_batch_p90"]),
+         ("last tenth", lambda v: v["ms_per_batch_last_tenth"]),
+         ("server CPU ms / 1000 sightings", lambda v: v["server_cpu_ms_per_1000_sightings"]),
+         ("HOT updates", lambda v: f"{v['hot_update_share']:.1%}"), ("heap MiB", lambda v: v["heap_mib"]),
+         ("indexes MiB", lambda v: v["indexes_mib"])],
+        r["variants"])
 
 
 def main() -> None:
@@ -164,10 +165,7 @@ def main() -> None:
     if not args.dsn:
         parser.error("no --dsn and no ALERTSTREAM_DATABASE_URL (`alertstream stack up` starts one)")
     result = asyncio.run(run(args.dsn, args.identities, args.batches, args.per_batch))
-    print(markdown(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    publish(result, markdown(result), args.json)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
-import json
 import os
 import random
 import statistics
@@ -34,6 +33,7 @@ import orjson
 import psutil
 from elasticsearch import AsyncElasticsearch
 
+from benchmarks.micro import publish, variants_table
 from benchmarks.payload_factory import PayloadFactory, load_profile
 from config.settings import Settings
 from core.records import RawRecord
@@ -196,14 +196,15 @@ async def run(url: str, pid: int, docs: int, bulk: int, rounds: int, seed: int =
 
 
 def markdown(r: dict[str, Any]) -> str:
-    lines = [f"{r['documents']:,} default-mix alert documents per variant ({r['flavour']}), bulk requests of {r['bulk']}, "
-             f"{r['rounds']} rounds; found by the label `{r['label_query']}`: {r['label_matches']} expected", "",
-             "| variant | server CPU ms / 1000 docs | ms/bulk p50 | p90 | index time ms | refresh ms | merge ms | store MiB | found by label |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for name, v in r["variants"].items():
-        lines.append(f"| {name} | {v['server_cpu_ms_per_1000_docs']} | {v['ms_per_bulk_p50']} | {v['ms_per_bulk_p90']} | "
-                     f"{v['index_time_ms']} | {v['refresh_time_ms']} | {v['merge_time_ms']} | {v['store_mib']} | {v['found_by_label']} |")
-    return "\n".join(lines)
+    return variants_table(
+        f"{r['documents']:,} default-mix alert documents per variant ({r['flavour']}), bulk requests of {r['bulk']}, "
+        f"{r['rounds']} rounds; found by the label `{r['label_query']}`: {r['label_matches']} expected",
+        [("server CPU ms / 1000 docs", lambda v: v["server_cpu_ms_per_1000_docs"]),
+         ("ms/bulk p50", lambda v: v["ms_per_bulk_p50"]), ("p90", lambda v: v["ms_per_bulk_p90"]),
+         ("index time ms", lambda v: v["index_time_ms"]), ("refresh ms", lambda v: v["refresh_time_ms"]),
+         ("merge ms", lambda v: v["merge_time_ms"]), ("store MiB", lambda v: v["store_mib"]),
+         ("found by label", lambda v: v["found_by_label"])],
+        r["variants"])
 
 
 def main() -> None:
@@ -219,10 +220,7 @@ def main() -> None:
     if not args.url:
         parser.error("no --url and no ALERTSTREAM_SEARCH_URL (`alertstream stack up` starts one)")
     result = asyncio.run(run(args.url, args.pid or server_pid(args.url), args.docs, args.bulk, args.rounds, warm_docs=args.warm_docs))
-    print(markdown(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    publish(result, markdown(result), args.json)
 
 
 if __name__ == "__main__":
