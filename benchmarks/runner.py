@@ -446,11 +446,8 @@ class Bench:
         """Feed a trickle of the warm-up tenant until every worker has joined every consumer group (it
         has received records in each stage) and everything produced is processed, so that the measured
         window starts with a settled group and no join delay."""
-        from confluent_kafka import Producer
-
         self.display.update(phase="warm-up: waiting for every worker to join every group")
-        producer = Producer(ProducerOptions(compression=self.opts.compression,
-                                                  idempotence=settings.kafka_idempotent_producers).config(settings.require_kafka()))
+        producer = self._producer(settings)
         factory = PayloadFactory(self.opts.profile_obj(self.warmup_tenant, seed=self.opts.seed + 1000))
         warm = CounterReader([w.port for w in self.workers], self.warmup_tenant)
         stages = ["normalize", "deduplicate"] + (["index"] if settings.search_enabled else [])
@@ -486,6 +483,14 @@ class Bench:
             time.sleep(0.5)
         self.display.log(f"warm-up done: {produced:,} alerts, every worker in every group")
 
+    def _producer(self, settings):  # noqa: ANN001, ANN202 - Settings, a confluent_kafka Producer
+        """The load generator's producer, as every phase of the run produces: the run's compression,
+        idempotent where the broker allows it."""
+        from confluent_kafka import Producer
+
+        options = ProducerOptions(compression=self.opts.compression, idempotence=settings.kafka_idempotent_producers)
+        return Producer(options.config(settings.require_kafka()))
+
     def _warm_load(self, settings) -> None:  # noqa: ANN001
         """`--warm-load S`: the run's own load (the closed loop at `--rate max`, else the target's steady
         rate) from the warm-up tenant for S seconds, then drained, before the measured window.
@@ -495,8 +500,6 @@ class Bench:
         which a deployment that has run for a day no longer pays. A run with a warm load measures the
         pipeline on warm servers; without it (the default), a cold start. Its own tenant and identities:
         the run's identities are still all new when the window opens."""
-        from confluent_kafka import Producer
-
         opts = self.opts
         warm = CounterReader([w.port for w in self.workers], self.warmup_tenant)
         base = warm.read()
@@ -507,9 +510,8 @@ class Bench:
         poller = _Poller(warm, base, 0.5)
         if opts.rate_max:
             scenario = _ClosedLoop.around(scenario, lambda: stats.alerts - poller.processed, opts.max_backlog)
-        producer = Producer(ProducerOptions(compression=opts.compression,
-                                            idempotence=settings.kafka_idempotent_producers).config(settings.require_kafka()))
-        load = LoadRun(producer, settings.topic_alerts, PayloadFactory(opts.profile_obj(self.warmup_tenant, seed=opts.seed + 2000)),
+        load = LoadRun(self._producer(settings), settings.topic_alerts,
+                       PayloadFactory(opts.profile_obj(self.warmup_tenant, seed=opts.seed + 2000)),
                        scenario, stats)
         self.display.update(phase=f"warm load: {scenario.describe()} (not measured)")
         last = [0.0]
@@ -562,10 +564,7 @@ class Bench:
         scenario = opts.scenario_obj()
         if opts.rate_max:
             scenario = _ClosedLoop.around(scenario, lambda: stats.alerts - processed_now.processed, opts.max_backlog)
-        producer_options = ProducerOptions(compression=opts.compression, idempotence=settings.kafka_idempotent_producers)
-        from confluent_kafka import Producer
-
-        producer = Producer(producer_options.config(settings.require_kafka()))
+        producer = self._producer(settings)
         load = LoadRun(producer, settings.topic_alerts, PayloadFactory(opts.profile_obj(self.tenant)), scenario, stats)
         stats.scenario = scenario.describe()
 
