@@ -25,6 +25,7 @@ import msgspec
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 from faust.transport.consumer import Consumer as FaustConsumer
+from faust.exceptions import NotReady
 from faust.transport.producer import ProducerBuffer
 from mode.utils.logging import cry
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -257,6 +258,12 @@ def create_app(settings: Settings) -> faust.App:
             await consumer.start()
             try:
                 await normalize_batches(consumer, critical, throttle, raw_circuit)
+            except NotReady:
+                if not app.should_stop:
+                    raise
+                # a graceful stop took the producer away under a batch in flight: that batch is not
+                # committed, so the next start reads it again; not a crash
+                log.info("normalize (%s): stopped with a batch in flight; it is read again on restart", topic)
             finally:
                 await consumer.stop()
 
