@@ -44,7 +44,7 @@ def test_alert_rows() -> None:
     rows = alert_rows(items)
     assert len(rows) == 2 and all(len(r) == len(ALERT_COLUMNS) for r in rows)
     row = dict(zip(ALERT_COLUMNS, rows[1]))
-    assert row["id"] == uuid.UUID(int=2)
+    assert row["id"] == str(uuid.UUID(int=2))  # text: asyncpg parses it
     assert row["received_at"] == ts(T0 + 5)
     assert (row["tenant"], row["fingerprint"], row["provider_type"], row["provider_id"]) == ("u", "fp-b", "prometheus", "am-1")
     assert (row["name"], row["status"], row["severity"], row["content_hash"]) == ("alert fp-b v2", "resolved", "high", "hash-2")
@@ -81,7 +81,7 @@ def test_newest_stored_alert_is_the_last_in_arrival_order_and_every_position_lis
         sighting("fp", (10 << 16) | 3, T0 + 30),
     ]
     (row,) = last_alert_rows(sightings)
-    assert col(row, "alert_id") == uuid.UUID(second.uid)
+    assert col(row, "alert_id") == second.uid
     assert (col(row, "name"), col(row, "status"), col(row, "severity"), col(row, "provider_type")) == (
         "alert fp v2", "resolved", "high", "prometheus")
     assert col(row, "content_hash") == "hash-2"
