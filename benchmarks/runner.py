@@ -161,7 +161,7 @@ class _ClosedLoop(Scenario):
         return cls(**{f.name: getattr(scenario, f.name) for f in fields(Scenario)}, backlog=backlog, cap=cap)
 
     def rate_at(self, t: float) -> float | None:
-        # A near-zero rate makes the generator wait in 2 ms slices, re-checking the backlog each time.
+        # A near-zero rate makes the generator wait in slices (loadgen._SLEEP_SLICE_S), re-checking the backlog each time.
         return None if self.backlog() < self.cap else 1e-6
 
     def describe(self) -> str:
