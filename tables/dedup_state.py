@@ -39,6 +39,7 @@ class Outcome(str, Enum):
     DUPLICATE = "duplicate"  # same identity and content (Keep's full duplicate): not stored
 
 
+SWEEP_REST_FRACTION = 0.01  # after a full TTL pass over a partition, rest this share of the TTL
 encode_state = msgspec.msgpack.Encoder().encode  # the table's value bytes (RocksDB and the changelog)
 decode_state = msgspec.msgpack.Decoder(DedupState).decode
 
@@ -117,6 +118,7 @@ class DedupStore:
         self._cache = cache
         self._blooms = blooms
         self._sweeps: dict[int, Iterator[tuple[bytes, bytes]]] = {}
+        self._swept_until: dict[int, int] = {}  # partition → when its next full pass may start (ms)
         self._positions: dict[tuple[int, str], FlowPositions] = {}  # (partition, lane): as RocksDB holds them
 
     def get(self, key: bytes, event: Any) -> DedupState | None:
@@ -200,6 +202,7 @@ class DedupStore:
         self._positions = {pl: flows for pl, flows in self._positions.items() if pl[0] not in partitions}
         for partition in partitions:
             self._sweeps.pop(partition, None)
+            self._swept_until.pop(partition, None)
             if self._blooms is not None:
                 self._blooms.drop_partition(partition)
 
@@ -209,13 +212,19 @@ class DedupStore:
         checkpoint (changelog tombstones: other replicas forget them too)."""
         scan = self._sweeps.get(partition)
         if scan is None:
+            if now_ms < self._swept_until.get(partition, now_ms):
+                return []  # resting after a full pass
             scan = self._sweeps[partition] = self._partition_items(partition)
         expired = []
         db = self._partition_db(partition)
         for _ in range(budget):
             item = next(scan, None)
             if item is None:
-                del self._sweeps[partition]  # a full pass done: the next scan starts over
+                # a full pass done: the next starts after 1% of the TTL. Scanning without rest cost a
+                # constant share of the worker, growing with the versions of each key in the
+                # memtable; an identity is forgotten at most that much (plus a pass) late.
+                del self._sweeps[partition]
+                self._swept_until[partition] = now_ms + int(ttl_ms * SWEEP_REST_FRACTION)
                 break
             key, raw = item
             if now_ms - decode_state(raw).seen_ms > ttl_ms:

@@ -99,6 +99,21 @@ async def test_expired_scans_in_budgets_and_resumes(table: faust.Table) -> None:
     assert len(first) <= 6 and set(first).isdisjoint(second)
 
 
+async def test_a_full_pass_rests_for_a_hundredth_of_the_ttl(table: faust.Table) -> None:
+    """After a full pass the partition is not scanned again for 1% of the TTL: a key that expires
+    meanwhile is found by the next pass, not by a scan in a loop."""
+    store = DedupStore(table, FakeChangelog())
+    ttl = 100_000  # a rest of 1,000 ms
+    old, later = state_key("t", "old"), state_key("t", "later")
+    await store.checkpoint({old: (DedupState("h", "firing", 0, 0, 0), 0), later: (DedupState("h", "firing", 0, 0, 20_500), 0)})
+    assert store.expired(0, now_ms=120_000, ttl_ms=ttl, budget=10) == [old]  # the pass ends: rest until 121,000
+    await store.checkpoint({old: (None, 0)})
+    assert store.expired(0, now_ms=120_600, ttl_ms=ttl, budget=10) == []  # `later` expired at 120,500, but resting
+    assert store.expired(0, now_ms=121_000, ttl_ms=ttl, budget=10) == [later]  # the next pass
+    store.forget_partitions({0})  # after a rebalance the partition's rest is forgotten too
+    assert store.expired(0, now_ms=121_001, ttl_ms=ttl, budget=10) == [later]
+
+
 async def test_a_key_refreshed_after_the_scan_began_is_not_expired(table: faust.Table) -> None:
     """A scan resumes on the snapshot of its start; a sighting since then refreshed the key."""
     store = DedupStore(table, FakeChangelog())
