@@ -106,7 +106,7 @@ def _ts(ms: int) -> datetime:
 
 
 def alert_rows(stored: Sequence[NormalizedAlert | SeenAlert]) -> list[tuple]:
-    # ids as text: asyncpg parses a uuid from a str in C, a tenth of what building `uuid.UUID` costs
+    # ids as text: asyncpg parses a uuid from a str in C; building `uuid.UUID` per row cost ~1 µs (timeit)
     return [
         (
             item.uid, _ts(item.received_at_ms), a.tenant, a.fingerprint, a.provider_type,

@@ -220,9 +220,9 @@ class DedupStore:
         for _ in range(budget):
             item = next(scan, None)
             if item is None:
-                # a full pass done: the next starts after 1% of the TTL. Scanning without rest cost a
-                # constant share of the worker, growing with the versions of each key in the
-                # memtable; an identity is forgotten at most that much (plus a pass) late.
+                # a full pass done: the next starts after 1% of the TTL. Scanning without rest kept
+                # the worker busy all the time, more so as the memtable filled with versions of each
+                # key; an identity is forgotten at most that much (plus a pass) late.
                 del self._sweeps[partition]
                 self._swept_until[partition] = now_ms + int(ttl_ms * SWEEP_REST_FRACTION)
                 break
