@@ -85,6 +85,7 @@ class BenchOptions:
     max_backlog: int = 20_000  # alerts in flight allowed by --rate max
     duration_s: float = 60.0
     workers: int = 1
+    stateless_workers: int = 0  # of `workers`, these run only the stateless stages (ALERTSTREAM_WORKER_ROLE)
     partitions: int = 4
     # The payloads: the named profile `load` with `load_overrides` (the payload options given) applied.
     # options_from_args fills the fields below from both; they are what profile_obj builds and the results record.
@@ -184,10 +185,11 @@ class Worker:
     data_dir: Path
     log_path: Path
     proc: subprocess.Popen[bytes]
+    role: str = "all"
 
     @property
     def name(self) -> str:
-        return f"worker-{self.index}"
+        return f"worker-{self.index}" if self.role == "all" else f"worker-{self.index}-{self.role}"
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -199,18 +201,18 @@ class Worker:
             return "(no log)"
 
 
-def start_worker(index: int, env: dict[str, str], run_dir: Path) -> Worker:
+def start_worker(index: int, env: dict[str, str], run_dir: Path, role: str = "all") -> Worker:
     port = free_port()
     data_dir = run_dir / f"worker-{index}"
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = run_dir / "logs" / f"worker-{index}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     wenv = {**env, "ALERTSTREAM_DATA_DIR": str(data_dir), "ALERTSTREAM_WORKER_WEB_PORT": str(port),
-            "ALERTSTREAM_WORKER_PROCESSES": "1"}  # the runner starts (and counts) the processes itself
+            "ALERTSTREAM_WORKER_PROCESSES": "1", "ALERTSTREAM_WORKER_ROLE": role}  # the runner starts (and counts) the processes itself
     with open(log_path, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "cli.main", "worker"], cwd=REPO, env=wenv,
                                 stdout=log, stderr=subprocess.STDOUT)
-    return Worker(index, port, data_dir, log_path, proc)
+    return Worker(index, port, data_dir, log_path, proc, role)
 
 
 def stop_processes(procs: list[subprocess.Popen[bytes]], sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> None:
@@ -435,7 +437,8 @@ class Bench:
         self.display.update(phase=f"starting {self.opts.workers} worker(s)")
         ensure_topics(settings)
         for i in range(self.opts.workers):
-            self.workers.append(start_worker(i, self.env, self.run_dir))
+            role = "all" if not self.opts.stateless_workers else "stateless" if i < self.opts.stateless_workers else "stateful"
+            self.workers.append(start_worker(i, self.env, self.run_dir, role))
 
     def _check_workers(self) -> None:
         for w in self.workers:
@@ -451,7 +454,10 @@ class Bench:
         factory = PayloadFactory(self.opts.profile_obj(self.warmup_tenant, seed=self.opts.seed + 1000))
         warm = CounterReader([w.port for w in self.workers], self.warmup_tenant)
         stages = ["normalize", "deduplicate"] + (["index"] if settings.search_enabled else [])
-        need = min(self.opts.workers, self.opts.partitions)  # workers beyond the partition count stay idle
+        stateless = self.opts.stateless_workers or self.opts.workers
+        per_stage = {"normalize": stateless, "index": stateless, "deduplicate": self.opts.workers - self.opts.stateless_workers}
+        # workers beyond the partition count stay idle
+        need_of = {stage: min(per_stage[stage], self.opts.partitions) for stage in stages}
         produced = 0
         deadline = time.monotonic() + self.opts.warmup_timeout_s
         joined_at = None
@@ -459,7 +465,7 @@ class Bench:
             self._check_workers()
             per = warm.per_worker()
             joined_per_stage = {s: sum(1 for c in per.values() if c.records.get(s, 0) > 0) for s in stages}
-            joined = all(n >= need for n in joined_per_stage.values())
+            joined = all(n >= need_of[s] for s, n in joined_per_stage.items())
             total = WorkerCounters()
             for c in per.values():
                 total = total.plus(c)
@@ -479,7 +485,7 @@ class Bench:
                 raise BenchError(f"warm-up did not settle within {self.opts.warmup_timeout_s:g}s (workers per "
                                  f"stage {joined_per_stage}, processed {total.processed:.0f}/{produced}):\n{tails}")
             self.display.update(warmup=f"{total.processed:,.0f}/{produced:,} alerts; workers in each stage: "
-                                       + ", ".join(f"{s} {n}/{need}" for s, n in joined_per_stage.items()))
+                                       + ", ".join(f"{s} {n}/{need_of[s]}" for s, n in joined_per_stage.items()))
             time.sleep(0.5)
         self.display.log(f"warm-up done: {produced:,} alerts, every worker in every group")
 
@@ -768,7 +774,7 @@ class Bench:
             "target": _target(throughput, bytes_per_alert, latency.get("p99_s")),
             "reference": {"keep_alerts_s_per_core": list(KEEP_ALERTS_S_PER_CORE),
                           "source": "/work/shared/KEEP.md: Keep 0.54.2 process_event, one process, 2-core machine"},
-            "config": {"workers": opts.workers, "partitions": opts.partitions, "rate_alerts_s": opts.rate,
+            "config": {"workers": opts.workers, "stateless_workers": opts.stateless_workers, "partitions": opts.partitions, "rate_alerts_s": opts.rate,
                        "volume": opts.volume, "rate_max": opts.rate_max,
                        "max_backlog": opts.max_backlog if opts.rate_max else None,
                        "load": opts.load, "load_overrides": opts.load_overrides,
@@ -1008,6 +1014,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--ramp-from", type=float, default=0.1)
     t = p.add_argument_group("topology")
     t.add_argument("--workers", type=int, default=1, help="worker processes (they share the consumer groups)")
+    t.add_argument("--stateless-workers", type=int, default=0,
+                   help="of --workers, this many run only the stateless stages (normalize, index) and the others "
+                        "only the dedup stage (ALERTSTREAM_WORKER_ROLE); 0: every worker runs every stage")
     t.add_argument("--partitions", type=int, default=4, help="partitions of every topic")
     t.add_argument("--no-search", action="store_true", help="workers without the search indexer "
                                                             "(ALERTSTREAM_SEARCH_ENABLED=false)")
@@ -1066,11 +1075,13 @@ def options_from_args(args: argparse.Namespace, command: str) -> BenchOptions:
         ceiling_records = SHORT["ceiling_records"] if args.short else 30_000
     if args.workers < 1 or args.partitions < 1:
         raise ValueError("--workers and --partitions must be >= 1")
+    if not 0 <= args.stateless_workers < args.workers:
+        raise ValueError("--stateless-workers must leave at least one of --workers for the dedup stage")
     overrides = payload_overrides(args)
     load = load_profile(args.load, seed=args.seed, **overrides)  # the named profile, with the options given
     opts = BenchOptions(
         scenario=args.scenario, rate=rate, volume=volume, rate_max=rate_max, max_backlog=args.max_backlog,
-        duration_s=duration, workers=args.workers, partitions=args.partitions,
+        duration_s=duration, workers=args.workers, stateless_workers=args.stateless_workers, partitions=args.partitions,
         load=args.load, load_overrides=sorted(overrides), mix=dict(load.mix),
         cardinality=load.cardinality if isinstance(load.cardinality, int) else dict(load.cardinality),
         full_dup=load.full_dup_ratio, partial_dup=load.partial_dup_ratio, flap=load.flap_ratio,

@@ -153,8 +153,11 @@ def create_app(settings: Settings) -> faust.App:
     FaustConsumer._add_gap = _refuse_offset_gaps
     datadir = settings.data_dir / f"worker-{settings.worker_web_port}"
     datadir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
+    stateful = settings.worker_role != "stateless"
     app = faust.App(
-        settings.app_id,
+        # a stateless process has no agent and no table: its Faust consumer (only Faust's own
+        # leader topic) stays out of the dedup agents' group, whose rebalances it would otherwise join
+        settings.app_id if stateful else f"{settings.app_id}-stateless",
         broker=[f"kafka://{host}" for host in settings.require_kafka().split(",")],
         store="rocksdb://",
         datadir=str(datadir),
@@ -189,14 +192,15 @@ def create_app(settings: Settings) -> faust.App:
     critical_topic = app.topic(settings.topic_normalized_critical, partitions=settings.topic_partitions)
     rules = load_rules(settings.fingerprint_rules_path)  # an invalid file stops the worker here, with its line
     raw_policy = RawPolicy.load(settings.raw_storage_policy_path)  # likewise
-    table = make_table(app, settings.topic_partitions)
-    changelog = KafkaChangelog(settings, table.changelog_topic.get_topic_name())
-    store = DedupStore(
-        table, changelog,
-        cache=HotCache(settings.dedup_cache_entries),
-        blooms=PartitionBlooms(settings.dedup_bloom_capacity, 0.01, ttl_s=2 * settings.dedup_state_ttl_s or None)
-        if settings.dedup_bloom_capacity else None,
-    )
+    if stateful:  # the table exists only where the dedup stage runs: declaring it restores it from its changelog
+        table = make_table(app, settings.topic_partitions)
+        changelog = KafkaChangelog(settings, table.changelog_topic.get_topic_name())
+        store = DedupStore(
+            table, changelog,
+            cache=HotCache(settings.dedup_cache_entries),
+            blooms=PartitionBlooms(settings.dedup_bloom_capacity, 0.01, ttl_s=2 * settings.dedup_state_ttl_s or None)
+            if settings.dedup_bloom_capacity else None,
+        )
     ttl_ms = int(settings.dedup_state_ttl_s * 1000)
     failpoints = FailPoints(settings.failpoints_path)
     limits = NormalizeLimits(**settings.normalizer_limits.model_dump())
@@ -207,7 +211,7 @@ def create_app(settings: Settings) -> faust.App:
     postgres = sinks.add(PostgresSink(settings.require_database_url(), pool_size=settings.db_pool_size))
     raw_sink = None if raw_policy.stores_nothing else sinks.add(RawSink(settings.require_database_url(), pool_size=2))
     topics_by_name: dict[str, faust.TopicT] = {settings.topic_dlq: dlq_topic}
-    wire = Wiring(app, build_topology(settings, raw_store=raw_sink is not None))
+    wire = Wiring(app, build_topology(settings, raw_store=raw_sink is not None), settings.worker_role)
 
     def topic_named(name: str) -> faust.TopicT:
         if name not in topics_by_name:
@@ -218,11 +222,12 @@ def create_app(settings: Settings) -> faust.App:
         """Send what the error router built; returns the delivery future (await it for the ack)."""
         return await topic_named(routed.topic).send(key=routed.key, value=routed.value, headers=routed.headers, force=True)
 
-    @app.on_partitions_revoked.connect
-    async def forget_revoked(app, revoked, **kwargs) -> None:  # noqa: ANN001
-        internal = {settings.topic_normalized, settings.topic_normalized_critical}
-        store.forget_partitions({tp.partition for tp in revoked if tp.topic in internal})
-        offsets.forget(revoked)
+    if stateful:
+        @app.on_partitions_revoked.connect
+        async def forget_revoked(app, revoked, **kwargs) -> None:  # noqa: ANN001
+            internal = {settings.topic_normalized, settings.topic_normalized_critical}
+            store.forget_partitions({tp.partition for tp in revoked if tp.topic in internal})
+            offsets.forget(revoked)
 
     async def emit(result: StageOneResult) -> None:
         """Send packed alerts and dead letters; return once the broker has acked all of them."""

@@ -68,6 +68,20 @@ def resolve_worker_processes(settings: Settings) -> int:
     return max(1, min(wanted, settings.topic_partitions))
 
 
+def worker_roles(settings: Settings, processes: int) -> list[str]:
+    """The role (`worker_role`) of each process: the first `worker_stateless_processes` run the
+    stateless stages, the rest the dedup stage; with none asked for, each process runs everything."""
+    stateless = settings.worker_stateless_processes
+    if not stateless:
+        return [settings.worker_role] * processes
+    if settings.worker_role != "all":
+        raise ValueError("ALERTSTREAM_WORKER_STATELESS_PROCESSES splits the roles itself: leave ALERTSTREAM_WORKER_ROLE unset")
+    if stateless >= processes:
+        raise ValueError(f"ALERTSTREAM_WORKER_STATELESS_PROCESSES={stateless} leaves none of the {processes} "
+                         "worker processes for the dedup stage")
+    return ["stateless"] * stateless + ["stateful"] * (processes - stateless)
+
+
 def worker_ports(settings: Settings) -> list[int]:
     """Web ports of the worker's processes (`/metrics` of each)."""
     return [settings.worker_web_port + i for i in range(resolve_worker_processes(settings))]
@@ -77,6 +91,7 @@ def worker_ports(settings: Settings) -> list[int]:
 class Child:
     index: int
     port: int
+    role: str
     proc: subprocess.Popen | None = None
     restarts: deque[float] = field(default_factory=deque)
     restart_at: float = 0.0
@@ -85,7 +100,8 @@ class Child:
 class Supervisor:
     def __init__(self, settings: Settings, processes: int) -> None:
         self.settings = settings
-        self.children = [Child(i, settings.worker_web_port + i) for i in range(processes)]
+        self.children = [Child(i, settings.worker_web_port + i, role)
+                         for i, role in enumerate(worker_roles(settings, processes))]
         self.stopping = False
 
     def _spawn(self, child: Child) -> None:
@@ -93,12 +109,15 @@ class Supervisor:
         # the child is a one-process worker on its own port (and so its own RocksDB directory)
         env["ALERTSTREAM_WORKER_PROCESSES"] = "1"
         env["ALERTSTREAM_WORKER_WEB_PORT"] = str(child.port)
+        env["ALERTSTREAM_WORKER_ROLE"] = child.role
+        env.pop("ALERTSTREAM_WORKER_STATELESS_PROCESSES", None)  # split here already: the child is one role
         # the status page of each process shows the whole worker: it asks its siblings (streams/status_page.py)
         env["ALERTSTREAM_SIBLING_WEB_PORTS"] = ",".join(str(c.port) for c in self.children if c is not child)
         if self.settings.group_instance_id:  # each process is its own static member
             env["ALERTSTREAM_GROUP_INSTANCE_ID"] = f"{self.settings.group_instance_id}-{child.index}"
         child.proc = subprocess.Popen([sys.executable, "-m", "cli.main", "worker", "--child"], env=env)
-        log.info("worker process %d started (pid %d, web port %d)", child.index, child.proc.pid, child.port)
+        log.info("worker process %d (%s stages) started (pid %d, web port %d)", child.index, child.role,
+                 child.proc.pid, child.port)
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         if not self.stopping:

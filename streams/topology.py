@@ -16,6 +16,9 @@ from config.settings import Settings
 from streams.retry import tier_topics
 
 
+STATELESS, STATEFUL, EVERY = "stateless", "stateful", "every"
+
+
 class Kind(Enum):
     AGENT = "agent"  # a Faust agent on its input topic (Faust's consumer, acks, tables)
     CONSUMER = "consumer"  # a task running its own batch consumer on its input topic
@@ -30,6 +33,7 @@ class Stage:
     writes: tuple[str, ...]  # topics and stores, in the order a record reaches them
     state: str | None = None
     does: str = ""
+    role: str = STATELESS  # the worker role that runs it (`worker_role`); EVERY: each process runs its own
 
 
 def build_topology(settings: Settings, *, raw_store: bool = True) -> list[Stage]:
@@ -46,10 +50,11 @@ def build_topology(settings: Settings, *, raw_store: bool = True) -> list[Stage]
         Stage("normalize-critical", Kind.CONSUMER, s.topic_critical, (*normalized, s.topic_dlq, *raw),
               does="the same for critical alerts, ahead of any backlog"),
         Stage("deduplicate", Kind.AGENT, s.topic_normalized, ("postgres alert, last_alert", *stored, s.topic_dlq),
-              state="dedup-state (RocksDB, changelog)", does="plan, write durably, then checkpoint state and offsets"),
+              state="dedup-state (RocksDB, changelog)", does="plan, write durably, then checkpoint state and offsets",
+              role=STATEFUL),
         Stage("deduplicate-critical", Kind.AGENT, s.topic_normalized_critical,
               ("postgres alert, last_alert", *stored, s.topic_dlq), state="dedup-state (shared)",
-              does="the same stage on the critical lane"),
+              does="the same stage on the critical lane", role=STATEFUL),
     ]
     if s.search_enabled:
         stages.append(Stage("index", Kind.CONSUMER, s.topic_stored, (f"search {s.search_index}", *tiers, s.topic_dlq),
@@ -58,18 +63,24 @@ def build_topology(settings: Settings, *, raw_store: bool = True) -> list[Stage]
                      does=f"send parked records back after {delay:g} s")
                for n, (topic, delay) in enumerate(zip(tiers, s.retry_delays_s), start=1)]
     stages.append(Stage("maintain-postgres", Kind.JOB, None, ("postgres partitions",),
-                        does="partitions ahead, retention, last_alert TTL (one worker at a time)"))
+                        does="partitions ahead, retention, last_alert TTL (one worker at a time)", role=STATEFUL))
     if s.archive_enabled:
         stages.append(Stage("archive", Kind.JOB, None, (f"search {s.search_index}",),
-                            does=f"alerts older than {s.archive_after_days} days from Postgres to search"))
-    stages.append(Stage("monitor-event-loop", Kind.JOB, None, (), does="report a blocked event loop"))
+                            does=f"alerts older than {s.archive_after_days} days from Postgres to search",
+                            role=STATEFUL))
+    stages.append(Stage("monitor-event-loop", Kind.JOB, None, (), does="report a blocked event loop", role=EVERY))
     return stages
+
+
+def for_role(stages: list[Stage], role: str) -> list[Stage]:
+    """The stages a worker process of this role (`worker_role`: all, stateless, stateful) runs."""
+    return [stage for stage in stages if role == "all" or stage.role in (role, EVERY)]
 
 
 def render(stages: list[Stage]) -> str:
     lines = []
     for stage in stages:
-        head = f"{stage.name} [{stage.kind.value}]"
+        head = f"{stage.name} [{stage.kind.value}, {stage.role}]"
         if stage.reads:
             head += f" {stage.reads}"
         if stage.writes:
@@ -84,11 +95,14 @@ def render(stages: list[Stage]) -> str:
 
 class Wiring:
     """Registers each stage's runner with the Faust app by the stage's kind, and checks that the
-    topology and the runners match one to one (`check`)."""
+    topology and the runners match one to one (`check`). A process of a `role` registers only
+    that role's stages; the others still need their runner, so every process checks the same
+    whole topology."""
 
-    def __init__(self, app: Any, stages: list[Stage]) -> None:  # noqa: ANN401 - a faust.App
+    def __init__(self, app: Any, stages: list[Stage], role: str = "all") -> None:  # noqa: ANN401 - a faust.App
         self.app = app
         self.stages = {stage.name: stage for stage in stages}
+        self.runs = {stage.name for stage in for_role(stages, role)}
         self.wired: dict[str, Callable[..., Any]] = {}
 
     def __call__(self, name: str, channel: Any = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:  # noqa: ANN401
@@ -106,6 +120,8 @@ class Wiring:
             if name in self.wired:
                 raise ValueError(f"stage {name!r} wired twice")
             self.wired[name] = runner
+            if name not in self.runs:  # another role's stage: not started in this process
+                return runner
             if stage.kind is Kind.AGENT:
                 return self.app.agent(channel, name=name)(runner)
             return self.app.task(runner)

@@ -176,3 +176,79 @@ def test_two_processes_share_partitions_restart_and_stop(pipeline_settings, tmp_
         assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children), "no orphan process"
     finally:
         supervisor.stop()
+
+
+def stage_records(port: int, stage: str) -> float:
+    """Kafka records the process on `port` has taken in `stage`."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return 0.0
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "alertstream_records_received_total" and s.labels.get("stage") == stage)
+
+
+def indexed(settings, tenant: str) -> int:  # noqa: ANN001
+    import asyncio
+
+    from sinks.search import make_client
+
+    async def count() -> int:
+        client = make_client(settings.search_url)
+        try:
+            await client.indices.refresh(index=settings.search_index)
+            return (await client.count(index=settings.search_index, query={"term": {"tenant": tenant}}))["count"]
+        finally:
+            await client.close()
+    return asyncio.run(count())
+
+
+def test_split_roles_one_stateless_and_one_dedup_process(pipeline_settings, tmp_path) -> None:  # noqa: ANN001
+    """ALERTSTREAM_WORKER_STATELESS_PROCESSES=1 of 2: process 0 normalizes and indexes, process 1
+    deduplicates; neither does the other's work, a killed stateless process is restarted, and every
+    alert is stored and indexed exactly once."""
+    tenant = "roles"
+    settings = isolated(pipeline_settings, "roles").model_copy(update={
+        "worker_processes": 2, "worker_stateless_processes": 1, "worker_web_port": two_free_ports(),
+        "data_dir": tmp_path / "w", "table_recovery_consistency_check": False})
+    ensure_topics(settings)
+    dsn = settings.require_database_url()
+    count = COUNT
+
+    def rows() -> tuple[int, int]:
+        row = sql(dsn, "SELECT count(*) AS n, count(DISTINCT id) AS ids FROM alert WHERE tenant = $1", tenant)[0]
+        return row["n"], row["ids"]
+
+    supervisor = WorkerProcess(settings, tmp_path / "worker.log")
+    try:
+        stateless_port, stateful_port = worker_ports(settings)
+        half = [("keep", f"r{i}".encode(), generic_alert(400_000 + i)) for i in range(count // 2)]
+        produce(settings.require_kafka(), settings.topic_alerts, half, tenant=tenant)
+        wait_until(lambda: rows()[1] >= count // 2, timeout=180, what=f"the first half stored; log {supervisor.log_path}")
+
+        assert stage_records(stateless_port, "normalize") > 0 and stage_records(stateless_port, "index") > 0
+        assert processed(stateless_port) == 0 and stage_records(stateless_port, "deduplicate") == 0
+        assert processed(stateful_port) >= count // 2
+        assert stage_records(stateful_port, "normalize") == 0 and stage_records(stateful_port, "index") == 0
+        stateless_dir = settings.data_dir / f"worker-{stateless_port}"
+        assert not any(p.name.endswith(".db") or "dedup" in p.name for p in stateless_dir.rglob("*")), \
+            "a stateless process keeps no dedup table"
+
+        victim = child_on_port(supervisor.proc.pid, stateless_port)
+        victim.send_signal(signal.SIGKILL)
+        wait_until(lambda: (c := child_on_port(supervisor.proc.pid, stateless_port)) is not None and c.pid != victim.pid,
+                   timeout=30, what="the supervisor restarted the killed stateless process")
+        assert child_on_port(supervisor.proc.pid, stateless_port).environ()["ALERTSTREAM_WORKER_ROLE"] == "stateless"
+
+        rest = [("keep", f"r{i}".encode(), generic_alert(400_000 + i)) for i in range(count // 2, count)]
+        produce(settings.require_kafka(), settings.topic_alerts, rest, tenant=tenant)
+        wait_until(lambda: rows()[1] >= count, timeout=240, what=f"every alert stored; log {supervisor.log_path}")
+        assert rows() == (count, count), "each alert exactly once"
+        wait_until(lambda: indexed(settings, tenant) >= count, timeout=120, interval=2, what="every alert indexed")
+        assert indexed(settings, tenant) == count
+
+        supervisor.proc.send_signal(signal.SIGTERM)
+        assert supervisor.proc.wait(timeout=90) == 0, supervisor.log_tail()
+    finally:
+        supervisor.stop()

@@ -9,7 +9,7 @@ import pytest
 
 from config.settings import Settings
 from streams.app import create_app, describe
-from streams.topology import Kind, Stage, Wiring, build_topology
+from streams.topology import STATEFUL, STATELESS, Kind, Stage, Wiring, build_topology, for_role
 
 
 def settings(tmp_path: Path, **overrides: object) -> Settings:
@@ -41,6 +41,23 @@ def test_every_stage_of_the_topology_is_wired_and_nothing_else(tmp_path: Path, o
     assert task_names(app) - runners == SUPERVISION  # no stage runs outside the topology
 
 
+@pytest.mark.parametrize("role", ["stateless", "stateful"])
+def test_a_process_of_one_role_runs_only_that_roles_stages(tmp_path: Path, role: str) -> None:
+    s = settings(tmp_path, worker_role=role, archive_enabled=True)
+    app = create_app(s)
+    runs = for_role(build_topology(s), role)
+    others = [stage for stage in build_topology(s) if stage not in runs]
+    assert others and all(stage.role == (STATEFUL if role == "stateless" else STATELESS) for stage in others)
+
+    assert set(app.agents) == {stage.name for stage in runs if stage.kind is Kind.AGENT}
+    runners = {stage.name.replace("-", "_") for stage in runs if stage.kind is not Kind.AGENT}
+    assert task_names(app) - SUPERVISION == runners
+    # the dedup table lives only where the dedup stage runs: a stateless process restores no state
+    # and stays out of the agents' consumer group (its own Faust app id)
+    assert bool(app.tables) == (role == "stateful")
+    assert (app.conf.id == s.app_id) == (role == "stateful")
+
+
 def test_the_topology_follows_the_settings(tmp_path: Path) -> None:
     names = [stage.name for stage in build_topology(settings(tmp_path, search_enabled=False, retry_delays_s=[5.0, 60.0]))]
     assert "index" not in names and "archive" not in names
@@ -55,7 +72,7 @@ def test_describe_prints_every_stage_with_its_topics(tmp_path: Path) -> None:
     s = settings(tmp_path)
     text = describe(s)
     for stage in build_topology(s):
-        assert f"{stage.name} [{stage.kind.value}]" in text
+        assert f"{stage.name} [{stage.kind.value}, {stage.role}]" in text
         if stage.reads:
             assert stage.reads in text
     assert s.topic_dlq in text and s.search_index in text
@@ -118,3 +135,15 @@ def test_wiring_refuses_what_the_topology_does_not_say() -> None:
         wire("job")(runner)
     wire.check()
     assert list(app.agents) == ["dedup"] and app.tasks == [runner]
+
+
+def test_another_roles_stage_is_checked_but_not_started() -> None:
+    app = FakeApp()
+    wire = Wiring(app, [Stage("dedup", Kind.AGENT, "in", ("out",), role=STATEFUL), Stage("job", Kind.JOB, None, ())],
+                  role="stateless")
+    wire("job")(runner)
+    with pytest.raises(RuntimeError, match="dedup"):  # its runner is still required
+        wire.check()
+    wire("dedup", FakeTopic("in"))(runner)
+    wire.check()
+    assert app.agents == {} and app.tasks == [runner]

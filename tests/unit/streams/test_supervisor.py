@@ -5,7 +5,17 @@ from __future__ import annotations
 import os
 
 from config.settings import Settings
-from streams.supervisor import CRASH_LIMIT, CRASH_WINDOW_S, Supervisor, resolve_worker_processes, worker_ports, young_gc_every
+import pytest
+
+from streams.supervisor import (
+    CRASH_LIMIT,
+    CRASH_WINDOW_S,
+    Supervisor,
+    resolve_worker_processes,
+    worker_ports,
+    worker_roles,
+    young_gc_every,
+)
 
 
 def test_default_is_one_process_per_core_capped_by_partitions() -> None:
@@ -17,6 +27,35 @@ def test_default_is_one_process_per_core_capped_by_partitions() -> None:
 
 def test_each_process_has_its_own_port() -> None:
     assert worker_ports(Settings(worker_processes=3, worker_web_port=7000)) == [7000, 7001, 7002]
+
+
+def test_stateless_processes_split_the_roles_and_leave_one_for_dedup() -> None:
+    assert worker_roles(Settings(), 3) == ["all"] * 3
+    assert worker_roles(Settings(worker_role="stateful"), 1) == ["stateful"]  # a container of one role
+    assert worker_roles(Settings(worker_stateless_processes=1), 2) == ["stateless", "stateful"]
+    assert worker_roles(Settings(worker_stateless_processes=2), 5) == ["stateless"] * 2 + ["stateful"] * 3
+    with pytest.raises(ValueError, match="none of the 2"):
+        worker_roles(Settings(worker_stateless_processes=2), 2)
+    with pytest.raises(ValueError, match="ROLE"):
+        worker_roles(Settings(worker_stateless_processes=1, worker_role="stateless"), 2)
+
+
+def test_each_child_is_started_with_its_role(monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[dict[str, str]] = []
+
+    class Popen:
+        pid = 1
+
+        def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+            started.append(env)
+
+    monkeypatch.setattr("streams.supervisor.subprocess.Popen", Popen)
+    monkeypatch.setenv("ALERTSTREAM_WORKER_STATELESS_PROCESSES", "1")
+    sup = Supervisor(Settings(worker_stateless_processes=1), 2)
+    for child in sup.children:
+        sup._spawn(child)
+    assert [env["ALERTSTREAM_WORKER_ROLE"] for env in started] == ["stateless", "stateful"]
+    assert all("ALERTSTREAM_WORKER_STATELESS_PROCESSES" not in env for env in started)
 
 
 def test_restarts_back_off_and_a_crash_loop_gives_up() -> None:
