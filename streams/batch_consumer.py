@@ -32,6 +32,10 @@ class BatchConsumer:
             session_timeout_ms=int(settings.broker_session_timeout_s * 1000),
             heartbeat_interval_ms=int(min(3.0, settings.broker_session_timeout_s / 3) * 1000),
             max_poll_records=settings.stream_batch.max_events,
+            # fewer, larger batches below saturation: every batch's packed records, sink writes and
+            # commits are per-batch costs, paid again downstream (docs/performance.md)
+            fetch_min_bytes=settings.consumer_fetch_min_bytes,
+            fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
             fetch_max_bytes=64 * 1024 * 1024,
             # must hold the largest record the broker accepts, or that record would stall the partition
             max_partition_fetch_bytes=16 * 1024 * 1024,
