@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install system-packages run test test-unit docs bench bench-short stack-up stack-down clean image compose-up compose-down
+.PHONY: install system-packages run test test-unit docs bench bench-heavy bench-short stack-up stack-down clean image compose-up compose-down
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ test-unit: install
 
 bench: install  ## the target: 600 GB/day for 10 minutes on a fresh local stack; results in benchmarks/results/
 	$(BIN)/alertstream bench --volume 600GB/day --duration 600
+
+bench-heavy: install  ## the heavy mix (10-alert webhooks, 70% re-sends) at 600 GB/day for 10 minutes, one stateless and one dedup process
+	$(BIN)/alertstream bench --volume 600GB/day --duration 600 --load heavy --workers 2 --stateless-workers 1
 
 bench-short: install  ## a few minutes: capacity against the ceilings, flags a large regression against benchmarks/baseline.json
 	$(BIN)/alertstream bench --short
