@@ -23,15 +23,20 @@ TENANT = "procs"
 COUNT = 2000
 
 
-def processed(port: int) -> float:
-    """Alerts the process on `port` has deduplicated (0 while it is not serving)."""
+def metric_sum(port: int, name: str, **labels: str) -> float:
+    """The sum of a metric's samples (with these labels) at the process on `port`; 0 while it is not serving."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
             text = response.read().decode()
     except OSError:
         return 0.0
     return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == "alertstream_alerts_total")
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def processed(port: int) -> float:
+    """Alerts the process on `port` has deduplicated."""
+    return metric_sum(port, "alertstream_alerts_total")
 
 
 def status_total(port: int) -> float:
@@ -180,13 +185,7 @@ def test_two_processes_share_partitions_restart_and_stop(pipeline_settings, tmp_
 
 def stage_records(port: int, stage: str) -> float:
     """Kafka records the process on `port` has taken in `stage`."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            text = response.read().decode()
-    except OSError:
-        return 0.0
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == "alertstream_records_received_total" and s.labels.get("stage") == stage)
+    return metric_sum(port, "alertstream_records_received_total", stage=stage)
 
 
 def indexed(settings, tenant: str) -> int:  # noqa: ANN001
