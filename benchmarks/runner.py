@@ -432,12 +432,14 @@ class Bench:
     # ------------------------------------------------------------------ workers
 
     def _start_workers(self, settings) -> None:  # noqa: ANN001
+        from streams.supervisor import worker_roles
         from streams.topics import ensure_topics
 
         self.display.update(phase=f"starting {self.opts.workers} worker(s)")
         ensure_topics(settings)
-        for i in range(self.opts.workers):
-            role = "all" if not self.opts.stateless_workers else "stateless" if i < self.opts.stateless_workers else "stateful"
+        roles = worker_roles(settings.model_copy(update={"worker_stateless_processes": self.opts.stateless_workers}),
+                             self.opts.workers)
+        for i, role in enumerate(roles):
             self.workers.append(start_worker(i, self.env, self.run_dir, role))
 
     def _check_workers(self) -> None:
