@@ -9,8 +9,8 @@ Steps, each timed alone over the same alerts (best of `--repeat` passes, CPU tim
   bloom              `key in filter` (+ `add` for new keys), BloomFilter sized for the identities
   cache + decide     HotCache get → (miss: bloom, then the table) → decide() → write-through put
 and the whole path in one loop. Then the internal topic's side for the default and heavy load
-profiles: a packed record decoded in full or heads only, under two young-GC thresholds, and the
-dedup plan with its Postgres rows. The table behind the cache is a dict here; for scale, the real
+profiles: packing, decoding a packed record (the alerts' JSON stays bytes) and the dedup plan with
+its Postgres rows, under two young-GC thresholds. The table behind the cache is a dict here; for scale, the real
 Faust table read (`DedupStore.get`, RocksDB store) is timed alone on a hit and a miss: that is what a
 cache hit or a bloom negative saves.
 """
@@ -207,13 +207,13 @@ def run(records: int, cardinality: int, seed: int, repeat: int, cache_entries: i
 
 
 def internal_record_steps(profile: str, records: int, repeat: int) -> list[tuple[str, float, str]]:
-    """The dedup stage's side of the internal topic, in µs per alert: decoding a packed record in
-    full or its heads only (`SeenAlert`), with Python's young collection every 700 allocations and
-    every 50,000 (the worker's `ALERTSTREAM_GC_GEN0_THRESHOLD`), and the plan plus the Postgres rows."""
+    """The internal topic's side, in µs per alert: packing the normalized alerts, decoding a packed
+    record (each alert's head; its JSON stays bytes), and the dedup plan plus the Postgres rows, with
+    Python's young collection every 700 allocations and every 50,000 (the worker's
+    `ALERTSTREAM_GC_GEN0_THRESHOLD`)."""
     from core.records import RawRecord
-    from pipeline import deduplicator
     from pipeline.deduplicator import PackedRecord, plan_batch
-    from pipeline.normalizer import pack, process_records, unpack, unpack_seen
+    from pipeline.normalizer import pack, process_records, unpack
     from sinks.postgres import alert_rows, last_alert_rows
 
     raw = [RawRecord("alerts", 0, i, 1_736_935_500_000, r.key, r.value,
@@ -224,25 +224,20 @@ def internal_record_steps(profile: str, records: int, repeat: int) -> list[tuple
     packed = [PackedRecord(0, i, blob, None) for i, blob in enumerate(blobs)]
     n = len(alerts)
 
-    def plan_and_rows(decode: Callable[[bytes], list[Any]]) -> Callable[[], None]:
-        def go() -> None:
-            deduplicator.unpack_seen = decode  # the stage's decode, swapped for the comparison
-            plan = plan_batch(packed, lambda key, event: None)
-            alert_rows(plan.batch.stored), last_alert_rows(plan.batch.sightings)
-        return go
+    def plan_and_rows() -> None:
+        plan = plan_batch(packed, lambda key, event: None)
+        alert_rows(plan.batch.stored), last_alert_rows(plan.batch.sightings)
 
     rows: list[tuple[str, float, str]] = []
     young = gc.get_threshold()
     try:
         for threshold in (700, 50_000):
             gc.set_threshold(threshold, *young[1:])
-            note = f"{profile} mix, {n:,} alerts, young GC every {threshold:,}"
-            rows.append((f"unpack, full ({profile})", _best(lambda: [unpack(b) for b in blobs], repeat) / n * 1e6, note))
-            rows.append((f"unpack, heads only ({profile})", _best(lambda: [unpack_seen(b) for b in blobs], repeat) / n * 1e6, note))
-            for label, decode in (("full", unpack), ("heads only", unpack_seen)):
-                rows.append((f"plan + Postgres rows, {label} ({profile})", _best(plan_and_rows(decode), repeat) / n * 1e6, note))
+            note = f"{profile} mix, {n:,} alerts, {sum(map(len, blobs)) / n:,.0f} B each packed, young GC every {threshold:,}"
+            rows.append((f"pack ({profile})", _best(lambda: pack(alerts, 256 * 1024), repeat) / n * 1e6, note))
+            rows.append((f"unpack ({profile})", _best(lambda: [unpack(b) for b in blobs], repeat) / n * 1e6, note))
+            rows.append((f"plan + Postgres rows ({profile})", _best(plan_and_rows, repeat) / n * 1e6, note))
     finally:
-        deduplicator.unpack_seen = unpack_seen
         gc.set_threshold(*young)
     return rows
 

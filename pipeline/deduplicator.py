@@ -18,8 +18,8 @@ from typing import Any, Callable
 import msgspec
 
 from core.records import Sighting, WriteBatch
-from pipeline.normalizer import source_position, unpack_seen
-from schemas.alert import NormalizedAlert, SeenAlert
+from pipeline.normalizer import source_position, unpack
+from schemas.alert import NormalizedAlert, PackedAlert
 from schemas.rules import DEFAULT_RULES, RuleSet
 from tables.dedup_state import DedupState, FlowPositions, Outcome, decide, state_key
 
@@ -33,7 +33,7 @@ class PackedRecord:
 
 @dataclass(slots=True)
 class StageTwoPlan:
-    batch: WriteBatch[SeenAlert] = field(default_factory=WriteBatch)
+    batch: WriteBatch[PackedAlert] = field(default_factory=WriteBatch)
     state_writes: dict[bytes, tuple[DedupState, Any]] = field(default_factory=dict)
     outcomes: dict[tuple[str, str, Outcome], int] = field(default_factory=dict)
     # internal records that do not decode (written by a foreign producer, or corrupted): to the DLQ
@@ -44,7 +44,7 @@ class StageTwoPlan:
     replayed: int = 0  # sightings skipped: their position was decided before (a replay after a crash)
 
 
-def sighting_flow(item: NormalizedAlert | SeenAlert, lane: str) -> str:
+def sighting_flow(item: NormalizedAlert | PackedAlert, lane: str) -> str:
     """The ordered stream a sighting travelled: its source partition, into one internal topic (`lane`).
 
     Within a flow the normalize stage sends in source order, and a crash makes it send a suffix
@@ -76,7 +76,7 @@ def plan_batch(records: list[PackedRecord], read_state: Callable[[bytes, Any], D
     decided: dict[int, FlowPositions] = {}  # per internal partition, this batch included
     for record in records:
         try:
-            items = unpack_seen(record.value)
+            items = unpack(record.value)
         except msgspec.DecodeError as exc:
             plan.undecodable.append((record, f"{type(exc).__name__}: {exc}"))
             continue

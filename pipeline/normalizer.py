@@ -35,9 +35,9 @@ import msgspec
 
 from core.errors import DEFAULT_PROVIDER, EXPIRED, INTERNAL_ERROR, PROVIDER, PROVIDER_ID, TENANT, Classifier, permanent
 from core.records import DeadLetter, RawRecord
-from schemas.alert import NormalizedAlert, NormalizedBatch, PackedAlert, PackedBatch, SeenAlert
+from schemas.alert import WIRE_VERSION, LegacyBatch, NormalizedAlert, PackedAlert, PackedBatch
 from schemas.normalizers import InvalidPayload, NormalizeContext, normalize
-from schemas.normalizers.base import DEFAULT_LIMITS, Budget, NormalizeLimits, check_alert_document, encode_and_check
+from schemas.normalizers.base import DEFAULT_LIMITS, Budget, CpuAnchor, NormalizeLimits, check_alert_document, encode_and_check
 from schemas.rules import DEFAULT_RULES, RuleSet
 
 if TYPE_CHECKING:
@@ -45,11 +45,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_encode_batch = msgspec.msgpack.Encoder().encode
 MAX_ALERTS_PER_RECORD = 0xFFFF  # positions pack the index into 16 bits (see core.records.Sighting); limits stay under it
-# what an alert's JSON leaves out of its stored/packed size: row id, content hash, received time,
-# lastReceived (hashed as null), and a rule's fingerprint replacing the provider's
-_ITEM_OVERHEAD = 160
+# what a packed alert holds beyond the JSON hashed (`document`), apart from the free-form strings counted as they are:
+# row id, content hash, received time, source position, lastReceived (hashed as null), and the head's
+# short fields (status, severity, provider type, lastReceived again)
+_ITEM_OVERHEAD = 200
 # Postgres cannot store these; a sink write that fails on them would be retried forever, so they go to the DLQ.
 MAX_IDENTITY_BYTES = 2048  # tenant + fingerprint are btree keys: an index row holds at most ~2.7 KB
 _JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")  # an escaped NUL (not an escaped backslash + "u0000")
@@ -68,7 +68,7 @@ class StageOneResult:
     throttled: list[RawRecord] = field(default_factory=list)  # over their provider's rate: parked on the first retry tier
     alerts: int = 0
     records: list[RawRecord] = field(default_factory=list)  # the input records this result accounts for
-    output_bytes: int = 0  # size of its alerts, as JSON (see output_cap)
+    output_bytes: int = 0  # size of its alerts, packed (see output_cap)
 
 
 def partition_for(tenant: str, fingerprint: str, partitions: int) -> int:
@@ -114,22 +114,26 @@ def _header(record: RawRecord, name: str) -> str | None:
     return text or None
 
 
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
+
+
 def output_cap(input_bytes: int, alerts: int, limits: NormalizeLimits = DEFAULT_LIMITS) -> int:
     """Bytes a record of `input_bytes` with `alerts` alerts may become: a multiple of its input, plus
     a fixed allowance per alert (row id, hashes, Keep's default fields and the group's small fields,
-    which a 30-byte alert of a large group legitimately carries). Measured as the alerts' JSON, what
-    Postgres and the search store hold (the packed msgpack is smaller, but for floats: 9 bytes each)."""
+    which a 30-byte alert of a large group legitimately carries). Measured as the packed alerts: their
+    JSON (what Postgres and the search store hold) and the head fields carried beside it."""
     return int(limits.max_output_ratio * input_bytes) + limits.output_allowance_per_alert * alerts
 
 
 def normalize_record(record: RawRecord, *, default_tenant: str, max_payload_bytes: int,
                      rules: RuleSet = DEFAULT_RULES, limits: NormalizeLimits = DEFAULT_LIMITS) -> list[NormalizedAlert]:
     """One input record → its canonical alerts; raises InvalidPayload for the DLQ."""
-    return _normalize_record(record, default_tenant, max_payload_bytes, rules, limits)[0]
+    return _normalize_record(record, default_tenant, max_payload_bytes, rules, limits, CpuAnchor.read())[0]
 
 
 def _normalize_record(record: RawRecord, default_tenant: str, max_payload_bytes: int, rules: RuleSet,
-                      limits: NormalizeLimits) -> tuple[list[NormalizedAlert], int]:
+                      limits: NormalizeLimits, anchor: CpuAnchor) -> tuple[list[NormalizedAlert], int]:
     """The alerts of one record and their size (see output_cap)."""
     if not record.value:
         raise InvalidPayload("empty", "record has no value")
@@ -137,13 +141,14 @@ def _normalize_record(record: RawRecord, default_tenant: str, max_payload_bytes:
         raise InvalidPayload("too_large", f"{len(record.value)} bytes > limit {max_payload_bytes}")
     if b"\\u0000" in record.value and _JSON_NUL.search(record.value):
         raise InvalidPayload("invalid_field", "the payload contains a NUL character (\\u0000), which PostgreSQL cannot store")
-    budget = Budget(limits)  # the record's CPU budget starts before parsing
+    budget = Budget(limits, anchor=anchor)  # the record's CPU budget starts before parsing
     provider = _header(record, PROVIDER) or DEFAULT_PROVIDER
     tenant = _header(record, TENANT) or default_tenant
     ctx = NormalizeContext(tenant=tenant, received_at=iso_utc(record.timestamp_ms),
                            provider_id=_header(record, PROVIDER_ID), budget=budget, check_content=False)
     alerts = normalize(provider, record.value, ctx)
     cap = output_cap(len(record.value), len(alerts), limits)
+    topic_bytes = _utf8_len(record.topic)  # each packed alert names its source topic
     out = []
     total = 0
     for index, alert in enumerate(alerts):
@@ -165,11 +170,13 @@ def _normalize_record(record: RawRecord, default_tenant: str, max_payload_bytes:
             document = encode_and_check(alert, limits)
             alert.fingerprint = rule.fingerprint(alert)
             chash = rule.content_hash(alert)
-        identity_bytes = len(alert.tenant.encode()) + len(alert.fingerprint.encode())
+        identity_bytes = _utf8_len(alert.tenant) + _utf8_len(alert.fingerprint)
         if identity_bytes > MAX_IDENTITY_BYTES:
             raise InvalidPayload("invalid_field", f"tenant + fingerprint are {identity_bytes} bytes > limit {MAX_IDENTITY_BYTES}")
-        # measured as it grows, so a record over its cap stops here, before all of it is built
-        total += len(document) + _ITEM_OVERHEAD
+        # measured as it grows, so a record over its cap stops here, before all of it is built; the
+        # head's free-form strings are counted twice: a packed alert carries them beside its JSON
+        total += len(document) + _ITEM_OVERHEAD + topic_bytes + identity_bytes + _utf8_len(alert.name) \
+            + _utf8_len(alert.provider_id or "")
         if total > cap:
             raise InvalidPayload("output_too_large", f"{len(alerts)} alerts would be more than {cap} bytes "
                                  f"(limit {limits.max_output_ratio:g} × {len(record.value)} input bytes + "
@@ -207,31 +214,34 @@ def iter_process_records(records: list[RawRecord], *, partitions: int, default_t
     is about how long other tasks wait, and no record's fate depends on it.
     """
     result = StageOneResult()
-    started = time.perf_counter()
+    anchor = CpuAnchor.read()
+    started = anchor.wall
     if max_age_ms:
         now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     last = len(records) - 1
     for position, record in enumerate(records):
         result.records.append(record)
         _stage_one_record(record, result, partitions, default_tenant, max_payload_bytes, rules, max_age_ms, now_ms,
-                          throttle, clock_s, limits)
+                          throttle, clock_s, limits, anchor)
         if position < last and (
                 (chunk_max_output_bytes is not None and result.output_bytes >= chunk_max_output_bytes)
                 or (chunk_max_ms is not None and (time.perf_counter() - started) * 1000 >= chunk_max_ms)):
             yield result
             result = StageOneResult()
-            started = time.perf_counter()  # the time the caller spent sending is not this chunk's
+            anchor = CpuAnchor.read()  # the caller may have run other tasks on this thread meanwhile
+            started = anchor.wall  # and the time it spent sending is not this chunk's
     yield result
 
 
 def _stage_one_record(record: RawRecord, result: StageOneResult, partitions: int, default_tenant: str,
                       max_payload_bytes: int, rules: RuleSet, max_age_ms: int, now_ms: int | None,
-                      throttle: ConsumerThrottle | None, clock_s: float, limits: NormalizeLimits) -> None:
+                      throttle: ConsumerThrottle | None, clock_s: float, limits: NormalizeLimits,
+                      anchor: CpuAnchor) -> None:
     if max_age_ms and now_ms - record.timestamp_ms > max_age_ms:
         result.dead_letters.append(DeadLetter(record, EXPIRED, f"{(now_ms - record.timestamp_ms) / 1000:.0f}s old > limit {max_age_ms / 1000:.0f}s"))
         return
     try:
-        alerts, size = _normalize_record(record, default_tenant, max_payload_bytes, rules, limits)
+        alerts, size = _normalize_record(record, default_tenant, max_payload_bytes, rules, limits, anchor)
     except Exception as exc:  # every failure here is permanent: a bug must not stall the partition either
         verdict = CLASSIFIER.classify(exc)
         if verdict.reason == INTERNAL_ERROR:
@@ -251,28 +261,45 @@ def _stage_one_record(record: RawRecord, result: StageOneResult, partitions: int
 
 
 def pack(alerts: Sequence[NormalizedAlert | PackedAlert], max_bytes: int) -> list[bytes]:
-    """Encode alerts into as few records as fit under `max_bytes` each (a `PackedAlert` is written
-    as it was read: the same array, its alert's bytes copied, not encoded again)."""
-    if len(alerts) > MAX_ALERTS_PER_RECORD:
-        half = len(alerts) // 2
-        return pack(alerts[:half], max_bytes) + pack(alerts[half:], max_bytes)
-    encoded = _encode_batch(NormalizedBatch(alerts))  # type: ignore[arg-type]  # the wire form of both
-    if len(encoded) <= max_bytes or len(alerts) == 1:
-        return [encoded]
-    half = len(alerts) // 2
-    return pack(alerts[:half], max_bytes) + pack(alerts[half:], max_bytes)
+    """Encode alerts into as few records as fit under `max_bytes` each (an alert bigger than that
+    is a record of its own). Each alert is encoded once, in order; a `PackedAlert` as it was read."""
+    records: list[bytes] = []
+    chunk: list[bytes] = []
+    size = _FRAME_BYTES
+    for item in alerts:
+        encoded = _encode(item.packed())
+        if chunk and (size + len(encoded) > max_bytes or len(chunk) == MAX_ALERTS_PER_RECORD):
+            records.append(_frame(chunk))
+            chunk, size = [], _FRAME_BYTES
+        chunk.append(encoded)
+        size += len(encoded)
+    if chunk:
+        records.append(_frame(chunk))
+    return records
 
 
-_decode_batch = msgspec.msgpack.Decoder(NormalizedBatch).decode
+_FRAME_BYTES = 5  # the most `_frame` puts in front of the alerts
 
 
-def unpack(blob: bytes) -> list[NormalizedAlert]:
-    return _decode_batch(blob).alerts
+def _frame(encoded: list[bytes]) -> bytes:
+    """A `PackedBatch` around alerts encoded one by one: msgpack's array of two (version, alerts),
+    then the alerts' array header (a fixarray, or array 16: at most MAX_ALERTS_PER_RECORD)."""
+    n = len(encoded)
+    header = bytes((0x92, WIRE_VERSION, 0x90 | n)) if n < 16 else bytes((0x92, WIRE_VERSION, 0xDC)) + n.to_bytes(2, "big")
+    return header + b"".join(encoded)
 
 
+_encode = msgspec.msgpack.Encoder().encode
 _decode_packed = msgspec.msgpack.Decoder(PackedBatch).decode
+_decode_legacy = msgspec.msgpack.Decoder(LegacyBatch).decode
 
 
-def unpack_seen(blob: bytes) -> list[SeenAlert]:
-    """The dedup stage's decode: each alert's head only (see `SeenAlert`)."""
-    return [SeenAlert(packed) for packed in _decode_packed(blob).alerts]
+def unpack(blob: bytes) -> list[PackedAlert]:
+    """The alerts of an internal record, their JSON left as bytes (`PackedAlert`). Raises
+    msgspec.DecodeError for bytes that are not one."""
+    if blob[:1] == b"\x91":  # an array of one: written before WIRE_VERSION 2 (`LegacyBatch`)
+        return [item.packed() for item in _decode_legacy(blob).alerts]
+    batch = _decode_packed(blob)
+    if batch.version != WIRE_VERSION:
+        raise msgspec.ValidationError(f"internal record format {batch.version}: this version reads {WIRE_VERSION}")
+    return batch.alerts

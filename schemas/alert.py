@@ -45,10 +45,11 @@ class Alert(msgspec.Struct, rename="camel", kw_only=True):
 
 
 class NormalizedAlert(msgspec.Struct, array_like=True):
-    """An alert on the internal topic, with what the dedup stage and the sinks need.
+    """An alert as the normalize stage builds it, with what the dedup stage and the sinks need.
 
     `uid` is derived from the source record's position, so a replay of the
-    same input produces the same row id: the sinks stay idempotent.
+    same input produces the same row id: the sinks stay idempotent. On the
+    internal topics it travels as a `PackedAlert` (`packed()`).
     """
 
     uid: str
@@ -61,103 +62,88 @@ class NormalizedAlert(msgspec.Struct, array_like=True):
     source_partition: int = -1
     source_position: int = -1  # the record's offset << 16 | the alert's index in it
 
+    def alert_json_bytes(self) -> bytes:
+        """The alert as JSON, as `alert.alert` stores it and the search document holds it."""
+        return _encode_json(self.alert)
+
     def alert_json(self) -> str:
-        """The alert as JSON, as `alert.alert` stores it."""
-        return _encode_json(self.alert).decode()
+        return self.alert_json_bytes().decode()
+
+    def packed(self, body: bytes | None = None) -> PackedAlert:
+        """This alert as the internal topics carry it; `body`: its JSON, when the caller has it already."""
+        a = self.alert
+        return PackedAlert(self.uid, self.received_at_ms, self.content_hash,
+                           AlertHead(a.name, a.status, a.severity, a.last_received, a.fingerprint, a.tenant,
+                                     a.provider_type, a.provider_id),
+                           _encode_json(a) if body is None else body,
+                           self.source_topic, self.source_partition, self.source_position)
 
     def normalized(self) -> NormalizedAlert:
         return self
 
 
-class NormalizedBatch(msgspec.Struct, array_like=True):
-    """One record of the internal topic: alerts that all belong to its partition."""
-
-    alerts: list[NormalizedAlert]
+WIRE_VERSION = 2  # the internal topics' record format: `PackedBatch` (pipeline/normalizer.py `pack`)
 
 
-class AlertHead(msgspec.Struct, rename="camel", kw_only=True, gc=False):
-    """The fields of an `Alert` the dedup stage, the row columns and its metrics read, decoded alone."""
+class AlertHead(msgspec.Struct, array_like=True, gc=False):
+    """The fields of an `Alert` that the dedup stage, the row columns and the metrics read. A packed
+    alert carries them beside the alert's JSON, so they are read without parsing it."""
 
     name: str
-    status: str = "firing"
-    severity: str = "info"
+    status: str
+    severity: str
     last_received: str  # the event time: the end-to-end latency metric (config/metrics.py)
-    fingerprint: str = ""
-    tenant: str = "default"
-    provider_type: str = DEFAULT_PROVIDER
+    fingerprint: str
+    tenant: str
+    provider_type: str
     provider_id: str | None = None
 
 
 class PackedAlert(msgspec.Struct, array_like=True, gc=False):
-    """A `NormalizedAlert` as it travels (the same array), its alert left encoded (msgpack of an `Alert`)."""
+    """An alert as the internal topics carry it: its head fields, and the whole alert as JSON
+    (`body`, Keep's field names), which is what the `alert` column and the search document hold. The
+    dedup stage and the indexer pass the body on as bytes: on the hot path it is never parsed."""
 
     uid: str
     received_at_ms: int
     content_hash: str
-    body: msgspec.Raw
+    alert: AlertHead
+    body: bytes
     source_topic: str = ""
     source_partition: int = -1
     source_position: int = -1
 
+    def alert_json_bytes(self) -> bytes:
+        return self.body
+
+    def alert_json(self) -> str:
+        return self.body.decode()
+
+    def packed(self, body: bytes | None = None) -> PackedAlert:
+        return self
+
+    def normalized(self) -> NormalizedAlert:
+        """The alert decoded in full (the DLQ's form of a refused alert)."""
+        return NormalizedAlert(self.uid, self.received_at_ms, self.content_hash, _decode_alert_json(self.body),
+                               self.source_topic, self.source_partition, self.source_position)
+
 
 class PackedBatch(msgspec.Struct, array_like=True, gc=False):
-    """A record of the internal topic read this way: `NormalizedBatch` with every alert left encoded."""
+    """One record of an internal topic: alerts that all belong to its partition."""
 
+    version: int  # WIRE_VERSION
     alerts: list[PackedAlert]
 
 
+class LegacyBatch(msgspec.Struct, array_like=True):
+    """A record written before WIRE_VERSION 2, still read after an upgrade: `[[NormalizedAlert, ...]]`,
+    each alert's fields a msgpack map."""
+
+    alerts: list[NormalizedAlert]
+
+
 _encode_json = msgspec.json.Encoder().encode
-_decode_head = msgspec.msgpack.Decoder(AlertHead).decode
-_decode_alert = msgspec.msgpack.Decoder(Alert).decode
-_decode_any = msgspec.msgpack.Decoder().decode
-
-
-class SeenAlert:
-    """An alert as the dedup stage reads it: `alert` holds the head fields, the rest stays encoded
-    until a stored row needs it. Most sightings are duplicates and are never decoded further; the
-    same attributes as a `NormalizedAlert` for what the stage and the Postgres rows read."""
-
-    __slots__ = ("packed", "alert")
-
-    def __init__(self, packed: PackedAlert) -> None:
-        self.packed = packed
-        self.alert = _decode_head(packed.body)
-
-    @property
-    def uid(self) -> str:
-        return self.packed.uid
-
-    @property
-    def received_at_ms(self) -> int:
-        return self.packed.received_at_ms
-
-    @property
-    def content_hash(self) -> str:
-        return self.packed.content_hash
-
-    @property
-    def source_topic(self) -> str:
-        return self.packed.source_topic
-
-    @property
-    def source_partition(self) -> int:
-        return self.packed.source_partition
-
-    @property
-    def source_position(self) -> int:
-        return self.packed.source_position
-
-    def alert_json(self) -> str:
-        """The alert as JSON: the same keys, order and values as `NormalizedAlert.alert_json`."""
-        return _encode_json(_decode_any(self.packed.body)).decode()
-
-    def normalized(self) -> NormalizedAlert:
-        p = self.packed
-        return NormalizedAlert(p.uid, p.received_at_ms, p.content_hash, _decode_alert(p.body),
-                               p.source_topic, p.source_partition, p.source_position)
-
-    def __repr__(self) -> str:
-        return f"SeenAlert({self.uid!r}, {self.alert.tenant!r}, {self.alert.fingerprint!r})"
+_decode_alert_json = msgspec.json.Decoder(Alert).decode
 
 
 def alert_json_schema() -> dict[str, Any]:

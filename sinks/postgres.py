@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 import asyncpg
 
 from core.records import Sighting, WriteBatch
-from schemas.alert import NormalizedAlert, SeenAlert
+from schemas.alert import NormalizedAlert, PackedAlert
 
 ALERT_COLUMNS = (
     "id", "received_at", "tenant", "fingerprint", "provider_type", "provider_id",
@@ -105,7 +105,7 @@ def _ts(ms: int) -> datetime:
 
 
 
-def alert_rows(stored: Sequence[NormalizedAlert | SeenAlert]) -> list[tuple]:
+def alert_rows(stored: Sequence[NormalizedAlert | PackedAlert]) -> list[tuple]:
     # ids as text: asyncpg parses a uuid from a str in C; building `uuid.UUID` per row cost ~1 µs (timeit)
     return [
         (

@@ -22,7 +22,7 @@ from prometheus_client import Counter
 
 from config.settings import Settings
 from core.records import RejectedAlerts, WriteBatch
-from schemas.alert import NormalizedAlert
+from schemas.alert import NormalizedAlert, PackedAlert
 from sinks.search_schema import SchemaReport, install_schema
 
 log = logging.getLogger(__name__)
@@ -97,11 +97,14 @@ def client_from_settings(settings: Settings) -> AsyncElasticsearch:
 _encode_json = msgspec.json.Encoder().encode
 
 
-def alert_document(item: NormalizedAlert) -> bytes:
+Stored = NormalizedAlert | PackedAlert  # a stored alert, as read from the stored-alerts topic or the DLQ
+
+
+def alert_document(item: Stored) -> bytes:
     """The search document of a stored alert, as JSON: the canonical alert (Keep's field names)
-    plus `alertId`, `receivedAt` and `contentHash`. Encoded once, straight from the struct."""
+    plus `alertId`, `receivedAt` and `contentHash`. A packed alert's JSON is spliced in as it came."""
     head = _encode_json({"alertId": item.uid, "receivedAt": item.received_at_ms, "contentHash": item.content_hash})
-    return head[:-1] + b"," + _encode_json(item.alert)[1:]  # one object: the alert has fields, never `{}`
+    return head[:-1] + b"," + item.alert_json_bytes()[1:]  # one object: the alert has fields, never `{}`
 
 
 _RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
@@ -141,7 +144,7 @@ class SearchSink:
             raise RejectedAlerts(rejected, WriteBatch(stored=pending))
         return len(batch.stored)
 
-    async def _bulk_once(self, items: list[NormalizedAlert], rejected: dict[str, str]) -> list[NormalizedAlert]:
+    async def _bulk_once(self, items: list[Stored], rejected: dict[str, str]) -> list[Stored]:
         """One bulk request; returns the throttled items, adds the refused ones to `rejected`."""
         try:
             response = await self._client.bulk(operations=bulk_body(self._index, items))
@@ -175,7 +178,7 @@ class SearchSink:
         await self._client.close()
 
 
-def bulk_body(index: str, items: list[NormalizedAlert]) -> bytes:
+def bulk_body(index: str, items: list[Stored]) -> bytes:
     """The NDJSON of one bulk request, built as bytes (the client's stdlib JSON encoding of a list
     of dicts cost more than the whole request's other work). `index` (not `create`) with `_id` =
     alert id: a re-indexed alert overwrites itself."""

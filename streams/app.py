@@ -61,7 +61,7 @@ from core.records import RawRecord, WriteBatch
 from pipeline.deduplicator import PackedRecord, StageTwoPlan
 from pipeline.normalizer import StageOneResult, iter_process_records, pack, unpack
 from pipeline.throttle import THROTTLED_RECORDS, ConsumerThrottle
-from schemas.alert import NormalizedAlert, PackedAlert, SeenAlert
+from schemas.alert import NormalizedAlert, PackedAlert
 from schemas.normalizers import NormalizeLimits
 from schemas.normalizers.canonical import PROVIDER as CANONICAL_PROVIDER
 from schemas.rules import load_rules
@@ -301,8 +301,8 @@ def create_app(settings: Settings) -> faust.App:
         """Critical alerts have their own input topic and consumer: no backlog of the main topic delays them."""
         await normalize_from(settings.topic_critical, f"{settings.app_id}-normalize-critical", critical=True)
 
-    def dead_letter_alert(replay_to: str) -> Callable[[NormalizedAlert | SeenAlert, str], Awaitable[None]]:
-        async def dead_letter(refused: NormalizedAlert | SeenAlert, reason: str) -> None:
+    def dead_letter_alert(replay_to: str) -> Callable[[NormalizedAlert | PackedAlert, str], Awaitable[None]]:
+        async def dead_letter(refused: NormalizedAlert | PackedAlert, reason: str) -> None:
             """An alert a sink refused: to the DLQ as alertstream built it (the JSON of the whole
             NormalizedAlert, provider `alertstream`), so that `alertstream dlq replay` restores it
             exactly after a fix: to the input topic for Postgres (normalized as it is, not again),
@@ -501,7 +501,7 @@ def create_app(settings: Settings) -> faust.App:
         by_partition: dict[int, list[PackedAlert]] = defaultdict(list)
         for sighting in plan.batch.sightings:
             if sighting.stored is not None:
-                by_partition[sighting.partition].append(sighting.stored.packed)  # as read: not encoded again
+                by_partition[sighting.partition].append(sighting.stored)  # as read: not encoded again
         pending = [await stored_topic.send(value=blob, partition=partition, force=True)
                    for partition, alerts in by_partition.items()
                    for blob in pack(alerts, settings.packed_record_max_bytes)]

@@ -7,11 +7,9 @@ from typing import Any
 import msgspec
 
 from pipeline.deduplicator import PackedRecord, plan_batch
-from pipeline.normalizer import source_position
-from schemas.alert import Alert, NormalizedAlert, NormalizedBatch
+from pipeline.normalizer import pack, source_position
+from schemas.alert import WIRE_VERSION, Alert, NormalizedAlert, PackedBatch
 from tables.dedup_state import DedupState, Outcome, state_key
-
-_encode = msgspec.msgpack.Encoder().encode
 
 # ---------------------------------------------------------------- plan_batch
 
@@ -34,7 +32,8 @@ class Event:
 
 
 def record(partition: int, offset: int, alerts: list[NormalizedAlert]) -> PackedRecord:
-    return PackedRecord(partition, offset, _encode(NormalizedBatch(alerts)), Event(f"{partition}@{offset}"))
+    value = pack(alerts, 1 << 30)[0] if alerts else msgspec.msgpack.encode(PackedBatch(WIRE_VERSION, []))
+    return PackedRecord(partition, offset, value, Event(f"{partition}@{offset}"))
 
 
 class State:

@@ -21,10 +21,11 @@ from pipeline.normalizer import (
     pack,
     partition_for,
     process_records,
+    unpack,
 )
 from core.errors import ErrorRouter
 from core.records import DeadLetter, RawRecord
-from schemas.alert import NormalizedAlert, NormalizedBatch
+from schemas.alert import WIRE_VERSION, LegacyBatch, NormalizedAlert, PackedBatch
 from schemas.fingerprint import content_hash
 
 EXAMPLES = Path(schemas.__file__).parent / "examples"
@@ -33,7 +34,10 @@ WEBHOOK = orjson.loads((EXAMPLES / "prometheus_alertmanager_webhook.json").read_
 PARTITIONS = 8
 LIMIT = 64 * 1024
 
-_decode_batch = msgspec.msgpack.Decoder(NormalizedBatch).decode
+
+
+def _decoded(blob: bytes) -> list[NormalizedAlert]:
+    return [item.normalized() for item in unpack(blob)]
 
 
 def generic(**changes: Any) -> bytes:
@@ -255,7 +259,7 @@ def many_alerts(n: int) -> list[NormalizedAlert]:
 def test_pack_splits_under_max_bytes_and_keeps_everything_in_order(max_bytes: int) -> None:
     alerts = many_alerts(40)
     blobs = pack(alerts, max_bytes)
-    decoded = [_decode_batch(b).alerts for b in blobs]
+    decoded = [_decoded(b) for b in blobs]
     assert [a for batch in decoded for a in batch] == alerts
     for blob, batch in zip(blobs, decoded):
         assert len(blob) <= max_bytes or len(batch) == 1  # one alert too big on its own still goes, alone
@@ -270,13 +274,36 @@ def test_pack_respects_the_index_limit() -> None:
     big = alerts * (MAX_ALERTS_PER_RECORD // 3 + 1)
     assert len(big) > MAX_ALERTS_PER_RECORD
     blobs = pack(big, 1 << 30)
-    decoded = [_decode_batch(b).alerts for b in blobs]
+    decoded = [_decoded(b) for b in blobs]
     assert len(blobs) == 2 and all(len(d) <= MAX_ALERTS_PER_RECORD for d in decoded)
     assert sum(len(d) for d in decoded) == len(big)
 
 
 def test_pack_of_nothing() -> None:
-    assert [_decode_batch(b).alerts for b in pack([], 1000)] == [[]]
+    assert pack([], 1000) == []
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 300])
+def test_a_packed_record_is_a_msgpack_batch_of_its_version(n: int) -> None:
+    """`pack` frames alerts it encoded one by one: the frame must be what msgspec itself writes
+    (a fixarray up to 15 alerts, an array 16 above)."""
+    alerts = many_alerts(3) * 100
+    (blob,) = pack(alerts[:n], 1 << 30)
+    assert blob == msgspec.msgpack.encode(PackedBatch(WIRE_VERSION, [a.packed() for a in alerts[:n]]))
+
+
+def test_a_record_written_before_the_packed_format_still_reads() -> None:
+    """After an upgrade the internal topics still hold records of the previous format (alerts as
+    msgpack maps): they read as the same alerts, JSON and all."""
+    alerts = many_alerts(5)
+    legacy = msgspec.msgpack.encode(LegacyBatch(alerts))
+    assert unpack(legacy) == unpack(pack(alerts, 1 << 30)[0])
+
+
+def test_a_record_of_another_format_version_is_refused() -> None:
+    (blob,) = pack(many_alerts(1), 1 << 30)
+    with pytest.raises(msgspec.DecodeError, match="format 3"):
+        unpack(blob[:1] + b"\x03" + blob[2:])
 
 
 # ---------------------------------------------------------------- DLQ headers

@@ -96,7 +96,7 @@ def check_record(provider: str, body: bytes) -> None:
         items = [a for parts in (result.by_partition, result.critical_by_partition) for alerts in parts.values()
                  for a in alerts]
         cap = output_cap(len(body), result.alerts)
-        assert result.output_bytes <= cap  # (c) as the stage measures it (JSON)
+        assert result.output_bytes <= cap  # (c) as the stage measures it
         assert sum(map(len, blobs)) <= cap + 6 * len(blobs)  # and as packed, plus each packed record's header
         for item in items:
             check_alert(item.alert)

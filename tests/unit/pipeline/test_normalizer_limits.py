@@ -382,3 +382,24 @@ def test_a_full_garbage_collection_during_a_record_is_not_charged_to_it() -> Non
         pass  # the record's own work
     with pytest.raises(InvalidPayload, match="over_budget|CPU"):
         spent.check()
+
+
+def _burn_cpu(seconds: float) -> None:
+    started = time.thread_time()
+    while time.thread_time() - started < seconds:
+        pass
+
+
+def test_a_budget_from_a_shared_anchor_charges_the_record_only_its_own_cpu() -> None:
+    """The normalize stage reads the CPU clock once per chunk (`CpuAnchor`), not per record: a
+    record's budget must neither include the records before it nor let it run past its own budget
+    (beyond time the thread spent preempted, which only makes it more lenient)."""
+    from schemas.normalizers.base import Budget, CpuAnchor
+
+    anchor = CpuAnchor.read()
+    _burn_cpu(0.03)  # the records before this one
+    budget = Budget(NormalizeLimits(record_cpu_budget_ms=20), anchor=anchor)
+    budget.check()  # the 30 ms before it are not its own
+    _burn_cpu(0.06)  # 60 ms of its own against 20: over, with room for preemption on a busy machine
+    with pytest.raises(InvalidPayload, match="over_budget|CPU"):
+        budget.check()

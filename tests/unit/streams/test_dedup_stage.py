@@ -15,12 +15,11 @@ import pytest
 
 from core.records import WriteBatch
 from pipeline.deduplicator import PackedRecord
-from schemas.alert import Alert, NormalizedAlert, NormalizedBatch
+from pipeline.normalizer import pack
+from schemas.alert import Alert, NormalizedAlert
 from schemas.rules import DEFAULT_RULES
 from streams.dedup_stage import BatchNotDurable, DeduplicateStage
 from tables.dedup_state import DedupStore, make_table, positions_key, state_key
-
-_encode = msgspec.msgpack.Encoder().encode
 
 
 class Steps:
@@ -70,7 +69,7 @@ def item(uid: str, fingerprint: str, content: str) -> NormalizedAlert:
 
 
 def record(partition: int, offset: int, *alerts: NormalizedAlert) -> PackedRecord:
-    return PackedRecord(partition, offset, _encode(NormalizedBatch(list(alerts))), Event(partition, offset))
+    return PackedRecord(partition, offset, pack(list(alerts), 1 << 30)[0], Event(partition, offset))
 
 
 @pytest.fixture
