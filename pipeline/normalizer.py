@@ -260,33 +260,49 @@ def _stage_one_record(record: RawRecord, result: StageOneResult, partitions: int
         target[partition_for(item.alert.tenant, item.alert.fingerprint, partitions)].append(item)
 
 
-def pack(alerts: Sequence[NormalizedAlert | PackedAlert], max_bytes: int) -> list[bytes]:
+def pack(alerts: Sequence[NormalizedAlert | PackedAlert], max_bytes: int, version: int = WIRE_VERSION) -> list[bytes]:
     """Encode alerts into as few records as fit under `max_bytes` each (an alert bigger than that
-    is a record of its own). Each alert is encoded once, in order; a `PackedAlert` as it was read."""
+    is a record of its own). Each alert is encoded once, in order; a `PackedAlert` as it was read.
+    `version` 1: the format before WIRE_VERSION 2 (`LegacyBatch`), for a rolling upgrade's first step."""
+    if version == WIRE_VERSION:
+        encode, prefix = _encode_packed, bytes((0x92, WIRE_VERSION))  # PackedBatch: [version, alerts]
+    elif version == 1:
+        encode, prefix = _encode_legacy, b"\x91"  # LegacyBatch: [alerts]
+    else:
+        raise ValueError(f"unknown internal record format {version}")
     records: list[bytes] = []
     chunk: list[bytes] = []
     size = _FRAME_BYTES
     for item in alerts:
-        encoded = _encode(item.packed())
+        encoded = encode(item)
         if chunk and (size + len(encoded) > max_bytes or len(chunk) == MAX_ALERTS_PER_RECORD):
-            records.append(_frame(chunk))
+            records.append(_frame(prefix, chunk))
             chunk, size = [], _FRAME_BYTES
         chunk.append(encoded)
         size += len(encoded)
     if chunk:
-        records.append(_frame(chunk))
+        records.append(_frame(prefix, chunk))
     return records
 
 
 _FRAME_BYTES = 5  # the most `_frame` puts in front of the alerts
 
 
-def _frame(encoded: list[bytes]) -> bytes:
-    """A `PackedBatch` around alerts encoded one by one: msgpack's array of two (version, alerts),
-    then the alerts' array header (a fixarray, or array 16: at most MAX_ALERTS_PER_RECORD)."""
+def _frame(prefix: bytes, encoded: list[bytes]) -> bytes:
+    """A batch around alerts encoded one by one: its `prefix` (msgpack's array of the batch's fields,
+    and the version), then the alerts' array header (a fixarray, or array 16: at most
+    MAX_ALERTS_PER_RECORD)."""
     n = len(encoded)
-    header = bytes((0x92, WIRE_VERSION, 0x90 | n)) if n < 16 else bytes((0x92, WIRE_VERSION, 0xDC)) + n.to_bytes(2, "big")
-    return header + b"".join(encoded)
+    header = bytes((0x90 | n,)) if n < 16 else b"\xdc" + n.to_bytes(2, "big")
+    return prefix + header + b"".join(encoded)
+
+
+def _encode_packed(item: NormalizedAlert | PackedAlert) -> bytes:
+    return _encode(item.packed())
+
+
+def _encode_legacy(item: NormalizedAlert | PackedAlert) -> bytes:
+    return _encode(item.normalized())
 
 
 _encode = msgspec.msgpack.Encoder().encode

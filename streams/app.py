@@ -176,6 +176,7 @@ def create_app(settings: Settings) -> faust.App:
         producer_max_request_size=MAX_RECORD_BYTES,
         # aiokafka's batch limit is in bytes: 1 byte means one record per batch (see the setting)
         producer_max_batch_size=1 if settings.producer_one_record_batches else 16384,
+        producer_compression_type=None if settings.producer_compression == "none" else settings.producer_compression,
         recovery_consistency_check=settings.table_recovery_consistency_check,
         consumer_group_instance_id=settings.group_instance_id,
         autodiscover=False,
@@ -234,7 +235,7 @@ def create_app(settings: Settings) -> faust.App:
         pending = []
         for target, by_partition in ((normalized_topic, result.by_partition), (critical_topic, result.critical_by_partition)):
             for partition, alerts in by_partition.items():
-                for blob in pack(alerts, settings.packed_record_max_bytes):
+                for blob in pack(alerts, settings.packed_record_max_bytes, settings.internal_record_format):
                     pending.append(await target.send(value=blob, partition=partition, force=True))
         now_ms = int(time.time() * 1000)
         for letter in result.dead_letters:
@@ -504,7 +505,7 @@ def create_app(settings: Settings) -> faust.App:
                 by_partition[sighting.partition].append(sighting.stored)  # as read: not encoded again
         pending = [await stored_topic.send(value=blob, partition=partition, force=True)
                    for partition, alerts in by_partition.items()
-                   for blob in pack(alerts, settings.packed_record_max_bytes)]
+                   for blob in pack(alerts, settings.packed_record_max_bytes, settings.internal_record_format)]
         await asyncio.gather(*pending)
 
     if settings.search_enabled:
@@ -563,7 +564,7 @@ def create_app(settings: Settings) -> faust.App:
         """Still throttled: parked again with the failure headers it came back with (none on a first
         failure), so its attempts count up to the DLQ (`retries_exhausted`) instead of starting over."""
         for headers, alerts in by_origin(batch.stored, retried_from, lambda item: item.uid):
-            for blob in pack(alerts, settings.packed_record_max_bytes):
+            for blob in pack(alerts, settings.packed_record_max_bytes, settings.internal_record_format):
                 await park(blob, headers, source=settings.topic_stored, partition=-1, offset=-1, error=error,
                            target=settings.topic_stored)
 

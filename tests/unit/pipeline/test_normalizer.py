@@ -300,6 +300,16 @@ def test_a_record_written_before_the_packed_format_still_reads() -> None:
     assert unpack(legacy) == unpack(pack(alerts, 1 << 30)[0])
 
 
+@pytest.mark.parametrize("n", [1, 16])
+def test_format_1_is_what_versions_before_the_packed_format_read(n: int) -> None:
+    """The first step of a rolling upgrade writes format 1 (`ALERTSTREAM_INTERNAL_RECORD_FORMAT=1`):
+    byte for byte what the previous version wrote, so its workers still running can read it."""
+    alerts = many_alerts(n)
+    (blob,) = pack(alerts, 1 << 30, version=1)
+    assert blob == msgspec.msgpack.encode(LegacyBatch(alerts))
+    assert unpack(blob) == unpack(pack(alerts, 1 << 30)[0])
+
+
 def test_a_record_of_another_format_version_is_refused() -> None:
     (blob,) = pack(many_alerts(1), 1 << 30)
     with pytest.raises(msgspec.DecodeError, match="format 3"):
