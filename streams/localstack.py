@@ -921,6 +921,9 @@ def _lost_jvms(state_dir: Path) -> list[tuple[str, dict[str, Any]]]:
     config path on their command line, or their private home as cwd)."""
     markers = {"kafka": str(state_dir / "kafka" / "server.properties")}
     search_home = (state_dir / "search" / "data").resolve() if (state_dir / "search" / "data").exists() else None
+    # OpenSearch and Elasticsearch run from their distribution's home (their start script changes
+    # to it): their config dir in the private home, passed as -D<opensearch|es>.path.conf, names this stack's
+    search_conf = f".path.conf={search_home / 'config'}" if search_home else None
     lost = []
     for proc in psutil.process_iter(["pid", "cmdline", "cwd", "create_time"]):
         with contextlib.suppress(psutil.Error):
@@ -928,6 +931,8 @@ def _lost_jvms(state_dir: Path) -> list[tuple[str, dict[str, Any]]]:
             cwd = proc.info["cwd"]
             if markers["kafka"] in cmdline:
                 name = "kafka"
+            elif search_conf and any(arg.startswith("-D") and arg.endswith(search_conf) for arg in cmdline[1:]):
+                name = "search"
             elif search_home and cmdline and cwd and Path(cwd) == search_home and "java" in Path(cmdline[0]).name:
                 name = "search"
             else:

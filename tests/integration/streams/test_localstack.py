@@ -337,6 +337,19 @@ def test_down_stops_a_broker_that_stack_json_lost(tmp_path: Path) -> None:
     assert gone(pid) and not mentioning(tmp_path)
 
 
+def test_down_stops_a_search_server_whose_record_no_longer_matches(tmp_path: Path) -> None:
+    """Seen in benchmark runs: `down` judged the recorded search process gone (its start time no
+    longer matched the record) and left the JVM running. Found by its config dir on its command line."""
+    externals = {"database_url": "postgresql://u:p@db.example/x", "kafka_bootstrap": "kafka.example:9092"}
+    localstack.up(local_settings(tmp_path, **externals), tmp_path)
+    pid = pids(tmp_path)["search"]
+    state = json.loads((tmp_path / "stack.json").read_text())
+    state["search"]["create_time"] -= 60  # the record names another process now
+    (tmp_path / "stack.json").write_text(json.dumps(state))
+    assert localstack.down(tmp_path) == ["search"]
+    assert gone(pid) and not mentioning(tmp_path)
+
+
 def test_a_taken_port_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
