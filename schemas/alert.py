@@ -69,13 +69,13 @@ class NormalizedAlert(msgspec.Struct, array_like=True):
     def alert_json(self) -> str:
         return self.alert_json_bytes().decode()
 
-    def packed(self, body: bytes | None = None) -> PackedAlert:
-        """This alert as the internal topics carry it; `body`: its JSON, when the caller has it already."""
+    def packed(self) -> PackedAlert:
+        """This alert as the internal topics carry it."""
         a = self.alert
         return PackedAlert(self.uid, self.received_at_ms, self.content_hash,
                            AlertHead(a.name, a.status, a.severity, a.last_received, a.fingerprint, a.tenant,
                                      a.provider_type, a.provider_id),
-                           _encode_json(a) if body is None else body,
+                           _encode_json(a),
                            self.source_topic, self.source_partition, self.source_position)
 
     def normalized(self) -> NormalizedAlert:
@@ -119,7 +119,7 @@ class PackedAlert(msgspec.Struct, array_like=True, gc=False):
     def alert_json(self) -> str:
         return self.body.decode()
 
-    def packed(self, body: bytes | None = None) -> PackedAlert:
+    def packed(self) -> PackedAlert:
         return self
 
     def normalized(self) -> NormalizedAlert:
