@@ -255,7 +255,7 @@ def _undo(started: list[str], state: dict[str, Any], launched_before: set[int]) 
 def _stopped(rec: dict[str, Any]) -> dict[str, Any]:
     """The record of a stopped service: ports and endpoint stay, so the next `up` reuses them and
     knows the values a shell still exports from the last `up` as its own (not external)."""
-    return {**{k: v for k, v in rec.items() if k not in ("pid", "create_time")}, "pid": None, "external": False}
+    return {**{k: v for k, v in rec.items() if k not in ("pid", "create_time", "start_ticks")}, "pid": None, "external": False}
 
 
 def status(state_dir: Path | None = None) -> list[ServiceStatus]:
@@ -499,19 +499,42 @@ def _tail(log_path: Path, offset: int, lines: int = 20) -> str:
 
 def _record(proc_pid: int, port: int, endpoint: str, engine: str, **extra: Any) -> dict[str, Any]:
     # The start time tells our server apart from an unrelated process that reused the pid.
-    return {"pid": proc_pid, "create_time": psutil.Process(proc_pid).create_time(),
-            "port": port, "endpoint": endpoint, "external": False, "engine": engine, **extra}
+    return {"pid": proc_pid, **_identity(proc_pid), "port": port, "endpoint": endpoint, "external": False,
+            "engine": engine, **extra}
+
+
+def _identity(pid: int, create_time: float | None = None) -> dict[str, Any]:
+    """When the process started: `start_ticks` (clock ticks since boot, where the OS tells it) and
+    `create_time` (wall clock), the fallback for records and systems without the former."""
+    if create_time is None:
+        create_time = psutil.Process(pid).create_time()
+    return {"create_time": create_time, "start_ticks": _start_ticks(pid)}
+
+
+def _start_ticks(pid: int) -> int | None:
+    # psutil's create_time is the boot time plus these ticks, and the boot time is derived from the
+    # wall clock: a step of the clock (NTP, a VM resumed) moves it, and `down` then took our own
+    # running server for a stranger and left it running. Ticks since boot do not move.
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])  # field 22, starttime
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _rec_alive(rec: dict[str, Any]) -> bool:
-    return bool(rec.get("pid")) and _alive(rec["pid"], rec.get("create_time"))
+    return bool(rec.get("pid")) and _alive(rec["pid"], rec.get("create_time"), rec.get("start_ticks"))
 
 
-def _alive(pid: int, create_time: float | None = None) -> bool:
+def _alive(pid: int, create_time: float | None = None, start_ticks: int | None = None) -> bool:
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False
+        if start_ticks is not None:
+            ticks = _start_ticks(pid)
+            if ticks is not None:
+                return ticks == start_ticks
         return create_time is None or abs(proc.create_time() - create_time) < 1.0
     except psutil.Error:
         return False
@@ -937,7 +960,7 @@ def _lost_jvms(state_dir: Path) -> list[tuple[str, dict[str, Any]]]:
                 name = "search"
             else:
                 continue
-            lost.append((name, {"pid": proc.info["pid"], "create_time": proc.info["create_time"]}))
+            lost.append((name, {"pid": proc.info["pid"], **_identity(proc.info["pid"], proc.info["create_time"])}))
     return lost
 
 

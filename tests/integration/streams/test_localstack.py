@@ -345,6 +345,7 @@ def test_down_stops_a_search_server_whose_record_no_longer_matches(tmp_path: Pat
     pid = pids(tmp_path)["search"]
     state = json.loads((tmp_path / "stack.json").read_text())
     state["search"]["create_time"] -= 60  # the record names another process now
+    state["search"]["start_ticks"] -= 6000
     (tmp_path / "stack.json").write_text(json.dumps(state))
     assert localstack.down(tmp_path) == ["search"]
     assert gone(pid) and not mentioning(tmp_path)
