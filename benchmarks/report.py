@@ -22,6 +22,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from benchmarks.sampling import STOLEN
+
 TOP_N = 15
 
 # ---------------------------------------------------------------------------------------------- outputs
@@ -80,6 +82,20 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{v:.1%}"
 
 
+STEAL_WARNING_SHARE = 0.05  # of the cores' time during load + drain
+
+
+def _steal_note(r: dict[str, Any]) -> str:
+    """A warning when the hypervisor took a noticeable share of the cores: every process then gets
+    less done per second and often more CPU time per alert, so compare such a run only with runs
+    beside it, by ratios."""
+    stolen = r["cpu"].get(STOLEN, {}).get("cores")
+    if not stolen or stolen / r["machine"]["cpus"] < STEAL_WARNING_SHARE:
+        return ""
+    return (f"**The hypervisor took {stolen / r['machine']['cpus']:.0%} of the cores' time (steal) during the run:** "
+            "compare its figures only with runs made beside it. ")
+
+
 def render_markdown(r: dict[str, Any]) -> str:
     c, t = r["config"], r["target"]
     ceil = r.get("ceilings") or {}
@@ -90,7 +106,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         "",
         f"{c['workers']} worker(s), {c['partitions']} partitions, tenant `{c['tenant']}`, started {r['started_at']}; "
         f"machine: {r['machine']['cpus']} CPUs, {r['machine']['memory_gb']} GB, Python {r['machine']['python']}. "
-        f"{_servers(r)} run on the same machine. "
+        f"{_servers(r)} run on the same machine. " + _steal_note(r)
         + (f"Servers warmed first: {c['warm_load_s']:g} s of the same load from the warm-up tenant, drained, not measured."
            if c.get("warm_load_s") else "Servers freshly started (no warm load)."),
         "",
@@ -358,6 +374,10 @@ def plot_all(r: dict[str, Any], out: Path, stem: str) -> dict[str, Path]:
         names.append("other processes")
         stacks.append([max(0.0, (b["machine_cpu_s"] - a["machine_cpu_s"]) / max(b["t"] - a["t"], 1e-9) - sum(col))
                        for a, b, col in zip(samples, samples[1:], zip(*stacks))])
+    if all("stolen_cpu_s" in x for x in samples):  # a VM: time the host gave to other guests
+        names.append("stolen by the hypervisor")
+        stacks.append([max(0.0, (b["stolen_cpu_s"] - a["stolen_cpu_s"]) / max(b["t"] - a["t"], 1e-9))
+                       for a, b in zip(samples, samples[1:])])
     ax.stackplot(ts, *stacks, labels=names, alpha=0.8)
     ax.axhline(r["machine"]["cpus"], color="black", linestyle="--", linewidth=0.8, label="all cores")
     ax.axvline(end, color="black", linestyle=":", linewidth=0.8)

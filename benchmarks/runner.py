@@ -54,8 +54,8 @@ import psutil
 from benchmarks.loadgen import (SCENARIOS, SOAK_DEFAULT_S, LoadRun, LoadStats, ProducerOptions, Scenario,
                                 add_payload_arguments, check_loopback, parse_volume, payload_overrides)
 from benchmarks.payload_factory import DEFAULT_MIX, GeneratedRecord, LoadProfile, PayloadFactory, load_profile
-from benchmarks.sampling import (CounterReader, KafkaLag, ProcessGroup, Sample, Sampler, WorkerCounters,
-                                 machine_cpu_seconds)
+from benchmarks.sampling import (STOLEN, CounterReader, KafkaLag, ProcessGroup, Sample, Sampler, WorkerCounters,
+                                 machine_cpu_seconds, stolen_cpu_seconds)
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "benchmarks" / "results"
@@ -577,7 +577,7 @@ class Bench:
         stats.scenario = scenario.describe()
 
         cpu0 = {g.name: g.cpu_seconds() for g in groups}
-        machine0 = machine_cpu_seconds()
+        machine0, stolen0 = machine_cpu_seconds(), stolen_cpu_seconds()
         log_offsets = {w.name: w.log_path.stat().st_size if w.log_path.exists() else 0 for w in self.workers}
         self._start_profiles()
         processed_now.start()
@@ -621,7 +621,7 @@ class Bench:
             time.sleep(0.25)
         processed_now.stop()
         cpu1 = {g.name: g.cpu_seconds() for g in groups}
-        machine1 = machine_cpu_seconds()
+        machine1, stolen1 = machine_cpu_seconds(), stolen_cpu_seconds()
         sampler.stop()
         sampler.samples.append(sampler.take())
         sampler.lag = None  # its admin client must not outlive the broker (librdkafka logs reconnects)
@@ -634,7 +634,8 @@ class Bench:
                                  f"{final.stored:,.0f} stored alerts")
         self.display.log(f"load done: {stats.alerts:,} alerts produced, {final.processed:,.0f} processed")
         return {"stats": stats, "timeline": tl, "faust_stalls": self._faust_stalls(log_offsets), "at_load_end": at_load_end, "final": final, "cpu0": cpu0,
-                "cpu1": cpu1, "machine_cpu_s": machine1 - machine0, "sampler": sampler, "groups": groups, "scenario": scenario,
+                "cpu1": cpu1, "machine_cpu_s": machine1 - machine0,
+                "stolen_cpu_s": stolen1 - stolen0, "sampler": sampler, "groups": groups, "scenario": scenario,
                 "per_worker": {w.name: counters.last.get(w.port, WorkerCounters()).processed for w in self.workers}}
 
     def _faust_stalls(self, offsets: dict[str, int]) -> dict[str, Any]:
@@ -731,6 +732,9 @@ class Bench:
         others = max(0.0, m["machine_cpu_s"] - sum(c["cpu_s"] for c in cpu.values()))
         cpu["other processes (not this run's)"] = {"cpu_s": round(others, 2), "cores": round(others / busy, 3) if busy
                                                    else None, "cpu_s_per_1000_alerts": None}
+        stolen = m["stolen_cpu_s"]
+        cpu[STOLEN] = {"cpu_s": round(stolen, 2), "cores": round(stolen / busy, 3) if busy else None,
+                       "cpu_s_per_1000_alerts": None}
         sampler: Sampler = m["sampler"]
         samples = [s.as_dict() for s in sampler.samples]
         result: dict[str, Any] = {

@@ -99,7 +99,16 @@ def machine_cpu_seconds() -> float:
     """Busy CPU seconds of the whole machine since boot (all cores): what the run's processes used plus
     everything else, so a benchmark on a shared machine shows how much CPU others took."""
     t = psutil.cpu_times()
-    return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0) + getattr(t, "steal", 0.0)
+    return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+
+
+STOLEN = "stolen by the hypervisor (other VMs)"  # its row in a result's CPU table
+
+
+def stolen_cpu_seconds() -> float:
+    """CPU seconds since boot that the hypervisor gave other guests while this VM had work to run
+    (Linux "steal"; 0 on bare metal). A run with much of it is slower in every process alike."""
+    return getattr(psutil.cpu_times(), "steal", 0.0)
 
 
 # ---------------------------------------------------------------------------------------------- worker metrics
@@ -272,6 +281,7 @@ class Sample:
     rss: dict[str, int]
     search: bool = True
     machine_cpu_s: float = 0.0  # busy CPU seconds of the whole machine (every process, ours or not)
+    stolen_cpu_s: float = 0.0  # CPU seconds the hypervisor gave to other guests (stolen_cpu_seconds)
 
     def as_dict(self) -> dict[str, Any]:
         return {"t": round(self.t, 3), "produced_alerts": self.produced_alerts, "produced_bytes": self.produced_bytes,
@@ -279,7 +289,7 @@ class Sample:
                 "indexed": self.indexed, "backlog": self.produced_alerts - self.processed,
                 "index_lag": self.stored - self.indexed if self.search else None, "kafka_lag": self.kafka_lag,
                 "cpu_s": {k: round(v, 3) for k, v in self.cpu_s.items()}, "rss": self.rss,
-                "machine_cpu_s": round(self.machine_cpu_s, 3)}
+                "machine_cpu_s": round(self.machine_cpu_s, 3), "stolen_cpu_s": round(self.stolen_cpu_s, 3)}
 
 
 class Sampler:
@@ -326,7 +336,8 @@ class Sampler:
             self.peak_rss[g.name] = max(self.peak_rss[g.name], rss[g.name])
         return Sample(t, produced_alerts, produced_bytes, c.processed, c.stored,
                       c.sink_rows.get("postgres", 0.0), c.sink_rows.get("search", 0.0), dict(self._last_lag),
-                      {g.name: g.cpu_seconds(tree) for g in self.groups}, rss, self.search, machine_cpu_seconds())
+                      {g.name: g.cpu_seconds(tree) for g in self.groups}, rss, self.search, machine_cpu_seconds(),
+                      stolen_cpu_seconds())
 
     def _run(self) -> None:
         next_at = time.monotonic()

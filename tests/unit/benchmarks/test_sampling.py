@@ -90,3 +90,21 @@ def test_a_group_is_its_root_and_every_descendant_from_one_pass() -> None:
         for p in ProcessGroup("server", root.pid).processes():
             p.kill()
         root.wait()
+
+
+def test_steal_is_read_apart_from_the_machine_s_busy_time() -> None:
+    """The hypervisor's steal is its own figure (a VM on a busy host), not part of "other processes"."""
+    import os
+
+    import pytest
+
+    from benchmarks.sampling import machine_cpu_seconds, stolen_cpu_seconds
+
+    with open("/proc/stat") as f:
+        fields = f.readline().split()  # cpu user nice system idle iowait irq softirq steal ...
+    ticks = os.sysconf("SC_CLK_TCK")
+    steal = int(fields[8]) / ticks
+    busy = sum(int(fields[i]) for i in (1, 2, 3, 6, 7)) / ticks
+    assert stolen_cpu_seconds() == pytest.approx(steal, abs=1.0)
+    assert machine_cpu_seconds() == pytest.approx(busy, abs=1.0)
+    assert stolen_cpu_seconds() >= steal
