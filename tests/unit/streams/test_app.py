@@ -147,3 +147,17 @@ def test_another_roles_stage_is_checked_but_not_started() -> None:
     wire("dedup", FakeTopic("in"))(runner)
     wire.check()
     assert app.agents == {} and app.tasks == [runner]
+
+
+async def test_the_agents_consumer_fetches_with_the_batch_consumers_bounds(tmp_path: Path) -> None:
+    """Faust builds its agent consumer with fetch.min.bytes 1 and a 1.5 s wait, and has no setting for
+    either: the app gives it the batch consumers' bounds (the broker side: tests/integration/streams/
+    test_agent_fetch.py)."""
+    s = settings(tmp_path, consumer_fetch_min_bytes=123_456, consumer_fetch_max_wait_ms=77)
+    app = create_app(s)
+    consumer = app.consumer._thread._create_worker_consumer(app.transport)
+    assert (consumer._fetch_min_bytes, consumer._fetch_max_wait_ms) == (123_456, 77)
+    other = create_app(settings(tmp_path / "other"))  # each app its own: a second app does not change the first's
+    assert other.consumer._thread._create_worker_consumer(other.transport)._fetch_min_bytes == Settings.model_fields[
+        "consumer_fetch_min_bytes"].default
+    assert app.consumer._thread._create_worker_consumer(app.transport)._fetch_min_bytes == 123_456
