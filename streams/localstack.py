@@ -255,7 +255,8 @@ def _undo(started: list[str], state: dict[str, Any], launched_before: set[int]) 
 def _stopped(rec: dict[str, Any]) -> dict[str, Any]:
     """The record of a stopped service: ports and endpoint stay, so the next `up` reuses them and
     knows the values a shell still exports from the last `up` as its own (not external)."""
-    return {**{k: v for k, v in rec.items() if k not in ("pid", "create_time", "start_ticks")}, "pid": None, "external": False}
+    kept = {k: v for k, v in rec.items() if k not in ("pid", "create_time", "start_ticks")}
+    return {**kept, "pid": None, "external": False}
 
 
 def status(state_dir: Path | None = None) -> list[ServiceStatus]:

@@ -5,6 +5,7 @@ tests/unit/streams/test_app.py)."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -13,7 +14,7 @@ from config.settings import Settings
 from streams.app import create_app
 
 
-async def test_the_started_fetcher_waits_for_the_configured_bytes(pipeline_settings: Settings, tmp_path) -> None:  # noqa: ANN001
+async def test_the_started_fetcher_waits_for_the_configured_bytes(pipeline_settings: Settings, tmp_path: Path) -> None:
     s = pipeline_settings.model_copy(update={"data_dir": tmp_path, "consumer_fetch_min_bytes": 4 * 1024 * 1024,
                                              "consumer_fetch_max_wait_ms": 400})
     app = create_app(s)
