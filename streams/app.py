@@ -381,12 +381,13 @@ def create_app(settings: Settings) -> faust.App:
                                            durable_then(events))
                         if critical:  # few and urgent: durable before the gate opens again
                             await dedup.drain()
-                except BatchNotDurable as exc:  # this batch or an earlier one is not durable: ack nothing more
+                except Exception as exc:  # noqa: BLE001 - not durable, or the offsets could not be checked
+                    if not isinstance(exc, BatchNotDurable):  # the stage counted its own failed attempts
+                        DEDUP_BATCH_FAILURES.labels(stage).inc()
                     not_durable(exc)
-                except Exception as exc:  # noqa: BLE001 - the offsets could not be checked: nothing of it was taken
-                    DEDUP_BATCH_FAILURES.labels(stage).inc()
-                    not_durable(exc)
-                    await asyncio.Event().wait()  # take nothing more: the stop cancels this agent
+                    # take nothing more (the stage refuses it too): a later batch made durable would move
+                    # the flows' positions past this one. The stop cancels this agent
+                    await asyncio.Event().wait()
                 watchdog.idle()
         finally:
             try:  # a stop: finish (and ack) what was submitted, within the stop's time

@@ -11,7 +11,9 @@ Per batch:
 A failure in 2 or 3 is tried again in-process (the sinks and the changelog take a repeat as a
 no-op); once the attempts are spent `on_failure` is called at once and `submit`/`drain` raise
 `BatchNotDurable`; neither that batch nor any later one is acked: the next owner of the
-partitions processes them again.
+partitions processes them again. The stage is then spent: every later `submit` raises without
+planning or writing anything, because a later batch made durable would move its flows' positions
+past the failed one, and its replay by the next owner would be taken for sightings already counted.
 
 Pipelined (`window` 2, the default): batch N+1 is taken and planned while batch N is being made
 durable, because the worker would otherwise sit idle through every Postgres write. Durable phases
@@ -97,13 +99,16 @@ class DeduplicateStage:
         self._swept_at: dict[int, int] = {}
         self._in_flight: deque[_InFlight] = deque()
         self.failures = 0  # durable attempts that failed (each was tried again or ended the stage)
+        self._spent: BatchNotDurable | None = None  # a batch failed for good: nothing more is taken
 
     async def submit(self, records: list[PackedRecord], on_durable: OnDurable | None = None) -> None:
         """Plan a batch and start making it durable behind the batches in flight; returns once at most
         `window` batches are unfinished (with `window` 1: once this one is durable). Raises
         `BatchNotDurable` when an earlier batch failed for good."""
+        self._refuse_if_spent()
         while len(self._in_flight) >= self._window:
             await self._finish_oldest()
+        self._refuse_if_spent()  # a batch may have failed while this one waited for room
         flight = _InFlight(records, self._plan(records), on_durable)
         flight.overlay = _overlay(flight.plan)  # now: the next batch may be planned before this task runs
         flight.positions = flight.plan.flow_positions
@@ -117,6 +122,11 @@ class DeduplicateStage:
         """Every submitted batch durable (and its `on_durable` run), or `BatchNotDurable`."""
         while self._in_flight:
             await self._finish_oldest()
+        self._refuse_if_spent()
+
+    def _refuse_if_spent(self) -> None:
+        if self._spent is not None:
+            raise BatchNotDurable(f"{self.name}: an earlier batch failed for good ({self._spent})")
 
     async def process(self, records: list[PackedRecord]) -> StageTwoPlan:
         """One batch, durable when this returns; raises `BatchNotDurable` otherwise."""
@@ -188,6 +198,7 @@ class DeduplicateStage:
                               self.name, len(flight.records), attempt, self._attempts)
                 if attempt == self._attempts:
                     failed = BatchNotDurable(f"{self.name}: a batch failed {attempt} times ({type(exc).__name__}: {exc})")
+                    self._spent = failed
                     self._on_failure(failed)
                     raise failed from exc
                 await asyncio.sleep(self._backoff_s(attempt))

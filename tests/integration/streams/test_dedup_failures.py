@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 
 import pytest
 from confluent_kafka import Producer
@@ -94,6 +95,23 @@ def stored(dsn: str, tenant: str) -> tuple[int, int]:
     return row["n"], row["fps"]
 
 
+def positions(settings: Settings) -> str:
+    """Each hop's committed offsets against its topic's end, for a failure's message."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    out = []
+    for topic, group in ((settings.topic_alerts, f"{settings.app_id}-normalize"), (settings.topic_normalized, settings.app_id)):
+        consumer = Consumer({"bootstrap.servers": settings.require_kafka(), "group.id": group, "enable.auto.commit": False})
+        try:
+            parts = [TopicPartition(topic, p) for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions]
+            committed = [tp.offset for tp in consumer.committed(parts, timeout=10)]
+            ends = [consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in parts]
+            out.append(f"{topic} committed {committed} of {ends}")
+        finally:
+            consumer.close()
+    return "; ".join(out)
+
+
 def rejected_alert() -> bytes:
     alert = json.loads(generic_alert(999_999))
     alert["name"] = REJECTED
@@ -102,14 +120,18 @@ def rejected_alert() -> bytes:
 
 @pytest.mark.parametrize("point", ["dedup.offsets", "dedup.dead_letter", "dedup.send_stored", "dedup.state"])
 def test_a_failing_step_never_acks_its_batch(stack_env, rejecting_trigger, tmp_path, point) -> None:  # noqa: ANN001
-    name = "fail-" + point.split(".")[1].replace("_", "")
+    name = "fail-" + point.split(".")[1].replace("_", "") + "-" + uuid.uuid4().hex[:6]  # a repeat starts afresh
     settings = failing_settings(stack_env, tmp_path, name, point)
     ensure_topics(settings)
     dsn = settings.require_database_url()
     worker = WorkerProcess(settings, tmp_path / "worker.log")
     producer = produce_in_chunks(settings, name, [rejected_alert()])
     try:
-        wait_until(lambda: stored(dsn, name)[1] >= COUNT, timeout=180, what=f"every alert stored after {point} failed")
+        try:
+            wait_until(lambda: stored(dsn, name)[1] >= COUNT, timeout=180, what=f"every alert stored after {point} failed")
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}; stored {stored(dsn, name)}; {positions(settings)}; worker log:\n"
+                                 f"{worker.log_tail(200)}") from exc
         producer.join()
         log = worker.log_path.read_text(errors="replace")
         assert f"fail point {point}" in log, "the fault was injected"

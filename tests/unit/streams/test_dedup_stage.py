@@ -86,6 +86,12 @@ def stage(tmp_path: Path, steps: Steps) -> DeduplicateStage:
                             dead_letter_record=steps.dead_letter_record)
 
 
+def restarted(stage: DeduplicateStage, steps: Steps) -> DeduplicateStage:
+    """A new stage on the same table, as the process that replaces a failed one runs it."""
+    return DeduplicateStage(stage.name, stage.topic, store=stage._store, rules=DEFAULT_RULES, write_rows=steps.write_rows,
+                            hand_off=steps.hand_off, dead_letter_record=steps.dead_letter_record)
+
+
 def batch() -> list[PackedRecord]:
     return [record(0, 10, item("u1", "fp-a", "h1"), item("u2", "fp-a", "h1")),
             record(1, 4, item("u3", "fp-b", "h1")),
@@ -114,6 +120,7 @@ async def test_a_failed_step_raises_before_the_state_moves_and_a_rerun_stores_no
     assert stage._store.get(state_key("t", "fp-a"), Event(0, 0)) is None
     assert "changelog" not in steps.log
     steps.failing = None
+    stage = restarted(stage, steps)  # the spent stage takes nothing more: the next process runs it
     await stage.process(batch())  # the same batch again, as after a restart
     assert stage._store.get(state_key("t", "fp-a"), Event(0, 0)) is not None
     assert sorted(set(steps.rows)) == ["u1", "u3"]  # a repeat of a written row: the sink ignores it (ids)
@@ -213,6 +220,25 @@ async def test_a_batch_that_fails_for_good_stops_every_later_batch_unacked(tmp_p
         await stage.drain()
     assert acked == [] and steps.rows == [] and steps.changelog == []
     assert stage.failures == 2  # both attempts of the first batch; the second was never written
+    assert stage._store.get(state_key("t", "fp-b"), Event(0, 0)) is None
+
+
+async def test_a_stage_whose_batch_failed_for_good_takes_no_later_batch(tmp_path: Path, steps: Steps) -> None:
+    """Seen in CI: the agent went on submitting after a failure, the later batch was made durable and
+    moved partition 0's flow position past the failed one, so the next process took the failed
+    batch's replay for sightings already counted and stored none of it."""
+    stage = pipelined(tmp_path, steps, steps.write_rows, attempts=2)
+    steps.failing = "changelog"  # the rows are written, the state is not
+    with pytest.raises(BatchNotDurable):
+        await stage.process([record(0, 1, item("u1", "fp-a", "h1"))])
+    steps.failing = None
+    rows_before = list(steps.rows)
+    acked: list[str] = []
+    for attempt in (stage.submit([record(0, 2, item("u2", "fp-b", "h1"))], acked_into(acked, "later")), stage.drain()):
+        with pytest.raises(BatchNotDurable, match="failed for good"):
+            await attempt
+    assert acked == [] and steps.rows == rows_before and steps.changelog == []
+    assert stage._store.flow_positions(0, stage.lane) == {}  # nothing moved past the failed batch
     assert stage._store.get(state_key("t", "fp-b"), Event(0, 0)) is None
 
 
