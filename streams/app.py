@@ -276,7 +276,7 @@ def create_app(settings: Settings) -> faust.App:
     async def normalize_from(topic: str, group_id: str, critical: bool) -> None:
         """Stage 1 as a batch consumer: stateless, so it needs none of Faust's per-record
         machinery, which caps an agent at ~5k records/s on this hardware (docs/decisions.md)."""
-        consumer = BatchConsumer(settings, group_id=group_id, topic=topic)
+        consumer = BatchConsumer(settings, group_id=group_id, topic=topic, sparse=critical)
         throttle = None if critical else ConsumerThrottle(settings.consumer_provider_rate_limits)
         raw_circuit = None
         if raw_sink is not None:
@@ -594,7 +594,7 @@ def create_app(settings: Settings) -> faust.App:
     def retry_forwarder(tier: int, topic: str, delay_s: float):  # noqa: ANN202
         async def forward() -> None:
             """Sends each parked record back to its target once its delay has passed."""
-            consumer = BatchConsumer(settings, group_id=f"{settings.app_id}-retry-{tier}", topic=topic)
+            consumer = BatchConsumer(settings, group_id=f"{settings.app_id}-retry-{tier}", topic=topic, sparse=True)
             await consumer.start()
             try:
                 async for records in consumer.batches(settings.stream_batch):

@@ -20,7 +20,11 @@ log = logging.getLogger(__name__)
 
 
 class BatchConsumer:
-    def __init__(self, settings: Settings, *, group_id: str, topic: str) -> None:
+    def __init__(self, settings: Settings, *, group_id: str, topic: str, sparse: bool = False) -> None:
+        """`sparse`: a topic that is mostly idle and wants each record at once (the critical lane,
+        the retry tiers). Its fetches return on the first byte and wait long when there is none:
+        waiting for a full fetch would add latency, and the bulk consumers' short wait would make
+        an idle consumer ask the broker 20 times a second for nothing."""
         self._topic = topic
         self._consumer = AIOKafkaConsumer(
             topic,
@@ -34,8 +38,8 @@ class BatchConsumer:
             max_poll_records=settings.stream_batch.max_events,
             # fewer, larger batches below saturation: every batch's packed records, sink writes and
             # commits are per-batch costs, paid again downstream (docs/performance.md)
-            fetch_min_bytes=settings.consumer_fetch_min_bytes,
-            fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
+            fetch_min_bytes=1 if sparse else settings.consumer_fetch_min_bytes,
+            fetch_max_wait_ms=settings.consumer_sparse_fetch_max_wait_ms if sparse else settings.consumer_fetch_max_wait_ms,
             fetch_max_bytes=64 * 1024 * 1024,
             # must hold the largest record the broker accepts, or that record would stall the partition
             max_partition_fetch_bytes=16 * 1024 * 1024,
