@@ -15,27 +15,12 @@ from streams.batch_consumer import BatchConsumer
 
 
 async def test_a_sparse_consumer_gets_a_record_at_once_though_its_fetch_may_wait_long(pipeline_settings: Settings) -> None:
-    wait_ms = 4000
-    s = pipeline_settings.model_copy(update={"consumer_sparse_fetch_max_wait_ms": wait_ms})
-    topic = f"sparse-fetch-{time.time_ns()}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=s.require_kafka())
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 1, 1)])
-    finally:
-        await admin.close()
-    consumer = BatchConsumer(s, group_id=f"{topic}-g", topic=topic, sparse=True)
-    await consumer.start()
+    s = pipeline_settings.model_copy(update={"consumer_sparse_fetch_max_wait_ms": 4000})
+    consumer, topic, first = await joined_consumer(s, "sparse-fetch", sparse=True)
     producer = AIOKafkaProducer(bootstrap_servers=s.require_kafka())
     await producer.start()
     try:
-        batches = consumer.batches(s.stream_batch)
-        first = asyncio.ensure_future(anext(batches))
-        deadline = time.monotonic() + 30
-        while not consumer._consumer.assignment():  # joined, and its first fetch is held by the broker
-            assert time.monotonic() < deadline, "the consumer never got its partition"
-            await asyncio.sleep(0.1)
-        idle_fetches = await fetches_in(consumer, 2.0)
+        idle_fetches = await fetches_in(consumer, 2.0)  # its fetch is held by the broker meanwhile
         sent = time.monotonic()
         await producer.send_and_wait(topic, b"critical")
         records = await asyncio.wait_for(first, 10)
@@ -46,32 +31,42 @@ async def test_a_sparse_consumer_gets_a_record_at_once_though_its_fetch_may_wait
         assert took < 1.5, f"the record took {took:.2f} s"
         assert idle_fetches <= 2, f"{idle_fetches} fetches in 2 s of idle"  # a bulk consumer's: below
     finally:
+        first.cancel()
         await producer.stop()
         await consumer.stop()
 
 
 async def test_a_bulk_consumer_asks_often_when_idle(pipeline_settings: Settings) -> None:
     """The other side of the trade, why sparse topics have their own wait: 50 ms, so about 40 fetches."""
-    topic = f"bulk-fetch-{time.time_ns()}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=pipeline_settings.require_kafka())
+    consumer, _, pending = await joined_consumer(pipeline_settings, "bulk-fetch", sparse=False)
+    try:
+        assert await fetches_in(consumer, 2.0) >= 10
+    finally:
+        pending.cancel()
+        await consumer.stop()
+
+
+async def joined_consumer(s: Settings, prefix: str, *, sparse: bool) -> tuple[BatchConsumer, str, asyncio.Future]:
+    """A started consumer of a new one-partition topic, its partition assigned, and the future of
+    its first batch (it keeps fetching meanwhile)."""
+    topic = f"{prefix}-{time.time_ns()}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=s.require_kafka())
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, 1, 1)])
     finally:
         await admin.close()
-    consumer = BatchConsumer(pipeline_settings, group_id=f"{topic}-g", topic=topic)
+    consumer = BatchConsumer(s, group_id=f"{topic}-g", topic=topic, sparse=sparse)
     await consumer.start()
-    batches = consumer.batches(pipeline_settings.stream_batch)
-    pending = asyncio.ensure_future(anext(batches))
-    try:
-        deadline = time.monotonic() + 30
-        while not consumer._consumer.assignment():
-            assert time.monotonic() < deadline, "the consumer never got its partition"
-            await asyncio.sleep(0.1)
-        assert await fetches_in(consumer, 2.0) >= 10
-    finally:
-        pending.cancel()
-        await consumer.stop()
+    first = asyncio.ensure_future(anext(consumer.batches(s.stream_batch)))
+    deadline = time.monotonic() + 30
+    while not consumer._consumer.assignment():
+        if time.monotonic() > deadline:
+            first.cancel()
+            await consumer.stop()
+            raise AssertionError("the consumer never got its partition")
+        await asyncio.sleep(0.1)
+    return consumer, topic, first
 
 
 async def fetches_in(consumer: BatchConsumer, seconds: float) -> int:
