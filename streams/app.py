@@ -391,7 +391,8 @@ def create_app(settings: Settings) -> faust.App:
                 watchdog.idle()
         finally:
             try:  # a stop: finish (and ack) what was submitted, within the stop's time
-                await asyncio.wait_for(dedup.drain(), settings.worker_stop_timeout_s / 2)
+                if not dedup.spent:  # a spent stage said why already; it has nothing more to finish
+                    await asyncio.wait_for(dedup.drain(), settings.worker_stop_timeout_s / 2)
             except Exception:  # noqa: BLE001 - not acked, so processed again by the next owner
                 log.exception("agent %s: batches in flight at the stop were not made durable", stage)
 

@@ -140,6 +140,11 @@ class DeduplicateStage:
         return done[0]
 
     @property
+    def spent(self) -> bool:
+        """A batch failed for good: the stage takes nothing more."""
+        return self._spent is not None
+
+    @property
     def in_flight(self) -> int:
         return len(self._in_flight)
 

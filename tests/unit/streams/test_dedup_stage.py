@@ -231,6 +231,7 @@ async def test_a_stage_whose_batch_failed_for_good_takes_no_later_batch(tmp_path
     steps.failing = "changelog"  # the rows are written, the state is not
     with pytest.raises(BatchNotDurable):
         await stage.process([record(0, 1, item("u1", "fp-a", "h1"))])
+    assert stage.spent
     steps.failing = None
     rows_before = list(steps.rows)
     acked: list[str] = []
