@@ -11,9 +11,10 @@ Per batch:
 A failure in 2 or 3 is tried again in-process (the sinks and the changelog take a repeat as a
 no-op); once the attempts are spent `on_failure` is called at once and `submit`/`drain` raise
 `BatchNotDurable`; neither that batch nor any later one is acked: the next owner of the
-partitions processes them again. The stage is then spent: every later `submit` raises without
-planning or writing anything, because a later batch made durable would move its flows' positions
-past the failed one, and its replay by the next owner would be taken for sightings already counted.
+partitions processes them again. The stage is then spent: every later `submit` or `drain` raises
+without planning or writing anything, because a later batch made durable would move its flows'
+positions past the failed one, and its replay by the next owner would be taken for sightings
+already counted.
 
 Pipelined (`window` 2, the default): batch N+1 is taken and planned while batch N is being made
 durable, because the worker would otherwise sit idle through every Postgres write. Durable phases
@@ -105,10 +106,9 @@ class DeduplicateStage:
         """Plan a batch and start making it durable behind the batches in flight; returns once at most
         `window` batches are unfinished (with `window` 1: once this one is durable). Raises
         `BatchNotDurable` when an earlier batch failed for good."""
-        self._refuse_if_spent()
         while len(self._in_flight) >= self._window:
             await self._finish_oldest()
-        self._refuse_if_spent()  # a batch may have failed while this one waited for room
+        self._refuse_if_spent()  # before, or while this one waited for room
         flight = _InFlight(records, self._plan(records), on_durable)
         flight.overlay = _overlay(flight.plan)  # now: the next batch may be planned before this task runs
         flight.positions = flight.plan.flow_positions
