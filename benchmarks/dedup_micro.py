@@ -9,7 +9,8 @@ Steps, each timed alone over the same alerts (best of `--repeat` passes, CPU tim
   bloom              `key in filter` (+ `add` for new keys), BloomFilter sized for the identities
   cache + decide     HotCache get → (miss: bloom, then the table) → decide() → write-through put
 and the whole path in one loop. Then the internal topic's side for the default and heavy load
-profiles: packing, decoding a packed record (the alerts' JSON stays bytes) and the dedup plan with
+profiles: the whole normalize stage (`process_records`: parse, normalize, fingerprint, content hash,
+checks, row ids, the packed alerts), packing, decoding a packed record (the alerts' JSON stays bytes) and the dedup plan with
 its Postgres rows, under two young-GC thresholds. The table behind the cache is a dict here; for scale, the real
 Faust table read (`DedupStore.get`, RocksDB store) is timed alone on a hit and a miss: that is what a
 cache hit or a bloom negative saves.
@@ -85,7 +86,7 @@ def faust_table_read(keys: int = 5_000) -> tuple[float, float] | None:
         rng = random.Random(7)
         present = [state_key("default", rng.randbytes(16).hex()) for _ in range(keys)]
         absent = [state_key("default", rng.randbytes(16).hex()) for _ in range(keys)]
-        value = encode_state(DedupState("0" * 32, "firing", 1, 1))
+        value = encode_state(DedupState("0" * 32, "firing", 1, 1, 1))
         for key in present:
             db[key] = value
         hit = _best(lambda: [store.get(k, event) for k in present], 3) / keys * 1e6
@@ -219,7 +220,10 @@ def internal_record_steps(profile: str, records: int, repeat: int) -> list[tuple
     raw = [RawRecord("alerts", 0, i, 1_736_935_500_000, r.key, r.value,
                      {"tenant": r.tenant.encode(), **({"provider": r.provider.encode()} if r.provider != "keep" else {})})
            for i, r in enumerate(PayloadFactory(load_profile(profile)).take(records))]
-    alerts = process_records(raw, partitions=1, default_tenant="default", max_payload_bytes=1 << 20).by_partition[0]
+    def stage_one() -> list:
+        return process_records(raw, partitions=1, default_tenant="default", max_payload_bytes=1 << 20).by_partition[0]
+
+    alerts = stage_one()
     blobs = pack(alerts, 256 * 1024)
     packed = [PackedRecord(0, i, blob, None) for i, blob in enumerate(blobs)]
     n = len(alerts)
@@ -234,6 +238,7 @@ def internal_record_steps(profile: str, records: int, repeat: int) -> list[tuple
         for threshold in (700, 50_000):
             gc.set_threshold(threshold, *young[1:])
             note = f"{profile} mix, {n:,} alerts, {sum(map(len, blobs)) / n:,.0f} B each packed, young GC every {threshold:,}"
+            rows.append((f"normalize stage ({profile})", _best(stage_one, repeat) / n * 1e6, note))
             rows.append((f"pack ({profile})", _best(lambda: pack(alerts, 256 * 1024), repeat) / n * 1e6, note))
             rows.append((f"unpack ({profile})", _best(lambda: [unpack(b) for b in blobs], repeat) / n * 1e6, note))
             rows.append((f"plan + Postgres rows ({profile})", _best(plan_and_rows, repeat) / n * 1e6, note))

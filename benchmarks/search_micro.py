@@ -100,7 +100,7 @@ def stored_alerts(count: int, seed: int = 1) -> list[NormalizedAlert]:
             offset += 1
         for result in iter_process_records(records, partitions=1, default_tenant="bench", max_payload_bytes=1 << 20):
             for items in (*result.by_partition.values(), *result.critical_by_partition.values()):
-                alerts.extend(items)
+                alerts.extend(item.normalized() for item in items)  # decoded: the variants read labels
     return alerts[:count]
 
 

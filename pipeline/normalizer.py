@@ -35,7 +35,7 @@ import msgspec
 
 from core.errors import DEFAULT_PROVIDER, EXPIRED, INTERNAL_ERROR, PROVIDER, PROVIDER_ID, TENANT, Classifier, permanent
 from core.records import DeadLetter, RawRecord
-from schemas.alert import WIRE_VERSION, LegacyBatch, NormalizedAlert, PackedAlert, PackedBatch
+from schemas.alert import WIRE_VERSION, AlertHead, LegacyBatch, NormalizedAlert, PackedAlert, PackedBatch, encode_alert_json
 from schemas.normalizers import InvalidPayload, NormalizeContext, normalize
 from schemas.normalizers.base import DEFAULT_LIMITS, Budget, CpuAnchor, NormalizeLimits, check_alert_document, encode_and_check
 from schemas.rules import DEFAULT_RULES, RuleSet
@@ -46,10 +46,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_ALERTS_PER_RECORD = 0xFFFF  # positions pack the index into 16 bits (see core.records.Sighting); limits stay under it
-# what a packed alert holds beyond the JSON hashed (`document`), apart from the free-form strings counted as they are:
-# row id, content hash, received time, source position, lastReceived (hashed as null), and the head's
-# short fields (status, severity, provider type, lastReceived again)
-_ITEM_OVERHEAD = 200
+# what a packed alert holds beyond its JSON (`document`), apart from the free-form strings counted as they are:
+# row id, content hash, received time, source position, and the head's short fields (status, severity,
+# provider type, lastReceived); 200 before the JSON carried lastReceived too (22 bytes more than null)
+_ITEM_OVERHEAD = 178
 # Postgres cannot store these; a sink write that fails on them would be retried forever, so they go to the DLQ.
 MAX_IDENTITY_BYTES = 2048  # tenant + fingerprint are btree keys: an index row holds at most ~2.7 KB
 _JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")  # an escaped NUL (not an escaped backslash + "u0000")
@@ -62,8 +62,8 @@ CLASSIFIER = Classifier((permanent(InvalidPayload, attrgetter("reason"), attrget
 
 @dataclass(slots=True)
 class StageOneResult:
-    by_partition: dict[int, list[NormalizedAlert]] = field(default_factory=lambda: defaultdict(list))
-    critical_by_partition: dict[int, list[NormalizedAlert]] = field(default_factory=lambda: defaultdict(list))
+    by_partition: dict[int, list[PackedAlert]] = field(default_factory=lambda: defaultdict(list))
+    critical_by_partition: dict[int, list[PackedAlert]] = field(default_factory=lambda: defaultdict(list))
     dead_letters: list[DeadLetter] = field(default_factory=list)
     throttled: list[RawRecord] = field(default_factory=list)  # over their provider's rate: parked on the first retry tier
     alerts: int = 0
@@ -127,13 +127,13 @@ def output_cap(input_bytes: int, alerts: int, limits: NormalizeLimits = DEFAULT_
 
 
 def normalize_record(record: RawRecord, *, default_tenant: str, max_payload_bytes: int,
-                     rules: RuleSet = DEFAULT_RULES, limits: NormalizeLimits = DEFAULT_LIMITS) -> list[NormalizedAlert]:
-    """One input record → its canonical alerts; raises InvalidPayload for the DLQ."""
+                     rules: RuleSet = DEFAULT_RULES, limits: NormalizeLimits = DEFAULT_LIMITS) -> list[PackedAlert]:
+    """One input record → its canonical alerts, packed; raises InvalidPayload for the DLQ."""
     return _normalize_record(record, default_tenant, max_payload_bytes, rules, limits, CpuAnchor.read())[0]
 
 
 def _normalize_record(record: RawRecord, default_tenant: str, max_payload_bytes: int, rules: RuleSet,
-                      limits: NormalizeLimits, anchor: CpuAnchor) -> tuple[list[NormalizedAlert], int]:
+                      limits: NormalizeLimits, anchor: CpuAnchor) -> tuple[list[PackedAlert], int]:
     """The alerts of one record and their size (see output_cap)."""
     if not record.value:
         raise InvalidPayload("empty", "record has no value")
@@ -154,7 +154,7 @@ def _normalize_record(record: RawRecord, default_tenant: str, max_payload_bytes:
     for index, alert in enumerate(alerts):
         # NUL and depth (normalize() left them to us: check_content=False), then the fingerprint
         # under the tenant's and provider's rule, and the content hash; `document` is the alert's
-        # JSON, whichever encoded it: its size is the alert's share of the record's output
+        # JSON, the packed alert's body: its size is the alert's share of the record's output
         rule = rules.for_(alert.tenant, alert.provider_type)
         if rule.hashes_whole_alert:
             try:
@@ -167,9 +167,10 @@ def _normalize_record(record: RawRecord, default_tenant: str, max_payload_bytes:
             else:
                 check_alert_document(alert, document, limits)  # on the JSON just hashed: no second encoding
         else:  # a custom rule reads fields or leaves some out of the hash: check the whole alert first
-            document = encode_and_check(alert, limits)
+            encode_and_check(alert, limits)
             alert.fingerprint = rule.fingerprint(alert)
             chash = rule.content_hash(alert)
+            document = encode_alert_json(alert)  # with the rule's fingerprint
         identity_bytes = _utf8_len(alert.tenant) + _utf8_len(alert.fingerprint)
         if identity_bytes > MAX_IDENTITY_BYTES:
             raise InvalidPayload("invalid_field", f"tenant + fingerprint are {identity_bytes} bytes > limit {MAX_IDENTITY_BYTES}")
@@ -181,8 +182,10 @@ def _normalize_record(record: RawRecord, default_tenant: str, max_payload_bytes:
             raise InvalidPayload("output_too_large", f"{len(alerts)} alerts would be more than {cap} bytes "
                                  f"(limit {limits.max_output_ratio:g} × {len(record.value)} input bytes + "
                                  f"{limits.output_allowance_per_alert} per alert); over it at alert {index}")
-        out.append(NormalizedAlert(row_uid(record.topic, record.partition, record.offset, index), record.timestamp_ms,
-                                   chash, alert, record.topic, record.partition, source_position(record.offset, index)))
+        # packed here, as the internal topic carries it: the JSON just hashed is its body
+        out.append(PackedAlert(row_uid(record.topic, record.partition, record.offset, index), record.timestamp_ms,
+                               chash, AlertHead.of(alert), document, record.topic, record.partition,
+                               source_position(record.offset, index)))
         budget.tick()  # normalize() checked the budget at its end; this covers a long list of alerts
     return out, total
 

@@ -63,20 +63,16 @@ class NormalizedAlert(msgspec.Struct, array_like=True):
     source_position: int = -1  # the record's offset << 16 | the alert's index in it
 
     def alert_json_bytes(self) -> bytes:
-        """The alert as JSON, as `alert.alert` stores it and the search document holds it."""
-        return _encode_json(self.alert)
+        """The alert as JSON (`encode_alert_json`), as `alert.event` stores it and the search document holds it."""
+        return encode_alert_json(self.alert)
 
     def alert_json(self) -> str:
         return self.alert_json_bytes().decode()
 
     def packed(self) -> PackedAlert:
         """This alert as the internal topics carry it."""
-        a = self.alert
-        return PackedAlert(self.uid, self.received_at_ms, self.content_hash,
-                           AlertHead(a.name, a.status, a.severity, a.last_received, a.fingerprint, a.tenant,
-                                     a.provider_type, a.provider_id),
-                           _encode_json(a),
-                           self.source_topic, self.source_partition, self.source_position)
+        return PackedAlert(self.uid, self.received_at_ms, self.content_hash, AlertHead.of(self.alert),
+                           encode_alert_json(self.alert), self.source_topic, self.source_partition, self.source_position)
 
     def normalized(self) -> NormalizedAlert:
         return self
@@ -97,6 +93,10 @@ class AlertHead(msgspec.Struct, array_like=True, gc=False):
     tenant: str
     provider_type: str
     provider_id: str | None = None
+
+    @classmethod
+    def of(cls, a: Alert) -> AlertHead:
+        return cls(a.name, a.status, a.severity, a.last_received, a.fingerprint, a.tenant, a.provider_type, a.provider_id)
 
 
 class PackedAlert(msgspec.Struct, array_like=True, gc=False):
@@ -142,7 +142,10 @@ class LegacyBatch(msgspec.Struct, array_like=True):
     alerts: list[NormalizedAlert]
 
 
-_encode_json = msgspec.json.Encoder().encode
+# An alert's JSON, wherever it is written (the packed body, `alert.event`, the search document, the
+# content hash): keys sorted at every depth, so that equal alerts are equal bytes and the content
+# hash is taken from the body itself (schemas/fingerprint.py) instead of a second encoding.
+encode_alert_json = msgspec.json.Encoder(order="sorted").encode
 _decode_alert_json = msgspec.json.Decoder(Alert).decode
 
 

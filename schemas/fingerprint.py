@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import msgspec
 import orjson
 
-from schemas.alert import Alert
+from schemas.alert import Alert, encode_alert_json
 
 # Keep's default full-dedup rule ignores lastReceived; `tenant` is part of the
 # state key already.
@@ -41,6 +41,8 @@ def fingerprint_from_fields(document: dict[str, Any], paths: Iterable[str]) -> s
 
 
 _hash_encoder = msgspec.json.Encoder(order="sorted")  # sorted keys at every depth
+_LAST_RECEIVED_KEY = b',"lastReceived":'
+_LAST_RECEIVED_NULL = _LAST_RECEIVED_KEY + b"null"
 
 
 def content_hash(alert: Alert, ignore_fields: Iterable[str] = DEFAULT_IGNORE_FIELDS) -> str:
@@ -48,20 +50,30 @@ def content_hash(alert: Alert, ignore_fields: Iterable[str] = DEFAULT_IGNORE_FIE
 
     An ignored top-level field is hashed as null (every alert has every field), an
     ignored nested key is removed. The default rule (ignore lastReceived) takes a
-    fast path that encodes the struct directly, without an intermediate dict.
+    fast path over the alert's own JSON, without an intermediate dict.
     """
     return content_hash_and_document(alert, ignore_fields)[0]
 
 
 def content_hash_and_document(alert: Alert, ignore_fields: Iterable[str] = DEFAULT_IGNORE_FIELDS) -> tuple[str, bytes | None]:
-    """`content_hash`, and the JSON it hashed when that JSON holds every field of the alert but
-    `lastReceived` (the default rule's fast path), else None. The normalizer stage checks the
-    alert's strings and nesting on that JSON instead of encoding the alert once more."""
+    """`content_hash`, and under the default rule the alert's JSON (`encode_alert_json`, what the
+    packed body, `alert.event` and the search document hold) that it was taken from; else None.
+
+    The default rule hashes that JSON with `lastReceived` written as null, the bytes the hash has
+    always been taken over: one encoding serves the body, the hash and the normalizer stage's checks
+    of strings and nesting. In sorted-key JSON the alert's own `"lastReceived":` is the last one: every
+    field sorted after it is a string, a number or a list of strings, and `,"` cannot occur inside a
+    JSON string (its quotes are escaped), so an `extra` or `labels` key of that name comes before it."""
     ignore = tuple(ignore_fields)
-    if ignore == DEFAULT_IGNORE_FIELDS:
-        document = _hash_encoder.encode(msgspec.structs.replace(alert, last_received=None))
-        return sha256_hex(document)[:32], document
-    return _custom_content_hash(alert, ignore), None
+    if ignore != DEFAULT_IGNORE_FIELDS:
+        return _custom_content_hash(alert, ignore), None
+    document = encode_alert_json(alert)
+    value = _hash_encoder.encode(alert.last_received)
+    start = document.rfind(_LAST_RECEIVED_KEY)
+    end = start + len(_LAST_RECEIVED_KEY) + len(value)
+    if start < 0 or document[end - len(value):end] != value:  # unreachable for an Alert; a guard, not a path
+        raise AssertionError("the alert's JSON has no top-level lastReceived where the sorted encoding puts it")
+    return sha256_hex(document[:start] + _LAST_RECEIVED_NULL + document[end:])[:32], document
 
 
 def _custom_content_hash(alert: Alert, ignore: tuple[str, ...]) -> str:

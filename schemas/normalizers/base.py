@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
-import msgspec
 
-from schemas.alert import Alert
+from schemas.alert import Alert, encode_alert_json
 
 
 class InvalidPayload(ValueError):
@@ -389,7 +388,7 @@ def group_fields_per_alert(group: dict[str, Any], never: frozenset[str] = frozen
 CANONICAL_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")  # what iso_utc() writes
 _STRING_FIELDS = ("name", "status", "severity", "fingerprint", "tenant", "provider_type", "provider_id", "id",
                   "environment", "service", "message", "description", "url", "image_url")
-_check_encode = msgspec.json.Encoder().encode
+_check_encode = encode_alert_json  # the JSON checked is the JSON written
 # In JSON a NUL can only be written `\u0000`; one preceded by an odd number of backslashes is text
 _JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 

@@ -25,7 +25,7 @@ from pipeline.normalizer import (
 )
 from core.errors import ErrorRouter
 from core.records import DeadLetter, RawRecord
-from schemas.alert import WIRE_VERSION, LegacyBatch, NormalizedAlert, PackedBatch
+from schemas.alert import WIRE_VERSION, LegacyBatch, NormalizedAlert, PackedBatch, encode_alert_json
 from schemas.fingerprint import content_hash
 
 EXAMPLES = Path(schemas.__file__).parent / "examples"
@@ -56,7 +56,8 @@ def run(records: list[RawRecord], max_payload_bytes: int = LIMIT):
 
 
 def all_alerts(result) -> list[NormalizedAlert]:  # noqa: ANN001
-    return [a for alerts in result.by_partition.values() for a in alerts]
+    """The result's alerts, their bodies decoded (`PackedAlert.normalized`), as a reader of the topic gets them."""
+    return [a.normalized() for alerts in result.by_partition.values() for a in alerts]
 
 
 # ---------------------------------------------------------------- dead letters
@@ -176,7 +177,11 @@ def test_alert_fields_from_the_record() -> None:
         assert item.alert.tenant == "acme" and item.alert.provider_id == "am-1"
         assert item.alert.last_received == "2025-01-15T10:06:00.000Z"
         assert item.alert.fingerprint  # set, from the provider or the name
-        assert item.content_hash == content_hash(item.alert)
+        alert = item.normalized().alert  # the body decoded, as the sinks read it
+        assert (alert.tenant, alert.fingerprint, alert.last_received) == (item.alert.tenant, item.alert.fingerprint,
+                                                                          item.alert.last_received)
+        assert item.content_hash == content_hash(alert)
+        assert item.body == encode_alert_json(alert)  # one encoding: what was hashed is what is written
 
 
 def test_the_generic_fingerprint_falls_back_to_the_name() -> None:
@@ -241,7 +246,7 @@ def test_one_identity_lands_on_one_partition_whatever_the_source() -> None:
         assert partitions == {partition_for(tenant, fingerprint, PARTITIONS)}
     # within a partition, alerts keep their input order
     for items in result.by_partition.values():
-        offsets = [int(item.alert.extra["lag"]) for item in items]
+        offsets = [int(item.normalized().alert.extra["lag"]) for item in items]
         assert offsets == sorted(offsets)
 
 

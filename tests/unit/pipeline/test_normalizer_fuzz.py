@@ -99,7 +99,7 @@ def check_record(provider: str, body: bytes) -> None:
         assert result.output_bytes <= cap  # (c) as the stage measures it
         assert sum(map(len, blobs)) <= cap + 6 * len(blobs)  # and as packed, plus each packed record's header
         for item in items:
-            check_alert(item.alert)
+            check_alert(item.normalized().alert)  # the body as the dedup stage and the sinks read it
 
 
 def check_document(provider: str, doc: Any) -> None:
