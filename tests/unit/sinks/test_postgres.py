@@ -6,6 +6,8 @@ import uuid
 from datetime import datetime, timezone
 
 import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.records import Sighting
 from schemas.alert import Alert, NormalizedAlert
@@ -114,3 +116,35 @@ def test_rows_and_input_are_independent() -> None:
     last_alert_rows(sightings)
     assert [s.position for s in sightings] == [2, 1]  # the caller's list is not reordered
     assert last_alert_rows([]) == []
+
+
+# ---------------------------------------------------------------- against a plain reference
+
+
+def reference_last_alert_rows(sightings: list[Sighting]) -> list[tuple]:
+    """The rule written plainly (what `last_alert_rows` was before its short path for identities seen once)."""
+    groups: dict[tuple[str, str], list[Sighting]] = {}
+    for s in sightings:
+        groups.setdefault((s.tenant, s.fingerprint), []).append(s)
+    rows = []
+    for (tenant, fingerprint), group in sorted(groups.items()):
+        newest = next((s for s in reversed(group) if s.stored is not None), None)
+        item = newest.stored if newest else None
+        a = item.alert if item else None
+        rows.append((tenant, fingerprint, item.uid if item else None, a.name if a else None, a.status if a else None,
+                     a.severity if a else None, a.provider_type if a else None, item.content_hash if item else None,
+                     newest.flow if newest else None, newest.position if newest else None,
+                     ts(min(s.received_at_ms for s in group)), ts(max(s.received_at_ms for s in group)),
+                     [s.flow for s in group], [s.position for s in group]))
+    return rows
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(("t1", "t2")), st.sampled_from(("a", "b", "c", "d")), st.integers(0, 5_000),
+                          st.integers(0, 1 << 40), st.booleans(), st.sampled_from(("alerts:0", "alerts:3"))),
+                max_size=40))
+def test_last_alert_rows_match_the_plain_rule(drawn: list[tuple[str, str, int, int, bool, str]]) -> None:
+    sightings = [sighting(fp, position, T0 + delta, tenant=tenant, flow=flow,
+                          item=stored(i, fp, tenant=tenant, received=T0 + delta) if is_stored else None)
+                 for i, (tenant, fp, delta, position, is_stored, flow) in enumerate(drawn)]
+    assert last_alert_rows(sightings) == reference_last_alert_rows(sightings)
