@@ -19,12 +19,13 @@ cache hit or a bloom negative saves.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import random
 import shutil
 import tempfile
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from benchmarks.payload_factory import PROVIDERS, LoadProfile, PayloadFactory, load_profile
 from schemas.alert import Alert
@@ -232,19 +233,53 @@ def internal_record_steps(profile: str, records: int, repeat: int) -> list[tuple
         plan = plan_batch(packed, lambda key, event: None)
         alert_rows(plan.batch.stored), last_alert_rows(plan.batch.sightings)
 
+    webhooks = [r.value for r in raw if r.headers.get("provider") == b"prometheus"]
+    am_ctx = NormalizeContext(tenant="default", received_at="2025-01-15T10:05:00.000Z", check_content=False)
+    am_alerts = sum(len(normalize("prometheus", v, am_ctx)) for v in webhooks)
+
+    def alertmanager_normalize() -> None:
+        for value in webhooks:
+            normalize("prometheus", value, am_ctx)
+
     rows: list[tuple[str, float, str]] = []
+    if am_alerts:
+        am_note = f"{profile} mix's Alertmanager webhooks, {am_alerts:,} alerts"
+        rows.append((f"Alertmanager normalize(), typed path ({profile})",
+                     _best(alertmanager_normalize, repeat) / am_alerts * 1e6, am_note))
+        with _parsed_alertmanager():
+            rows.append((f"Alertmanager normalize(), parsed path ({profile})",
+                         _best(alertmanager_normalize, repeat) / am_alerts * 1e6, am_note))
     young = gc.get_threshold()
     try:
         for threshold in (700, 50_000):
             gc.set_threshold(threshold, *young[1:])
             note = f"{profile} mix, {n:,} alerts, {sum(map(len, blobs)) / n:,.0f} B each packed, young GC every {threshold:,}"
             rows.append((f"normalize stage ({profile})", _best(stage_one, repeat) / n * 1e6, note))
+            with _parsed_alertmanager():
+                rows.append((f"normalize stage, Alertmanager's parsed path only ({profile})",
+                             _best(stage_one, repeat) / n * 1e6, note + "; the typed path off (its before)"))
             rows.append((f"pack ({profile})", _best(lambda: pack(alerts, 256 * 1024), repeat) / n * 1e6, note))
             rows.append((f"unpack ({profile})", _best(lambda: [unpack(b) for b in blobs], repeat) / n * 1e6, note))
             rows.append((f"plan + Postgres rows ({profile})", _best(plan_and_rows, repeat) / n * 1e6, note))
     finally:
         gc.set_threshold(*young)
     return rows
+
+
+@contextlib.contextmanager
+def _parsed_alertmanager() -> Iterator[None]:
+    """Alertmanager webhooks through the parsed path only, as before the typed path
+    (schemas/normalizers/alertmanager.py `normalize_bytes`)."""
+    import schemas.normalizers as normalizers
+    from schemas.normalizers import alertmanager
+
+    saved = dict(normalizers._loaded)
+    normalizers._loaded.update({p: (alertmanager.normalize, None) for p in ("prometheus", "alertmanager")})
+    try:
+        yield
+    finally:
+        normalizers._loaded.clear()
+        normalizers._loaded.update(saved)
 
 
 def bloom_fp(n: int = 100_000, target: float = 0.01) -> tuple[float, float, float, float]:
