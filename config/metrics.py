@@ -63,6 +63,12 @@ DEDUP_RATIO = Gauge(
     "Exact duplicates / alerts seen since the worker started, per tenant and provider (use rate() of alertstream_alerts_total for windows).",
     ["tenant", "provider"],
 )
+NORMALIZE_RESEND_HITS = Counter(
+    "alertstream_normalize_resend_cache_hits_total",
+    "Records the normalize stage found in its re-send cache: built before, not normalized again.")
+NORMALIZE_RESEND_MISSES = Counter(
+    "alertstream_normalize_resend_cache_misses_total", "Records the normalize stage looked up in its re-send cache and normalized.")
+NORMALIZE_RESEND_CACHE_BYTES = Gauge("alertstream_normalize_resend_cache_bytes", "Bytes held by the normalize stage's re-send cache (its entries' counted size).")
 DEDUP_CACHE_HIT_RATIO = Gauge("alertstream_dedup_cache_hit_ratio", "Dedup state reads answered by the in-process LRU cache.")
 DEDUP_BLOOM_SKIPPED_READS = Gauge(
     "alertstream_dedup_bloom_skipped_reads", "Table reads skipped because the Bloom filter said the identity is certainly new (since start)."

@@ -118,6 +118,7 @@ class Settings(BaseSettings):
     normalizer_limits: NormalizerLimits = Field(default_factory=NormalizerLimits, description="Per-record bounds of the normalizer (worker and gateway alike).")
     normalizer_chunk_max_ms: float = Field(100.0, gt=0, description="The normalize stage hands the event loop back (sends what it has) after this much time on a batch, so one batch of costly records never holds the loop longer.")
     normalizer_chunk_max_output_bytes: int = Field(16 * 1024 * 1024, ge=1, description="The normalize stage sends what it has once a batch's normalized alerts reach this many bytes, so a batch's output held in memory is bounded.")
+    normalizer_resend_cache_bytes: int = Field(128 * 1024 * 1024, ge=0, description="Memory per worker process for what the normalize stage built from records it has seen: a record whose bytes, topic, tenant and provider were seen before is not normalized again, only given its own position and time (re-sends are most of alerting's traffic). Least recently used first out; 0 turns it off.")
     db_pool_size: int = Field(4, ge=1, description="Connections in the worker's Postgres pool.")
 
     dedup_pipeline_window: int = Field(2, ge=1, le=4, description="Dedup batches unfinished at once: with 2 (the default), the next batch is taken and planned while the previous one is written to Postgres (durable phases still run one at a time, in order; +6-7% in paired runs). 1 makes each batch durable before the next is planned (docs/decisions.md).")

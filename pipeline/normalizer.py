@@ -1,7 +1,9 @@
 """Stage 1: provider payloads → canonical alerts, repartitioned by identity.
 
-Stateless. Each input record is decoded once, normalized, fingerprinted and
-given a row id derived from its position. Alerts are then packed, many to a
+Stateless but for a cache. Each input record is decoded once, normalized,
+fingerprinted and given a row id derived from its position. What a record's
+bytes build is kept (`ResendCache`, bounded in bytes): a re-send of the same
+bytes is only given its own position and time, not normalized again. Alerts are then packed, many to a
 record, onto the internal topic's partition that owns their (tenant,
 fingerprint): one identity, one partition, one dedup state, whatever key the
 producer chose. A record that cannot be processed goes to the DLQ instead.
@@ -35,9 +37,10 @@ import msgspec
 
 from core.errors import DEFAULT_PROVIDER, EXPIRED, INTERNAL_ERROR, PROVIDER, PROVIDER_ID, TENANT, Classifier, permanent
 from core.records import DeadLetter, RawRecord
+from pipeline.resend_cache import ResendCache, digest
 from schemas.alert import WIRE_VERSION, AlertHead, LegacyBatch, NormalizedAlert, PackedAlert, PackedBatch, encode_alert_json
 from schemas.normalizers import InvalidPayload, NormalizeContext, normalize
-from schemas.normalizers.base import DEFAULT_LIMITS, Budget, CpuAnchor, NormalizeLimits, check_alert_document, encode_and_check
+from schemas.normalizers.base import DEFAULT_LIMITS, RECEIVED_SLOT, Budget, CpuAnchor, NormalizeLimits, check_alert_document, encode_and_check
 from schemas.rules import DEFAULT_RULES, RuleSet
 
 if TYPE_CHECKING:
@@ -129,23 +132,107 @@ def output_cap(input_bytes: int, alerts: int, limits: NormalizeLimits = DEFAULT_
 def normalize_record(record: RawRecord, *, default_tenant: str, max_payload_bytes: int,
                      rules: RuleSet = DEFAULT_RULES, limits: NormalizeLimits = DEFAULT_LIMITS) -> list[PackedAlert]:
     """One input record → its canonical alerts, packed; raises InvalidPayload for the DLQ."""
-    return _normalize_record(record, default_tenant, max_payload_bytes, rules, limits, CpuAnchor.read())[0]
+    return _normalize_record(record, default_tenant, max_payload_bytes, rules, limits, CpuAnchor.read(), None)[0]
+
+
+# While a record's alerts are built, its receive time stands in them as RECEIVED_SLOT, which no
+# payload's time can be: a slot in `lastReceived` is the record's time, not the payload's.
+# `_instantiate` writes each record's own time into it, so what is built from a record's bytes is the
+# same for every re-send of them, and is kept (ResendCache).
+_SLOT = RECEIVED_SLOT.encode()
+_SLOT_AFTER = b',"lastReceived":"'  # the top-level key, the last of its name in sorted-key JSON (schemas/fingerprint.py)
+
+# One alert as built from a record's bytes: its content hash, head, and JSON split where the record's
+# time goes (suffix None: the payload had its own time and the JSON is whole, in `prefix`).
+Built = tuple[str, AlertHead, bytes, "bytes | None"]
+# What a record's bytes build: its alerts and their size (see output_cap); what ResendCache keeps.
+RecordTemplate = tuple[list[Built], int]
+# Bytes a kept alert holds beyond its JSON and head strings: the head, the content hash, the tuple,
+# the two bytes objects (measured with tracemalloc: tests/unit/pipeline/test_resend_cache.py).
+_KEPT_ALERT_OVERHEAD = 480
 
 
 def _normalize_record(record: RawRecord, default_tenant: str, max_payload_bytes: int, rules: RuleSet,
-                      limits: NormalizeLimits, anchor: CpuAnchor) -> tuple[list[PackedAlert], int]:
-    """The alerts of one record and their size (see output_cap)."""
+                      limits: NormalizeLimits, anchor: CpuAnchor,
+                      cache: ResendCache[RecordTemplate] | None) -> tuple[list[PackedAlert], int]:
+    """The alerts of one record and their size (see output_cap): built once per distinct bytes
+    (with `cache`), then given the record's position and time."""
     if not record.value:
         raise InvalidPayload("empty", "record has no value")
     if len(record.value) > max_payload_bytes:
         raise InvalidPayload("too_large", f"{len(record.value)} bytes > limit {max_payload_bytes}")
+    received_at = iso_utc(record.timestamp_ms)
+    if len(received_at) != len(RECEIVED_SLOT):  # a time before the year 1000: built with it, as it is
+        built, total = _build(record, default_tenant, rules, limits, anchor, received_at)
+        return _instantiate(_whole(built), record, received_at), total
+    key = None
+    if cache is not None:
+        headers = record.headers
+        key = (record.topic, headers.get(TENANT), headers.get(PROVIDER), headers.get(PROVIDER_ID), digest(record.value))
+        kept = cache.get(key)
+        if kept is not None:
+            return _instantiate(kept[0], record, received_at), kept[1]
+    built, total = _build(record, default_tenant, rules, limits, anchor, RECEIVED_SLOT)
+    template = _template(built)
+    if template is None:  # the record's time went beyond lastReceived (or the payload holds the slot's text)
+        built, total = _build(record, default_tenant, rules, limits, anchor, received_at)
+        return _instantiate(_whole(built), record, received_at), total
+    if cache is not None:
+        cache.put(key, (template, total), sum(len(prefix) + len(suffix or b"") + _utf8_len(head.name)
+                                              + _utf8_len(head.fingerprint) + _utf8_len(head.tenant)
+                                              + _utf8_len(head.provider_id or "") + _KEPT_ALERT_OVERHEAD
+                                              for _, head, prefix, suffix in template))
+    return _instantiate(template, record, received_at), total
+
+
+def _template(built: list[tuple[str, AlertHead, bytes]]) -> list[Built] | None:
+    """Each alert's JSON cut where the slot is, if the slot is in `lastReceived` and nowhere else
+    (else None: the normalizer put the record's time in another field too, and the record is built
+    with its own time instead)."""
+    out: list[Built] = []
+    for chash, head, document in built:
+        at = document.find(_SLOT)
+        if head.last_received != RECEIVED_SLOT:
+            if at >= 0:
+                return None
+            out.append((chash, head, document, None))
+        elif at != document.rfind(_SLOT) or document[at - len(_SLOT_AFTER):at] != _SLOT_AFTER:
+            return None
+        else:
+            out.append((chash, head, document[:at], document[at + len(_SLOT):]))
+    return out
+
+
+def _whole(built: list[tuple[str, AlertHead, bytes]]) -> list[Built]:
+    return [(chash, head, document, None) for chash, head, document in built]
+
+
+def _instantiate(template: list[Built], record: RawRecord, received_at: str) -> list[PackedAlert]:
+    """The record's alerts: what its bytes built, with its own position (row id, source position)
+    and its time where the slot was."""
+    time_bytes = received_at.encode()
+    topic, partition, offset, timestamp_ms = record.topic, record.partition, record.offset, record.timestamp_ms
+    out = []
+    for index, (chash, head, document, suffix) in enumerate(template):
+        if suffix is not None:
+            document = document + time_bytes + suffix
+            head = AlertHead(head.name, head.status, head.severity, received_at, head.fingerprint, head.tenant,
+                             head.provider_type, head.provider_id)
+        out.append(PackedAlert(row_uid(topic, partition, offset, index), timestamp_ms, chash, head, document,
+                               topic, partition, source_position(offset, index)))
+    return out
+
+
+def _build(record: RawRecord, default_tenant: str, rules: RuleSet, limits: NormalizeLimits, anchor: CpuAnchor,
+           received_at: str) -> tuple[list[tuple[str, AlertHead, bytes]], int]:
+    """Normalize one record: each alert's content hash, head and JSON, and their size (see output_cap)."""
     if b"\\u0000" in record.value and _JSON_NUL.search(record.value):
         raise InvalidPayload("invalid_field", "the payload contains a NUL character (\\u0000), which PostgreSQL cannot store")
     budget = Budget(limits, anchor=anchor)  # the record's CPU budget starts before parsing
     provider = _header(record, PROVIDER) or DEFAULT_PROVIDER
     tenant = _header(record, TENANT) or default_tenant
-    ctx = NormalizeContext(tenant=tenant, received_at=iso_utc(record.timestamp_ms),
-                           provider_id=_header(record, PROVIDER_ID), budget=budget, check_content=False)
+    ctx = NormalizeContext(tenant=tenant, received_at=received_at, provider_id=_header(record, PROVIDER_ID),
+                           budget=budget, check_content=False)
     alerts = normalize(provider, record.value, ctx)
     cap = output_cap(len(record.value), len(alerts), limits)
     topic_bytes = _utf8_len(record.topic)  # each packed alert names its source topic
@@ -182,10 +269,7 @@ def _normalize_record(record: RawRecord, default_tenant: str, max_payload_bytes:
             raise InvalidPayload("output_too_large", f"{len(alerts)} alerts would be more than {cap} bytes "
                                  f"(limit {limits.max_output_ratio:g} × {len(record.value)} input bytes + "
                                  f"{limits.output_allowance_per_alert} per alert); over it at alert {index}")
-        # packed here, as the internal topic carries it: the JSON just hashed is its body
-        out.append(PackedAlert(row_uid(record.topic, record.partition, record.offset, index), record.timestamp_ms,
-                               chash, AlertHead.of(alert), document, record.topic, record.partition,
-                               source_position(record.offset, index)))
+        out.append((chash, AlertHead.of(alert), document))
         budget.tick()  # normalize() checked the budget at its end; this covers a long list of alerts
     return out, total
 
@@ -193,11 +277,11 @@ def _normalize_record(record: RawRecord, default_tenant: str, max_payload_bytes:
 def process_records(records: list[RawRecord], *, partitions: int, default_tenant: str, max_payload_bytes: int,
                     rules: RuleSet = DEFAULT_RULES, max_age_ms: int = 0, now_ms: int | None = None,
                     throttle: ConsumerThrottle | None = None, clock_s: float = 0.0,
-                    limits: NormalizeLimits = DEFAULT_LIMITS) -> StageOneResult:
+                    limits: NormalizeLimits = DEFAULT_LIMITS, cache: ResendCache[RecordTemplate] | None = None) -> StageOneResult:
     """The whole batch in one result (see `iter_process_records` for the chunked form)."""
     (result,) = iter_process_records(records, partitions=partitions, default_tenant=default_tenant,
                                      max_payload_bytes=max_payload_bytes, rules=rules, max_age_ms=max_age_ms,
-                                     now_ms=now_ms, throttle=throttle, clock_s=clock_s, limits=limits)
+                                     now_ms=now_ms, throttle=throttle, clock_s=clock_s, limits=limits, cache=cache)
     return result
 
 
@@ -205,7 +289,8 @@ def iter_process_records(records: list[RawRecord], *, partitions: int, default_t
                          rules: RuleSet = DEFAULT_RULES, max_age_ms: int = 0, now_ms: int | None = None,
                          throttle: ConsumerThrottle | None = None, clock_s: float = 0.0,
                          limits: NormalizeLimits = DEFAULT_LIMITS, chunk_max_ms: float | None = None,
-                         chunk_max_output_bytes: int | None = None) -> Iterator[StageOneResult]:
+                         chunk_max_output_bytes: int | None = None,
+                         cache: ResendCache[RecordTemplate] | None = None) -> Iterator[StageOneResult]:
     """Stage 1 over `records`, in consecutive chunks: a chunk ends after the record that takes it
     past `chunk_max_ms` of wall time or `chunk_max_output_bytes` of alerts (`output_bytes`) (None: no bound;
     with neither, one result for the whole batch).
@@ -215,6 +300,9 @@ def iter_process_records(records: list[RawRecord], *, partitions: int, default_t
     never holds more than a chunk's output in memory. Each result names its input `records`;
     commit offsets only once every chunk of the batch is sent. Wall time here, not CPU time: it
     is about how long other tasks wait, and no record's fate depends on it.
+
+    `cache`: what records' bytes built, kept for their re-sends; one cache per `rules`, `limits`,
+    `default_tenant` and `max_payload_bytes` (a process's), as its keys do not name them.
     """
     result = StageOneResult()
     anchor = CpuAnchor.read()
@@ -225,7 +313,7 @@ def iter_process_records(records: list[RawRecord], *, partitions: int, default_t
     for position, record in enumerate(records):
         result.records.append(record)
         _stage_one_record(record, result, partitions, default_tenant, max_payload_bytes, rules, max_age_ms, now_ms,
-                          throttle, clock_s, limits, anchor)
+                          throttle, clock_s, limits, anchor, cache)
         if position < last and (
                 (chunk_max_output_bytes is not None and result.output_bytes >= chunk_max_output_bytes)
                 or (chunk_max_ms is not None and (time.perf_counter() - started) * 1000 >= chunk_max_ms)):
@@ -239,12 +327,12 @@ def iter_process_records(records: list[RawRecord], *, partitions: int, default_t
 def _stage_one_record(record: RawRecord, result: StageOneResult, partitions: int, default_tenant: str,
                       max_payload_bytes: int, rules: RuleSet, max_age_ms: int, now_ms: int | None,
                       throttle: ConsumerThrottle | None, clock_s: float, limits: NormalizeLimits,
-                      anchor: CpuAnchor) -> None:
+                      anchor: CpuAnchor, cache: ResendCache[RecordTemplate] | None) -> None:
     if max_age_ms and now_ms - record.timestamp_ms > max_age_ms:
         result.dead_letters.append(DeadLetter(record, EXPIRED, f"{(now_ms - record.timestamp_ms) / 1000:.0f}s old > limit {max_age_ms / 1000:.0f}s"))
         return
     try:
-        alerts, size = _normalize_record(record, default_tenant, max_payload_bytes, rules, limits, anchor)
+        alerts, size = _normalize_record(record, default_tenant, max_payload_bytes, rules, limits, anchor, cache)
     except Exception as exc:  # every failure here is permanent: a bug must not stall the partition either
         verdict = CLASSIFIER.classify(exc)
         if verdict.reason == INTERNAL_ERROR:

@@ -39,6 +39,9 @@ from config.metrics import (
     DEDUP_CACHE_HIT_RATIO,
     DEDUP_RATIO,
     DLQ_RECORDS,
+    NORMALIZE_RESEND_CACHE_BYTES,
+    NORMALIZE_RESEND_HITS,
+    NORMALIZE_RESEND_MISSES,
     OFFSET_GAPS,
     RECORDS_RECEIVED,
     RETRIES,
@@ -61,7 +64,8 @@ from core.errors import (
 )
 from core.records import RawRecord, WriteBatch
 from pipeline.deduplicator import PackedRecord, StageTwoPlan
-from pipeline.normalizer import StageOneResult, iter_process_records, pack, unpack
+from pipeline.normalizer import RecordTemplate, StageOneResult, iter_process_records, pack, unpack
+from pipeline.resend_cache import ResendCache
 from pipeline.throttle import THROTTLED_RECORDS, ConsumerThrottle
 from schemas.alert import NormalizedAlert, PackedAlert
 from schemas.normalizers import NormalizeLimits
@@ -227,6 +231,10 @@ def create_app(settings: Settings) -> faust.App:
     ttl_ms = int(settings.dedup_state_ttl_s * 1000)
     failpoints = FailPoints(settings.failpoints_path)
     limits = NormalizeLimits(**settings.normalizer_limits.model_dump())
+    # one per process, for both normalize stages (its keys name the topic): built for these rules and limits
+    resend_cache: ResendCache[RecordTemplate] | None = \
+        ResendCache(settings.normalizer_resend_cache_bytes) if settings.normalizer_resend_cache_bytes else None
+    resend_counted = [0, 0]  # hits and misses already added to the metric
     router = error_router(settings)  # every dead letter, retry and parked record is built there
     # the one owner of the sinks: each stage holds the ones it writes to (`sinks.use`), the first
     # to ask starts a sink, the last stage to stop closes them all, in reverse order
@@ -273,6 +281,13 @@ def create_app(settings: Settings) -> faust.App:
 
     gate = PriorityGate()
 
+    def count_resend_lookups(cache: ResendCache[RecordTemplate]) -> None:
+        hits, misses = cache.hits - resend_counted[0], cache.misses - resend_counted[1]
+        NORMALIZE_RESEND_HITS.inc(hits)
+        NORMALIZE_RESEND_MISSES.inc(misses)
+        resend_counted[:] = cache.hits, cache.misses
+        NORMALIZE_RESEND_CACHE_BYTES.set(cache.bytes)
+
     async def normalize_from(topic: str, group_id: str, critical: bool) -> None:
         """Stage 1 as a batch consumer: stateless, so it needs none of Faust's per-record
         machinery, which caps an agent at ~5k records/s on this hardware (docs/decisions.md)."""
@@ -307,11 +322,13 @@ def create_app(settings: Settings) -> faust.App:
                         max_payload_bytes=settings.max_payload_bytes, rules=rules,
                         max_age_ms=int(settings.record_max_age_s * 1000), throttle=throttle,
                         clock_s=time.monotonic(), limits=limits, chunk_max_ms=settings.normalizer_chunk_max_ms,
-                        chunk_max_output_bytes=settings.normalizer_chunk_max_output_bytes):
+                        chunk_max_output_bytes=settings.normalizer_chunk_max_output_bytes, cache=resend_cache):
                     raw_rows = raw_rows_for(result.records, result.dead_letters, raw_policy,
                                             default_tenant=settings.default_tenant) if raw_circuit is not None else []
                     await asyncio.gather(emit(result), raw_circuit.write(RawBatch(raw_rows)) if raw_rows else asyncio.sleep(0))
                 await consumer.commit(records)  # only after the broker acked every chunk's output
+            if resend_cache is not None:
+                count_resend_lookups(resend_cache)
             if not critical:
                 await gate.wait_idle()  # let critical work in flight go first
 

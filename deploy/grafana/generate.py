@@ -166,6 +166,11 @@ def dedup_dashboard() -> Dashboard:
               unit="percentunit"),
         panel("Outcomes per provider (alerts/s)", [(f"sum by (provider, outcome) (rate(alertstream_alerts_total{{{sel}}}[5m]))", "{{provider}} {{outcome}}")], stack=True),
         panel("Dedup cache hit ratio", [("alertstream_dedup_cache_hit_ratio", "{{instance}}")], unit="percentunit"),
+        panel("Normalize re-send cache hit ratio", [(
+            "sum by (instance) (rate(alertstream_normalize_resend_cache_hits_total[5m])) / (sum by (instance) "
+            "(rate(alertstream_normalize_resend_cache_hits_total[5m])) + sum by (instance) "
+            "(rate(alertstream_normalize_resend_cache_misses_total[5m])))", "{{instance}}")],
+            unit="percentunit"),
         panel("State expired by TTL (per hour)", [("sum(increase(alertstream_dedup_state_expired_total[1h]))", "identities")]),
         panel("Table reads skipped by the Bloom filter", [("sum(alertstream_dedup_bloom_skipped_reads)", "reads")]),
     ], [variable("tenant", "label_values(alertstream_alerts_total, tenant)", "tenant"),

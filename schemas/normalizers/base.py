@@ -140,7 +140,10 @@ class Budget:
 @dataclass(frozen=True, slots=True)
 class NormalizeContext:
     tenant: str
-    received_at: str  # ISO 8601 UTC of the source record, used where the payload has no time
+    # ISO 8601 UTC of the source record, used where the payload has no time. Normalizers place it in
+    # fields, never compare or transform it: the normalize stage builds a record's alerts once with a
+    # slot in its place and writes each re-send's own time into the slot (pipeline/normalizer.py)
+    received_at: str
     provider_id: str | None = None
     budget: Budget | None = None  # set by `normalize()` when the caller gives none
     # False: the caller checks each alert's NUL/depth itself (check_alert_document), on the JSON it
@@ -420,11 +423,19 @@ def encode_and_check(alert: Alert, limits: NormalizeLimits = DEFAULT_LIMITS) -> 
     return document
 
 
+# What the normalize stage passes as `NormalizeContext.received_at` while it builds a record's alerts,
+# and writes the record's own time over afterwards (pipeline/normalizer.py): as long as what iso_utc()
+# writes, and not a time, so no payload's time is ever taken for it. The checks below let this very
+# object through (`is`, not `==`: the same text decoded from a payload is still refused).
+RECEIVED_SLOT = "[[alertstream:received]]"
+
+
 def check_alert_fields(alert: Alert, limits: NormalizeLimits = DEFAULT_LIMITS) -> None:
     """The checks of `check_alert` that need no encoding: dates and the number of labels."""
-    if not CANONICAL_TIME.fullmatch(alert.last_received):
+    if alert.last_received is not RECEIVED_SLOT and not CANONICAL_TIME.fullmatch(alert.last_received):
         raise InvalidPayload("invalid_time", f"lastReceived {alert.last_received[:64]!r} is not ISO 8601 UTC")
-    if alert.firing_start_time is not None and not CANONICAL_TIME.fullmatch(alert.firing_start_time):
+    if alert.firing_start_time is not None and alert.firing_start_time is not RECEIVED_SLOT \
+            and not CANONICAL_TIME.fullmatch(alert.firing_start_time):
         raise InvalidPayload("invalid_time", f"firingStartTime {alert.firing_start_time[:64]!r} is not ISO 8601 UTC")
     if len(alert.labels) > limits.max_labels_per_alert:
         raise InvalidPayload("over_budget", f"{len(alert.labels)} labels on one alert > limit {limits.max_labels_per_alert}")

@@ -147,9 +147,10 @@ def _from_event(event: dict[str, Any], ctx: NormalizeContext, extra: dict[str, A
     if culprit:
         extra["culprit"] = culprit
     received = event.get("received") if event.get("received") is not None else event.get("timestamp")
-    last_received = parse_time(received, epoch="s") or parse_time(event.get("datetime")) or ctx.received_at
-    if last_received == ctx.received_at and received is not None:
+    event_time = parse_time(received, epoch="s") or parse_time(event.get("datetime"))
+    if event_time is None and received is not None:  # unreadable: the original is kept
         extra["received"] = received
+    last_received = event_time or ctx.received_at  # set, never compared: the normalize stage relies on it
     level_word = level if level is not None else event.get("level", labels.get("level"))
     return Alert(
         name=name,
