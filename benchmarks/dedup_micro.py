@@ -266,6 +266,49 @@ def internal_record_steps(profile: str, records: int, repeat: int) -> list[tuple
     return rows
 
 
+def resend_cache_steps(profile: str, records: int, repeat: int, cache_bytes: int = 128 << 20) -> list[tuple[str, float, str]]:
+    """The normalize stage over the second half of a `records`-long stream, in batches of 500, with the
+    re-send cache (filled by the first half, as a running worker's is) and without, in µs per alert;
+    best of `repeat`, interleaved, with the worker's young-GC threshold."""
+    from core.records import RawRecord
+    from pipeline.normalizer import process_records
+    from pipeline.resend_cache import ResendCache
+
+    raw = [RawRecord("alerts", 0, i, 1_736_935_500_000 + i, r.key, r.value,
+                     {"tenant": r.tenant.encode(), **({"provider": r.provider.encode()} if r.provider != "keep" else {})})
+           for i, r in enumerate(PayloadFactory(load_profile(profile)).take(records))]
+    half = records // 2
+
+    def run_half(part: list[RawRecord], cache: ResendCache | None) -> tuple[float, int]:
+        alerts, started = 0, time.process_time()
+        for at in range(0, len(part), 500):
+            alerts += process_records(part[at:at + 500], partitions=12, default_tenant="default",
+                                      max_payload_bytes=1 << 20, cache=cache).alerts
+        return time.process_time() - started, alerts
+
+    young = gc.get_threshold()
+    gc.set_threshold(50_000, *young[1:])
+    best = {"off": float("inf"), "on": float("inf")}
+    try:
+        for _ in range(repeat):
+            cache = ResendCache(cache_bytes)
+            run_half(raw[:half], cache)
+            cache.hits = cache.misses = 0
+            seconds, n = run_half(raw[half:], cache)
+            best["on"] = min(best["on"], seconds / n * 1e6)
+            hit_ratio, held = cache.hits / (cache.hits + cache.misses), cache.bytes
+            del cache
+            gc.collect()
+            seconds, n = run_half(raw[half:], None)
+            best["off"] = min(best["off"], seconds / n * 1e6)
+    finally:
+        gc.set_threshold(*young)
+    note = f"{profile} mix, second half of a {records:,}-record stream ({n:,} alerts), batches of 500"
+    return [(f"normalize stage, no re-send cache ({profile})", best["off"], note),
+            (f"normalize stage, re-send cache {cache_bytes >> 20} MiB ({profile})", best["on"],
+             note + f"; {hit_ratio:.0%} of records hit, {held / 2 ** 20:.0f} MiB held")]
+
+
 @contextlib.contextmanager
 def _parsed_alertmanager() -> Iterator[None]:
     """Alertmanager webhooks through the parsed path only, as before the typed path
@@ -301,10 +344,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--cache-entries", type=int, default=100_000)
+    parser.add_argument("--stream-records", type=int, default=200_000, help="records of the re-send cache's stream")
     args = parser.parse_args()
     rows = run(args.records, args.cardinality, args.seed, args.repeat, args.cache_entries)
     for profile in ("default", "heavy"):
         rows += internal_record_steps(profile, args.records, args.repeat)
+        rows += resend_cache_steps(profile, args.stream_records, args.repeat)
     width = max(len(r[0]) for r in rows)
     print(f"{'step':<{width}}  µs/alert  note")
     for name, us, note in rows:

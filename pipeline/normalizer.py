@@ -178,9 +178,8 @@ def _normalize_record(record: RawRecord, default_tenant: str, max_payload_bytes:
         built, total = _build(record, default_tenant, rules, limits, anchor, received_at)
         return _instantiate(_whole(built), record, received_at), total
     if cache is not None:
-        cache.put(key, (template, total), sum(len(prefix) + len(suffix or b"") + _utf8_len(head.name)
-                                              + _utf8_len(head.fingerprint) + _utf8_len(head.tenant)
-                                              + _utf8_len(head.provider_id or "") + _KEPT_ALERT_OVERHEAD
+        cache.put(key, (template, total), sum(len(prefix) + len(suffix or b"") + len(head.name) + len(head.fingerprint)
+                                              + len(head.tenant) + len(head.provider_id or "") + _KEPT_ALERT_OVERHEAD
                                               for _, head, prefix, suffix in template))
     return _instantiate(template, record, received_at), total
 

@@ -7,7 +7,8 @@ its topic, its tenant/provider headers and the process's configuration (rules, l
 its position and its time, which the normalize stage writes into each result afterwards. So a
 record seen before costs a lookup instead of a normalization.
 
-Keys are a 128-bit BLAKE2b of the record's value beside its topic and headers: the cache holds what
+Keys are the first 128 bits of the SHA-256 of the record's value (SHA-256 has CPU instructions
+here, and is faster than BLAKE2b on them) beside its topic and headers: the cache holds what
 was built, not the input (the input is as large again). The bound is in bytes, counted as the
 entries' own `size` (the caller's estimate of what an entry holds); the least recently used entries
 go first, and an entry larger than 1/64 of the bound is not kept (one huge record would evict the
@@ -22,12 +23,12 @@ from typing import Generic, Hashable, TypeVar
 
 V = TypeVar("V")
 
-KEY_BYTES = 16  # BLAKE2b-128: no collision among any number of records a process will ever hold
+KEY_BYTES = 16  # 128 bits: no collision among any number of records a process will ever hold
 _ENTRY_OVERHEAD = 640  # an entry's key tuple, digest and header bytes, its tuples and list, the OrderedDict's node (measured: tests)
 
 
 def digest(value: bytes) -> bytes:
-    return hashlib.blake2b(value, digest_size=KEY_BYTES).digest()
+    return hashlib.sha256(value).digest()[:KEY_BYTES]
 
 
 class ResendCache(Generic[V]):
