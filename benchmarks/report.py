@@ -168,7 +168,9 @@ def render_markdown(r: dict[str, Any]) -> str:
         rec = st["records_received"]
         lines += ["", "## How the work was batched (load + drain)", "",
                   "| stage | records taken | alerts per record |", "|---|---|---|",
-                  f"| normalize (input records) | {_n(rec.get('normalize'))} | {_n(st['alerts_per_input_record'], 2)} |",
+                  f"| normalize (input records) | {_n(rec.get('normalize'))} | {_n(st['alerts_per_input_record'], 2)}"
+                  + (f"; {_pct(st['normalize_resend_cache_hit_ratio'])} of them from the re-send cache"
+                     if st.get("normalize_resend_cache_hit_ratio") is not None else "") + " |",
                   f"| deduplicate (packed records of alerts.normalized) | {_n(rec.get('deduplicate'))} | "
                   f"{_n(st['alerts_per_packed_record'], 2)} |",
                   f"| index (packed records of alerts.stored) | {_n(rec.get('index'))} | "

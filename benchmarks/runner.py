@@ -905,7 +905,8 @@ def _stage_summary(c: WorkerCounters, busy_s: float, produced: LoadStats) -> dic
     packed = sum(v for k, v in c.records.items() if k.startswith("deduplicate"))  # every dedup agent
     return {"records_received": c.records, "alerts_per_input_record": div(produced.alerts, produced.records),
             "alerts_per_packed_record": div(c.processed, packed),
-            "stored_alerts_per_indexed_record": div(c.stored, c.records.get("index")), "sinks": sinks}
+            "stored_alerts_per_indexed_record": div(c.stored, c.records.get("index")), "sinks": sinks,
+            "normalize_resend_cache_hit_ratio": div(c.resend.get("hits"), sum(c.resend.values()))}
 
 
 def _lag_summary(samples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -124,6 +124,7 @@ class WorkerCounters:
     dlq: float = 0.0
     # sums and counts of the sink histograms, e.g. "flush_s_sum:postgres", "batch_count:search"
     sinks: dict[str, float] = field(default_factory=dict)
+    resend: dict[str, float] = field(default_factory=dict)  # the normalize stage's re-send cache: hits, misses
 
     @property
     def processed(self) -> float:
@@ -138,14 +139,16 @@ class WorkerCounters:
             return {k: a.get(k, 0.0) + b.get(k, 0.0) for k in a.keys() | b.keys()}
 
         return WorkerCounters(add(self.alerts, other.alerts), add(self.records, other.records),
-                              add(self.sink_rows, other.sink_rows), self.dlq + other.dlq, add(self.sinks, other.sinks))
+                              add(self.sink_rows, other.sink_rows), self.dlq + other.dlq, add(self.sinks, other.sinks),
+                              add(self.resend, other.resend))
 
     def minus(self, other: WorkerCounters) -> WorkerCounters:
         def sub(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
             return {k: a.get(k, 0.0) - b.get(k, 0.0) for k in a.keys() | b.keys()}
 
         return WorkerCounters(sub(self.alerts, other.alerts), sub(self.records, other.records),
-                              sub(self.sink_rows, other.sink_rows), self.dlq - other.dlq, sub(self.sinks, other.sinks))
+                              sub(self.sink_rows, other.sink_rows), self.dlq - other.dlq, sub(self.sinks, other.sinks),
+                              sub(self.resend, other.resend))
 
 
 def parse_counters(text: str, tenant: str | None) -> WorkerCounters:
@@ -169,6 +172,9 @@ def parse_counters(text: str, tenant: str | None) -> WorkerCounters:
                 out.sink_rows[sink] = out.sink_rows.get(sink, 0.0) + s.value
             elif s.name == "alertstream_dlq_records_total":
                 out.dlq += s.value
+            elif s.name in _RESEND_COUNTERS:
+                key = _RESEND_COUNTERS[s.name]
+                out.resend[key] = out.resend.get(key, 0.0) + s.value
             elif s.name in _SINK_HISTOGRAMS:
                 key = f"{_SINK_HISTOGRAMS[s.name]}:{s.labels.get('sink', '')}"
                 out.sinks[key] = out.sinks.get(key, 0.0) + s.value
@@ -179,9 +185,12 @@ _SINK_HISTOGRAMS = {
     "alertstream_sink_flush_seconds_sum": "flush_s_sum", "alertstream_sink_flush_seconds_count": "flush_count",
     "alertstream_sink_batch_size_sum": "batch_sum", "alertstream_sink_batch_size_count": "batch_count",
 }
+_RESEND_COUNTERS = {"alertstream_normalize_resend_cache_hits_total": "hits",
+                    "alertstream_normalize_resend_cache_misses_total": "misses"}
 _READ_PREFIXES = tuple(f"{name}{{" for name in (
     "alertstream_alerts_total", "alertstream_records_received_total", "alertstream_sink_rows_written_total",
-    "alertstream_dlq_records_total", *_SINK_HISTOGRAMS)) + ("alertstream_dlq_records_total ",)
+    "alertstream_dlq_records_total", *_SINK_HISTOGRAMS)) + tuple(
+    f"{name} " for name in ("alertstream_dlq_records_total", *_RESEND_COUNTERS))
 
 
 def scrape_text(port: int, timeout_s: float = 2.0) -> str:

@@ -23,6 +23,9 @@ def _metrics_text() -> str:
     flush = Histogram("alertstream_sink_flush_seconds", "", ["sink"], registry=registry)
     size = Histogram("alertstream_sink_batch_size", "", ["sink"], buckets=(10, 100, 1000), registry=registry)
     noise = Gauge("alertstream_dedup_ratio", "", ["tenant", "provider"], registry=registry)
+    Counter("alertstream_normalize_resend_cache_hits", "", registry=registry).inc(5)
+    Counter("alertstream_normalize_resend_cache_misses", "", registry=registry).inc(2)
+    Gauge("alertstream_normalize_resend_cache_bytes", "", registry=registry).set(1e6)
     for i, tenant in enumerate(("bench-a", "warmup-b", 'odd "tenant"')):
         for provider in ("prometheus", "keep", "grafana"):
             for j, outcome in enumerate(("new", "changed", "duplicate")):
@@ -64,6 +67,8 @@ def test_the_filtered_parse_reads_what_the_full_parse_reads() -> None:
     assert got.records == {"normalize": 7, "deduplicate": 3, "index": 2}
     assert got.sink_rows == {"postgres": 40, "search": 30}
     assert got.dlq == 2
+    assert got.resend == {"hits": 5, "misses": 2}
+    assert got.plus(got).minus(got).resend == {"hits": 5, "misses": 2}
     assert got.sinks == {"flush_s_sum:postgres": 0.25, "flush_count:postgres": 1, "batch_sum:postgres": 300,
                          "batch_count:postgres": 1, "flush_s_sum:search": 0.25, "flush_count:search": 1,
                          "batch_sum:search": 300, "batch_count:search": 1}
