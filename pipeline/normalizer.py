@@ -162,26 +162,25 @@ def _normalize_record(record: RawRecord, default_tenant: str, max_payload_bytes:
     if len(record.value) > max_payload_bytes:
         raise InvalidPayload("too_large", f"{len(record.value)} bytes > limit {max_payload_bytes}")
     received_at = iso_utc(record.timestamp_ms)
-    if len(received_at) != len(RECEIVED_SLOT):  # a time before the year 1000: built with it, as it is
-        built, total = _build(record, default_tenant, rules, limits, anchor, received_at)
-        return _instantiate(_whole(built), record, received_at), total
-    key = None
-    if cache is not None:
-        headers = record.headers
-        key = (record.topic, headers.get(TENANT), headers.get(PROVIDER), headers.get(PROVIDER_ID), digest(record.value))
-        kept = cache.get(key)
-        if kept is not None:
-            return _instantiate(kept[0], record, received_at), kept[1]
-    built, total = _build(record, default_tenant, rules, limits, anchor, RECEIVED_SLOT)
-    template = _template(built)
-    if template is None:  # the record's time went beyond lastReceived (or the payload holds the slot's text)
-        built, total = _build(record, default_tenant, rules, limits, anchor, received_at)
-        return _instantiate(_whole(built), record, received_at), total
-    if cache is not None:
-        cache.put(key, (template, total), sum(len(prefix) + len(suffix or b"") + len(head.name) + len(head.fingerprint)
-                                              + len(head.tenant) + len(head.provider_id or "") + _KEPT_ALERT_OVERHEAD
-                                              for _, head, prefix, suffix in template))
-    return _instantiate(template, record, received_at), total
+    if len(received_at) == len(RECEIVED_SLOT):  # else a time before the year 1000: built with it, below
+        key = None
+        if cache is not None:
+            headers = record.headers
+            key = (record.topic, headers.get(TENANT), headers.get(PROVIDER), headers.get(PROVIDER_ID), digest(record.value))
+            kept = cache.get(key)
+            if kept is not None:
+                return _instantiate(kept[0], record, received_at), kept[1]
+        built, total = _build(record, default_tenant, rules, limits, anchor, RECEIVED_SLOT)
+        template = _template(built)
+        if template is not None:
+            if cache is not None:
+                cache.put(key, (template, total), sum(len(prefix) + len(suffix or b"") + len(head.name) + len(head.fingerprint)
+                                                      + len(head.tenant) + len(head.provider_id or "") + _KEPT_ALERT_OVERHEAD
+                                                      for _, head, prefix, suffix in template))
+            return _instantiate(template, record, received_at), total
+        # else the record's time went beyond lastReceived (or the payload holds the slot's text)
+    built, total = _build(record, default_tenant, rules, limits, anchor, received_at)
+    return _instantiate(_whole(built), record, received_at), total
 
 
 def _template(built: list[tuple[str, AlertHead, bytes]]) -> list[Built] | None:
