@@ -125,6 +125,11 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"{_n(r.get('latency_p95_s'), 3)} s, p99 **{_n(r.get('latency_p99_s'), 3)} s**, max "
         f"{_n(r.get('latency_max_s'), 3)} s ({_n(r.get('latency_rows'))} stored rows) |",
     ]
+    if r.get("index_latency_p99_s") is not None:
+        lines.append(
+            f"| latency produce → indexed (search store acknowledged; the workers' histogram) | p50 "
+            f"{_n(r['index_latency_p50_s'], 2)} s, p99 **{_n(r['index_latency_p99_s'], 2)} s**; searchable at the "
+            f"next refresh: p99 ≤ **{_n(r.get('searchable_p99_bound_s'), 2)} s** |")
     if ceil:
         b, cp = ceil["broker"], ceil["copy"]
         lines += [
@@ -139,7 +144,9 @@ def render_markdown(r: dict[str, Any]) -> str:
     lines += [
         f"| target 600 GB/day = {t['mb_s']} MB/s = {_n(t['alerts_s'])} alerts/s at this size, p99 < "
         f"{t['p99_s']:g} s | throughput {'met' if t['throughput_met'] else 'not met'}, p99 "
-        f"{'met' if t['p99_met'] else 'not met'} |",
+        f"{'met' if t['p99_met'] else 'not met'}"
+        + (f", p99 to searchable < {t['searchable_p99_s']:g} s {'met' if t['searchable_p99_met'] else 'not met'}"
+           if r.get("searchable_p99_bound_s") is not None else "") + " |",
         f"| efficiency | {_n(r.get('alerts_per_cpu_s'))} alerts per CPU-second (workers + servers), "
         f"{_n(r.get('alerts_per_worker_cpu_s'))} per worker CPU-second; Keep: "
         f"{r['reference']['keep_alerts_s_per_core'][0]:g}–{r['reference']['keep_alerts_s_per_core'][1]:g} alerts/s per core |",
@@ -226,6 +233,8 @@ def console_summary(r: dict[str, Any], files: dict[str, Path], console) -> None:
                                 f"(window {r['duration_s']:.0f} s, drain {_n(r.get('drain_s'), 1)} s)")
     table.add_row("latency p50 / p95 / p99", f"{_n(r.get('latency_p50_s'), 3)} / {_n(r.get('latency_p95_s'), 3)} / "
                                              f"{_n(r.get('latency_p99_s'), 3)} s")
+    if r.get("searchable_p99_bound_s") is not None:
+        table.add_row("p99 indexed / searchable", f"{_n(r.get('index_latency_p99_s'), 2)} / ≤ {_n(r['searchable_p99_bound_s'], 2)} s")
     if r.get("ceiling_ratio") is not None:
         table.add_row("ceiling ratio", f"{r['ceiling_ratio']:.1%} (broker {r['broker_ratio']:.1%}, "
                                        f"COPY {r['copy_ratio']:.1%})")

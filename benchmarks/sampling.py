@@ -125,6 +125,8 @@ class WorkerCounters:
     # sums and counts of the sink histograms, e.g. "flush_s_sum:postgres", "batch_count:search"
     sinks: dict[str, float] = field(default_factory=dict)
     resend: dict[str, float] = field(default_factory=dict)  # the normalize stage's re-send cache: hits, misses
+    # ingest → indexed (all tenants): cumulative count by upper bound ("+Inf" too), "sum", "count"
+    index_latency: dict[str, float] = field(default_factory=dict)
 
     @property
     def processed(self) -> float:
@@ -140,7 +142,7 @@ class WorkerCounters:
 
         return WorkerCounters(add(self.alerts, other.alerts), add(self.records, other.records),
                               add(self.sink_rows, other.sink_rows), self.dlq + other.dlq, add(self.sinks, other.sinks),
-                              add(self.resend, other.resend))
+                              add(self.resend, other.resend), add(self.index_latency, other.index_latency))
 
     def minus(self, other: WorkerCounters) -> WorkerCounters:
         def sub(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
@@ -148,7 +150,7 @@ class WorkerCounters:
 
         return WorkerCounters(sub(self.alerts, other.alerts), sub(self.records, other.records),
                               sub(self.sink_rows, other.sink_rows), self.dlq - other.dlq, sub(self.sinks, other.sinks),
-                              sub(self.resend, other.resend))
+                              sub(self.resend, other.resend), sub(self.index_latency, other.index_latency))
 
 
 def parse_counters(text: str, tenant: str | None) -> WorkerCounters:
@@ -175,6 +177,9 @@ def parse_counters(text: str, tenant: str | None) -> WorkerCounters:
             elif s.name in _RESEND_COUNTERS:
                 key = _RESEND_COUNTERS[s.name]
                 out.resend[key] = out.resend.get(key, 0.0) + s.value
+            elif s.name.startswith(_INDEX_LATENCY):
+                key = s.labels["le"] if s.name.endswith("_bucket") else s.name.rsplit("_", 1)[1]
+                out.index_latency[key] = out.index_latency.get(key, 0.0) + s.value
             elif s.name in _SINK_HISTOGRAMS:
                 key = f"{_SINK_HISTOGRAMS[s.name]}:{s.labels.get('sink', '')}"
                 out.sinks[key] = out.sinks.get(key, 0.0) + s.value
@@ -187,10 +192,31 @@ _SINK_HISTOGRAMS = {
 }
 _RESEND_COUNTERS = {"alertstream_normalize_resend_cache_hits_total": "hits",
                     "alertstream_normalize_resend_cache_misses_total": "misses"}
+_INDEX_LATENCY = "alertstream_e2e_index_latency_seconds"
 _READ_PREFIXES = tuple(f"{name}{{" for name in (
     "alertstream_alerts_total", "alertstream_records_received_total", "alertstream_sink_rows_written_total",
-    "alertstream_dlq_records_total", *_SINK_HISTOGRAMS)) + tuple(
-    f"{name} " for name in ("alertstream_dlq_records_total", *_RESEND_COUNTERS))
+    "alertstream_dlq_records_total", f"{_INDEX_LATENCY}_bucket", *_SINK_HISTOGRAMS)) + tuple(
+    f"{name} " for name in ("alertstream_dlq_records_total", f"{_INDEX_LATENCY}_sum", f"{_INDEX_LATENCY}_count",
+                            *_RESEND_COUNTERS))
+
+
+def histogram_quantile(q: float, buckets: dict[str, float]) -> float | None:
+    """The q-quantile of a Prometheus histogram from its cumulative bucket counts (keys: upper bounds
+    as exported, "+Inf" included; other keys ignored), interpolated linearly inside the bucket it
+    falls in, as PromQL's `histogram_quantile` does; None without observations. A quantile in the
+    last finite bucket's overflow is reported as that bound (a lower bound, as in PromQL)."""
+    bounds = sorted((float(k), v) for k, v in buckets.items() if k not in ("sum", "count"))
+    if not bounds or bounds[-1][1] <= 0:
+        return None
+    rank = q * bounds[-1][1]
+    lower, below = 0.0, 0.0
+    for bound, count in bounds:
+        if count >= rank:
+            if bound == float("inf"):
+                return lower
+            return lower + (bound - lower) * ((rank - below) / (count - below) if count > below else 1.0)
+        lower, below = bound, count
+    return lower
 
 
 def scrape_text(port: int, timeout_s: float = 2.0) -> str:

@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
+from collections.abc import Sequence
 from datetime import datetime
+from typing import Protocol
 
 from prometheus_client import Counter, Gauge, Histogram
 
 from core.records import WriteBatch
+
+
+class Received(Protocol):  # a stored alert: schemas.alert.PackedAlert or NormalizedAlert
+    @property
+    def received_at_ms(self) -> int: ...
+
 
 RECORDS_RECEIVED = Counter(
     "alertstream_records_received_total", "Kafka records taken by a stage.", ["stage"]
@@ -102,6 +110,14 @@ E2E_INGEST_LATENCY = Histogram(
     "From the input record's Kafka timestamp (ingest) to the Postgres write of its alert, every sighting (duplicates too).",
     buckets=LATENCY_BUCKETS,
 )
+# Finer between 1 and 10 s than LATENCY_BUCKETS: "searchable within 5 s" must be told from 2.5-5 s.
+INDEX_LATENCY_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 5, 7.5, 10, 30, 60, 300, 900, 3600)
+E2E_INDEX_LATENCY = Histogram(
+    "alertstream_e2e_index_latency_seconds",
+    "From the input record's Kafka timestamp (ingest) to the search store's acknowledgement of its stored alert; "
+    "searchable after the index's next refresh (search_refresh_interval).",
+    buckets=INDEX_LATENCY_BUCKETS,
+)
 WORKER_RSS = Gauge("alertstream_worker_rss_bytes", "Resident memory of the worker process.")
 
 
@@ -152,6 +168,12 @@ def observe_end_to_end(batch: WriteBatch, now_s: float | None = None) -> None:
             by_provider.setdefault(item.alert.provider_type, []).append(max(0.0, now_s - event_s))
     for provider, values in by_provider.items():
         observe_many(E2E_EVENT_LATENCY.labels(provider), values)
+
+
+def observe_indexed(items: Sequence[Received], now_s: float | None = None) -> None:
+    """Latency of stored alerts the search store just acknowledged: ingest → indexed."""
+    now_s = time.time() if now_s is None else now_s
+    observe_many(E2E_INDEX_LATENCY, [max(0.0, now_s - item.received_at_ms / 1000) for item in items])
 
 
 def _epoch_s(iso: str) -> float | None:

@@ -20,6 +20,7 @@ from elastic_transport import AiohttpHttpNode
 from elasticsearch import ApiError, AsyncElasticsearch, BadRequestError, ConnectionError
 from prometheus_client import Counter
 
+from config.metrics import observe_indexed
 from config.settings import Settings
 from core.records import RejectedAlerts, WriteBatch
 from schemas.alert import NormalizedAlert, PackedAlert
@@ -141,7 +142,10 @@ class SearchSink:
         rejected: dict[str, str] = {}
         pending = await self._bulk_once(batch.stored, rejected)
         if rejected or pending:
+            failed = rejected.keys() | {item.uid for item in pending}
+            observe_indexed([item for item in batch.stored if item.uid not in failed])
             raise RejectedAlerts(rejected, WriteBatch(stored=pending))
+        observe_indexed(batch.stored)
         return len(batch.stored)
 
     async def _bulk_once(self, items: list[Stored], rejected: dict[str, str]) -> list[Stored]:

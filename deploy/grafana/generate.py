@@ -139,6 +139,10 @@ def lag_dashboard() -> Dashboard:
             ("histogram_quantile(0.5, sum by (le) (rate(alertstream_e2e_ingest_latency_seconds_bucket[5m])))", "p50 from ingest"),
             ("histogram_quantile(0.99, sum by (le) (rate(alertstream_e2e_ingest_latency_seconds_bucket[5m])))", "p99 from ingest"),
             ("histogram_quantile(0.99, sum by (le) (rate(alertstream_e2e_event_latency_seconds_bucket[5m])))", "p99 from event time")], unit="s"),
+        panel("End-to-end latency to the search store", [
+            ("histogram_quantile(0.5, sum by (le) (rate(alertstream_e2e_index_latency_seconds_bucket[5m])))", "p50 from ingest"),
+            ("histogram_quantile(0.99, sum by (le) (rate(alertstream_e2e_index_latency_seconds_bucket[5m])))", "p99 from ingest")], unit="s",
+              description="Ingest to the search store's acknowledgement; searchable at the index's next refresh (ALERTSTREAM_SEARCH_REFRESH_INTERVAL) after it."),
         row("Workers"),
         panel("Event-loop lag", [("max by (instance) (alertstream_event_loop_lag_seconds)", "{{instance}}")], unit="s"),
         panel("Event loop blocked (per 5 min)", [("sum by (instance) (increase(alertstream_event_loop_blocked_total[5m]))", "{{instance}}")]),

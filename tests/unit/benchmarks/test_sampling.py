@@ -11,7 +11,10 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.sampling import ProcessGroup, children_by_parent, parse_counters
+from hypothesis import given
+from hypothesis import strategies as st
+
+from benchmarks.sampling import ProcessGroup, children_by_parent, histogram_quantile, parse_counters
 
 
 def _metrics_text() -> str:
@@ -26,6 +29,9 @@ def _metrics_text() -> str:
     Counter("alertstream_normalize_resend_cache_hits", "", registry=registry).inc(5)
     Counter("alertstream_normalize_resend_cache_misses", "", registry=registry).inc(2)
     Gauge("alertstream_normalize_resend_cache_bytes", "", registry=registry).set(1e6)
+    indexed = Histogram("alertstream_e2e_index_latency_seconds", "", buckets=(1, 5), registry=registry)
+    for seconds in (0.5, 2, 3, 7):
+        indexed.observe(seconds)
     for i, tenant in enumerate(("bench-a", "warmup-b", 'odd "tenant"')):
         for provider in ("prometheus", "keep", "grafana"):
             for j, outcome in enumerate(("new", "changed", "duplicate")):
@@ -69,6 +75,8 @@ def test_the_filtered_parse_reads_what_the_full_parse_reads() -> None:
     assert got.dlq == 2
     assert got.resend == {"hits": 5, "misses": 2}
     assert got.plus(got).minus(got).resend == {"hits": 5, "misses": 2}
+    assert got.index_latency == {"1.0": 1, "5.0": 3, "+Inf": 4, "count": 4, "sum": 12.5}
+    assert got.plus(got).minus(got).index_latency == got.index_latency
     assert got.sinks == {"flush_s_sum:postgres": 0.25, "flush_count:postgres": 1, "batch_sum:postgres": 300,
                          "batch_count:postgres": 1, "flush_s_sum:search": 0.25, "flush_count:search": 1,
                          "batch_sum:search": 300, "batch_count:search": 1}
@@ -113,3 +121,34 @@ def test_steal_is_read_apart_from_the_machine_s_busy_time() -> None:
     assert stolen_cpu_seconds() == pytest.approx(steal, abs=1.0)
     assert machine_cpu_seconds() == pytest.approx(busy, abs=1.0)
     assert stolen_cpu_seconds() >= steal
+
+
+def test_a_histogram_quantile_interpolates_inside_its_bucket_as_promql_does() -> None:
+    buckets = {"1.0": 10, "2.0": 60, "4.0": 100, "+Inf": 100, "count": 100, "sum": 170}
+    assert histogram_quantile(0.05, buckets) == 0.5
+    assert histogram_quantile(0.5, buckets) == 1.8  # rank 50: 40 of the 50 in (1, 2]
+    assert histogram_quantile(0.99, buckets) == 3.95
+    assert histogram_quantile(0.99, {"1.0": 0, "+Inf": 0}) is None
+    assert histogram_quantile(0.99, {"1.0": 5, "+Inf": 10}) == 1.0  # beyond the last bound: that bound, a floor
+
+
+BOUNDS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+@given(st.lists(st.floats(min_value=0, max_value=20, allow_nan=False), min_size=1, max_size=300),
+       st.sampled_from((0.5, 0.9, 0.99)))
+def test_a_histogram_quantile_falls_in_the_bucket_of_the_exact_one(values: list[float], q: float) -> None:
+    import math
+
+    registry = CollectorRegistry()
+    histogram = Histogram("h", "", buckets=BOUNDS, registry=registry)
+    for value in values:
+        histogram.observe(value)
+    buckets = {s.labels["le"]: s.value for s in next(iter(text_string_to_metric_families(
+        generate_latest(registry).decode()))).samples if s.name == "h_bucket"}
+    got = histogram_quantile(q, buckets)
+    exact = sorted(values)[max(0, math.ceil(q * len(values)) - 1)]  # the nearest-rank quantile
+    assert got is not None
+    upper = next((b for b in BOUNDS if exact <= b), math.inf)
+    lower = max((b for b in BOUNDS if b < upper), default=0.0)
+    assert lower <= got <= min(upper, BOUNDS[-1]) + 1e-9

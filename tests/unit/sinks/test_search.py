@@ -83,3 +83,20 @@ def test_the_breaker_retries_the_throttled_documents_with_the_shared_backoff() -
     assert client.requests == [["a", "b"], ["b"], ["b"]]
     assert len(waits) == 2 and waits[0] <= RETRY.initial_backoff_s < RETRY.initial_backoff_s * 2 >= waits[1]
     assert letters == []
+
+
+def _indexed_count() -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("alertstream_e2e_index_latency_seconds_count") or 0.0
+
+
+def test_only_acknowledged_documents_count_in_the_index_latency() -> None:
+    before = _indexed_count()
+    client = FakeClient([{"b": 429, "c": 400}, {}])
+    sink = sink_with(client)
+    with pytest.raises(RejectedAlerts):
+        asyncio.run(sink.write(WriteBatch([item("a"), item("b"), item("c")])))
+    assert _indexed_count() == before + 1  # a; not the throttled b, not the refused c
+    asyncio.run(sink.write(WriteBatch([item("b")])))
+    assert _indexed_count() == before + 2
