@@ -4,6 +4,7 @@ write alias, idempotent re-indexing, a real partial bulk failure, and 429s from 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -126,6 +127,34 @@ def test_partial_bulk_failure_goes_to_the_dlq_with_its_reason_and_the_rest_is_wr
     assert set(dead) == {b.uid for b in bad}
     assert all("400" in r and "mapper_parsing_exception" in r and "lastReceived" in r for r in dead.values())
     assert asyncio.run(_count(search_settings)) == 10
+
+
+def test_each_acknowledged_document_observes_its_ingest_to_indexed_latency(search_settings: Settings) -> None:
+    """`alertstream_e2e_index_latency_seconds`: one observation per document the real store took,
+    none for one it refused; each the time since its record's Kafka timestamp."""
+    from prometheus_client import REGISTRY
+
+    def sample(suffix: str) -> float:
+        return REGISTRY.get_sample_value(f"alertstream_e2e_index_latency_seconds_{suffix}") or 0.0
+
+    sent_ms = int(time.time() * 1000) - 3000  # the records were produced 3 s ago
+    good = [alert(n, ms=sent_ms) for n in range(10)]
+    bad = [alert(100, last_received="not a date", ms=sent_ms)]
+    count, total = sample("count"), sample("sum")
+
+    async def run() -> float:
+        sink = await _with_sink(search_settings)
+        try:
+            started = time.time()
+            with pytest.raises(RejectedAlerts):
+                await sink.write(WriteBatch(stored=good + bad))
+            return time.time() - started
+        finally:
+            await sink.close()
+
+    took = asyncio.run(run())
+    assert sample("count") - count == 10
+    assert 10 * 2.95 <= sample("sum") - total <= 10 * (3.1 + took)
 
 
 class ThrottlingProxy:
