@@ -137,15 +137,15 @@ def test_each_acknowledged_document_observes_its_ingest_to_indexed_latency(searc
     def sample(suffix: str) -> float:
         return REGISTRY.get_sample_value(f"alertstream_e2e_index_latency_seconds_{suffix}") or 0.0
 
-    sent_ms = int(time.time() * 1000) - 3000  # the records were produced 3 s ago
-    good = [alert(n, ms=sent_ms) for n in range(10)]
-    bad = [alert(100, last_received="not a date", ms=sent_ms)]
     count, total = sample("count"), sample("sum")
 
     async def run() -> float:
         sink = await _with_sink(search_settings)
         try:
             started = time.time()
+            sent_ms = int(started * 1000) - 3000  # the records were produced 3 s ago
+            good = [alert(n, ms=sent_ms) for n in range(10)]
+            bad = [alert(100, last_received="not a date", ms=sent_ms)]
             with pytest.raises(RejectedAlerts):
                 await sink.write(WriteBatch(stored=good + bad))
             return time.time() - started
